@@ -1,0 +1,15 @@
+"""Data: the IDX file format and the image classification data sets built on it."""
+
+from .datasets import DATASETS, Dataset, Split, batches, load_dataset
+from .idx import IdxError, read_idx, write_idx
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "IdxError",
+    "Split",
+    "batches",
+    "load_dataset",
+    "read_idx",
+    "write_idx",
+]

@@ -1,0 +1,264 @@
+"""Image classification data sets as standardised (n, 1, h, w) arrays, and mini-batches.
+
+``digits`` comes with scikit-learn; ``fashion-mnist`` and ``mnist`` are the four IDX files of
+the MNIST family in a directory; any other name is taken as such a directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+from .idx import read_idx
+
+__all__ = ["DATASETS", "Dataset", "Split", "batches", "load_dataset"]
+
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
+FILES: tuple[str, ...] = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+SYSTEM_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+HOW_TO_GET = {
+    "fashion-mnist": "install it with `apt-get install dataset-fashion-mnist`, "
+    "or pass root=DIR or set FBPROP_DATA to a directory holding the four files",
+    "mnist": "download the four MNIST files (train-images-idx3-ubyte.gz, ...) "
+    "and pass root=DIR or set FBPROP_DATA to a directory with them in DIR/mnist",
+}
+# The digits test set is the same for every ``seed``, so test scores stay comparable.
+TEST_SEED = 12345
+DIGITS_TEST_FRACTION = 0.2
+
+
+@dataclass
+class Split:
+    """Images ``x`` (n, 1, h, w) and integer labels ``y`` (n,), batch axis first."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.x.shape[:1] != self.y.shape:
+            raise ValueError(
+                f"Split: expected labels of shape ({self.x.shape[0]},) to match images "
+                f"{self.x.shape}, got {self.y.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits standardised with the train split's pixel ``mean`` and ``std``."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    n_classes: int
+    image_shape: tuple[int, int, int]
+    mean: float
+    std: float
+
+
+def load_dataset(
+    name: str = "digits",
+    root: str | os.PathLike | None = None,
+    *,
+    val_size: float = 0.1,
+    seed: int = 0,
+    dtype: DTypeLike = np.float32,
+    limit: int | None = None,
+) -> Dataset:
+    """Load ``name`` and split it into train/val/test.
+
+    ``val_size`` (a count, or a fraction of the train split) samples are drawn into val by a
+    permutation from ``np.random.default_rng(seed)``.  ``limit`` caps the train and the test
+    split, for quick runs.  Pixels are scaled to [0, 1], then standardised with the scalar
+    mean and std of the resulting train split: x' = (x - mean) / std.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"load_dataset: expected a floating dtype, got {dtype}")
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise ValueError(f"load_dataset: expected limit None or an int >= 1, got {limit!r}")
+    if name == "digits":
+        x_all, y_all, x_test, y_test = _digits()
+        scale, n_classes = 1 / 16, 10  # digits pixels are counts 0..16
+    else:
+        directory = _find(name, root)
+        known = 10 if name in DATASETS else None
+        x_all, y_all, x_test, y_test, n_classes = _read_four(directory, known)
+        scale = 1 / 255 if x_all.dtype == np.uint8 else 1.0  # float images taken as in [0, 1]
+
+    n_val = _val_count(val_size, len(y_all))
+    order = np.random.default_rng(seed).permutation(len(y_all))
+    val, train = order[:n_val], order[n_val:][:limit]
+    # limit draws a fixed random subset of test: unbiased even for class-sorted files.
+    test = np.random.default_rng(TEST_SEED).permutation(len(y_test))[:limit] if limit else slice(None)
+
+    x_train = _to_unit(x_all[train], scale, dtype)
+    mean = float(x_train.mean(dtype=np.float64))
+    x_train -= dtype.type(mean)
+    flat = x_train.reshape(-1)
+    # std = sqrt(mean((x - mean)²)), accumulated in float64 without a float64 copy of x.
+    std = math.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / flat.size)
+    std = std or 1.0  # constant images: centre only
+    x_train /= dtype.type(std)
+
+    def split(x: np.ndarray, y: np.ndarray, centred: bool = False) -> Split:
+        if not centred:
+            x = _to_unit(x, scale, dtype)
+            x -= dtype.type(mean)
+            x /= dtype.type(std)
+        return Split(x.reshape(len(x), 1, *x.shape[1:]), y.astype(np.int64))
+
+    return Dataset(
+        name=name,
+        train=split(x_train, y_all[train], centred=True),
+        val=split(x_all[val], y_all[val]),
+        test=split(x_test[test], y_test[test]),
+        n_classes=n_classes,
+        image_shape=(1, *x_train.shape[1:]),
+        mean=mean,
+        std=std,
+    )
+
+
+def batches(
+    split: Split, batch_size: int, rng: np.random.Generator | None, shuffle: bool = True
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One epoch of ``(x, y)`` mini-batches of ``batch_size`` samples, the last one partial.
+
+    With ``shuffle`` the order is a permutation drawn from ``rng``, so a seeded generator gives
+    the same epochs every run; without it the batches are views in stored order.
+    """
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batches: expected batch_size an int >= 1, got {batch_size!r}")
+    if shuffle and rng is None:
+        raise ValueError(
+            "batches: expected a np.random.Generator to shuffle with (np.random.default_rng(seed)), "
+            "got None; pass shuffle=False for stored order"
+        )
+    n = len(split)
+    order = rng.permutation(n) if shuffle else None
+    for start in range(0, n, batch_size):
+        chosen = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+        yield split.x[chosen], split.y[chosen]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _to_unit(x: np.ndarray, scale: float, dtype: np.dtype) -> np.ndarray:
+    """Pixels as a fresh ``dtype`` array scaled to [0, 1]."""
+    x = x.astype(dtype, order="C")
+    x *= dtype.type(scale)
+    return x
+
+
+def _val_count(val_size: float, n: int) -> int:
+    if _is_int(val_size) and 0 <= val_size < n:
+        return int(val_size)
+    if isinstance(val_size, (float, np.floating)) and 0 <= val_size < 1 and round(val_size * n) < n:
+        return round(val_size * n)
+    raise ValueError(
+        f"load_dataset: expected val_size an int in [0, {n}) or a fraction in [0, 1) "
+        f"leaving at least one train sample, got {val_size!r}"
+    )
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    # Imported here, not at the top: scikit-learn takes a second to import.
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x, y = digits.images, digits.target
+    # 20 % test rounded up, as scikit-learn's train_test_split does: 360 of 1797.
+    n_test = math.ceil(DIGITS_TEST_FRACTION * len(y))
+    order = np.random.default_rng(TEST_SEED).permutation(len(y))
+    test, train = order[:n_test], order[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _find(name: str, root: str | os.PathLike | None) -> str:
+    """The directory holding the four IDX files of ``name``; FileNotFoundError if none does."""
+    env = os.environ.get("FBPROP_DATA")
+    if name in DATASETS:
+        if root is not None:
+            candidates = [root, os.path.join(root, name)]
+        else:
+            # FBPROP_DATA itself may hold fashion-mnist; mnist has the same file names.
+            candidates = [env] if env and name == "fashion-mnist" else []
+            candidates += [os.path.join(env, name)] if env else []
+            candidates += [SYSTEM_DIRS[name]] if name in SYSTEM_DIRS else []
+    elif os.path.isdir(os.path.expanduser(name)):
+        candidates = [os.path.expanduser(name)]
+    else:
+        raise ValueError(
+            f"load_dataset: expected a name in {DATASETS} or a directory of IDX files, got {name!r}"
+        )
+    looked = []
+    for directory in map(os.fspath, candidates):
+        missing = [stem for stem in FILES if _locate(directory, stem) is None]
+        if not missing:
+            return directory
+        state = f"missing {missing[0]}[.gz]" if os.path.isdir(directory) else "no such directory"
+        looked.append(f"{directory} ({state})")
+    where = ", ".join(looked) or "nowhere (no root given, FBPROP_DATA not set)"
+    how = HOW_TO_GET.get(name, "put the four IDX files (train-images-idx3-ubyte[.gz], ...) there")
+    raise FileNotFoundError(f"load_dataset({name!r}): data set not found, looked in {where}; {how}")
+
+
+def _locate(directory: str, stem: str) -> str | None:
+    """The file for ``stem`` in ``directory``, plain or gzipped, ``-idx`` or ``.idx`` naming."""
+    dotted = stem.replace("-idx", ".idx")
+    for candidate in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _read_four(
+    directory: str, n_classes: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Train images and labels, test images and labels, checked; then the number of classes,
+    ``n_classes`` or else the largest train label + 1."""
+    paths = [_locate(directory, stem) for stem in FILES]
+    x_train, y_train, x_test, y_test = (read_idx(path) for path in paths)
+    for x, y, x_path, y_path in ((x_train, y_train, *paths[:2]), (x_test, y_test, *paths[2:])):
+        if x.ndim != 3 or not (x.dtype == np.uint8 or x.dtype.kind == "f"):
+            raise ValueError(
+                f"{x_path}: expected images (n, h, w) of uint8 or float, got shape {x.shape} of {x.dtype}"
+            )
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise ValueError(f"{x_path}: expected finite pixel values, got NaN or inf")
+        if y.shape != x.shape[:1]:
+            raise ValueError(
+                f"{y_path}: expected {len(x)} labels, one per image in {x_path}, got shape {y.shape}"
+            )
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{y_path}: expected integer labels, got {y.dtype}")
+    if x_test.shape[1:] != x_train.shape[1:]:
+        raise ValueError(
+            f"{paths[2]}: expected images of size {x_train.shape[1:]} as in {paths[0]}, "
+            f"got {x_test.shape[1:]}"
+        )
+    if n_classes is None:
+        n_classes = int(y_train.max(initial=-1)) + 1
+    for y, y_path in ((y_train, paths[1]), (y_test, paths[3])):
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            raise ValueError(
+                f"{y_path}: expected labels in [0, {n_classes}), got values in [{y.min()}, {y.max()}]"
+            )
+    return x_train, y_train, x_test, y_test, n_classes

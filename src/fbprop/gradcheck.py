@@ -1,0 +1,171 @@
+"""Finite-difference checks of a module's bprop and bbprop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fbprop.module import Cascade, Module
+from fbprop.state import State
+
+
+class GradcheckError(AssertionError):
+    """A module's bprop or bbprop disagrees with finite differences."""
+
+
+@dataclass
+class GradcheckReport:
+    module: str
+    checked: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __str__(self) -> str:
+        head = f"gradcheck {self.module}: {len(self.checked)} checks, {len(self.failures)} failed"
+        return "\n".join([head, *self.failures])
+
+
+def _compare(report: GradcheckReport, what: str, analytic: np.ndarray, numeric: np.ndarray,
+             rtol: float, atol: float) -> None:
+    report.checked.append(what)
+    excess = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
+    if excess.size and excess.max() > 0:
+        i = np.unravel_index(np.argmax(excess), excess.shape)
+        report.failures.append(f"{report.module}: {what} differs from finite differences at index "
+                               f"{tuple(int(k) for k in i)}: analytic {analytic[i]:.10g}, numeric {numeric[i]:.10g}")
+
+
+def _jacobian(module: Module, states: list[State], t: State, eps: float) -> np.ndarray:
+    """∂F/∂t by central differences: an array of shape F.shape + t.shape."""
+    out = State()
+    module.fprop(*states, out)
+    jac = np.empty(out.x.shape + t.x.shape)
+    for i in np.ndindex(t.x.shape):
+        v = t.x[i]
+        t.x[i] = v + eps
+        module.fprop(*states, out)
+        fp = out.x.copy()
+        t.x[i] = v - eps
+        module.fprop(*states, out)
+        jac[(...,) + i] = (fp - out.x) / (2 * eps)
+        t.x[i] = v
+    return jac
+
+
+def _gauss_newton(module: Module, inp: State, q: np.ndarray, eps: float, into: dict[int, np.ndarray]) -> np.ndarray:
+    """The numeric Gauss-Newton diagonal a chain of modules should propagate, stage by stage:
+    q_{i-1} = (J_i∘J_i)ᵀ q_i for the input and (J_w∘J_w)ᵀ q_i for each parameter (added into
+    `into`, keyed by id). Off-diagonal terms are dropped between stages, as bbprop does."""
+    if not isinstance(module, Cascade):
+        for p in module.params():
+            jac = _jacobian(module, [inp], p, eps)
+            into[id(p)] = into.get(id(p), 0) + np.tensordot(q, jac * jac, axes=q.ndim)
+        jac = _jacobian(module, [inp], inp, eps)
+        return np.tensordot(q, jac * jac, axes=q.ndim)
+    stages = [State(inp.x.copy())]
+    for m in module.modules[:-1]:
+        out = State()
+        m.fprop(stages[-1], out)
+        stages.append(State(out.x.copy()))
+    for m, s in zip(reversed(module.modules), reversed(stages)):
+        q = _gauss_newton(m, s, q, eps, into)
+    return q
+
+
+def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, eps2: float = 1e-4,
+              rtol: float = 1e-6, atol: float = 1e-8, seed: int = 0, raise_on_fail: bool = True) -> GradcheckReport:
+    """Check `module`'s bprop and bbprop against finite differences of its fprop, in float64.
+
+    `inputs` are the module's inputs (its output state is made here); integer arrays (labels)
+    are passed along but not differentiated. For the input and every parameter it checks:
+    - bprop: ∂/∂t ⟨r, F⟩ for a random output gradient r, i.e. Jᵀ r;
+    - bbprop: the Gauss-Newton diagonal (J∘J)ᵀ q for a random q ≥ 0, plus, for modules whose
+      own curvature is kept (`module.curvature`), Σ_p r_p ∂²F_p/∂t² (with r ≥ 0);
+    - accumulation: a second bprop / bbprop without clearing doubles the result.
+    Returns a report; raises GradcheckError naming module, quantity, worst index, analytic and
+    numeric values when anything disagrees (unless raise_on_fail is False).
+    """
+    rng = np.random.default_rng(seed)
+    states = [s if isinstance(s, State) else State(np.array(s)) for s in inputs]
+    params = module.params()
+    for p in params:
+        if p.x.dtype != np.float64:
+            raise ValueError(f"gradcheck {module!r}: expected float64 parameters, got {p.x.dtype} "
+                             f"(build the pool with ParamPool(np.float64))")
+    targets = [(f"input {i}", s) for i, s in enumerate(states) if s.x.dtype.kind == "f"]
+    for s in (s for _, s in targets):
+        if s.x.dtype != np.float64:
+            raise ValueError(f"gradcheck {module!r}: expected float64 inputs, got {s.x.dtype}")
+    targets += [(f"parameter {j} {p.x.shape}", p) for j, p in enumerate(params)]
+
+    out = State()
+
+    def forward() -> np.ndarray:
+        module.fprop(*states, out)
+        return out.x.copy()
+
+    f0 = forward()
+    report = GradcheckReport(repr(module))
+    r = rng.standard_normal(f0.shape)
+    q = rng.uniform(0.5, 1.5, f0.shape)
+    r_pos = rng.uniform(0.5, 1.5, f0.shape)
+
+    numeric = {}
+    for name, t in targets:
+        jac = np.empty(f0.shape + t.x.shape)
+        curv = np.zeros(t.x.shape)
+        for i in np.ndindex(t.x.shape):
+            v = t.x[i]
+            t.x[i] = v + eps
+            fp = forward()
+            t.x[i] = v - eps
+            fm = forward()
+            jac[(...,) + i] = (fp - fm) / (2 * eps)
+            if module.curvature:
+                t.x[i] = v + eps2
+                fp = forward()
+                t.x[i] = v - eps2
+                fm = forward()
+                curv[i] = np.sum(r_pos * (fp - 2 * f0 + fm)) / eps2**2
+            t.x[i] = v
+        axes = tuple(range(f0.ndim))
+        numeric[name] = (np.tensordot(r, jac, axes=(axes, axes)),
+                         np.tensordot(q, jac * jac, axes=(axes, axes)) + curv)
+    if isinstance(module, Cascade) and len(states) == 1:
+        # a chain's bbprop is the composition of its stages' diagonal approximations
+        into: dict[int, np.ndarray] = {}
+        ddx_in = _gauss_newton(module, State(states[0].x.copy()), q, eps, into)
+        for name, t in targets:
+            ddx = ddx_in if t is states[0] else into[id(t)]
+            numeric[name] = (numeric[name][0], ddx)
+    forward()
+
+    def sweep(method, slot: str, seed_dx: np.ndarray, seed_ddx: np.ndarray, times: int) -> list[np.ndarray]:
+        for _, t in targets:
+            getattr(t, slot).fill(0)
+        out.dx, out.ddx = seed_dx, seed_ddx
+        for _ in range(times):
+            method(*states, out)
+        return [getattr(t, slot).copy() for _, t in targets]
+
+    once = sweep(module.bprop, "dx", r, q, 1)
+    twice = sweep(module.bprop, "dx", r, q, 2)
+    for (name, _), a, a2 in zip(targets, once, twice):
+        _compare(report, f"bprop to {name}", a, numeric[name][0], rtol, atol)
+        _compare(report, f"bprop accumulation into {name}", a2, 2 * a, 1e-12, 1e-14)
+    once = sweep(module.bbprop, "ddx", r_pos, q, 1)
+    twice = sweep(module.bbprop, "ddx", r_pos, q, 2)
+    tol = (1e-5, 1e-6) if module.curvature else (rtol, atol)
+    for (name, _), a, a2 in zip(targets, once, twice):
+        _compare(report, f"bbprop to {name}", a, numeric[name][1], *tol)
+        _compare(report, f"bbprop accumulation into {name}", a2, 2 * a, 1e-12, 1e-14)
+        if a.size and a.min() < 0:
+            report.failures.append(f"{report.module}: bbprop to {name} is negative ({a.min():.3g}); "
+                                   f"a Gauss-Newton diagonal must be >= 0")
+    if raise_on_fail and not report.ok:
+        raise GradcheckError(str(report))
+    return report

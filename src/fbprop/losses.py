@@ -1,0 +1,285 @@
+"""Energy-based losses and regularizers.
+
+A loss reads a batch of energies E (n, k) — one energy per answer — and the desired answers Y
+(n,), and writes one loss per sample (n,). Below, E_Y is the energy of the desired answer and
+Ē = min_{y≠Y} E_y that of the most offending incorrect answer. Formulas: LeCun's 2006 lecture
+and LeCun, Chopra, Hadsell, Ranzato, Huang, "A Tutorial on Energy-Based Learning", 2006.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from fbprop.module import Module
+from fbprop.params import ParamPool
+from fbprop.state import State
+
+
+def infer(energies: np.ndarray) -> np.ndarray:
+    """Inference in an energy-based machine: the answer of lowest energy, argmin_y E(W, y, X)."""
+    return np.argmin(energies, axis=1)
+
+
+class Loss(Module):
+    """Per-sample loss from energies and labels: `loss.fprop(energies, labels, out)`.
+
+    Subclasses give `terms(E, Y) -> (L, ∂L/∂E, ∂²L/∂E²)`, the last the diagonal of the loss's
+    own Hessian (None where it is zero or where the loss is not convex, whose Gauss-Newton
+    approximation keeps no curvature of its own).
+    """
+
+    def terms(self, e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def _read(self, energies: State, labels: State | None) -> tuple[np.ndarray, np.ndarray]:
+        e = energies.x
+        if e.ndim != 2:
+            raise ValueError(f"{self!r}: expected energies of shape (n, k), got {e.shape}")
+        y = None if labels is None else np.asarray(labels.x if isinstance(labels, State) else labels)
+        if y is None or y.shape != (e.shape[0],) or y.dtype.kind not in "iu":
+            got = "no labels" if y is None else f"{y.dtype} labels of shape {y.shape}"
+            raise ValueError(f"{self!r}: expected integer labels of shape ({e.shape[0]},), got {got}")
+        if y.size and (y.min() < 0 or y.max() >= e.shape[1]):
+            raise ValueError(f"{self!r}: expected labels in [0, {e.shape[1]}), got values from {y.min()} to {y.max()}")
+        return e, y
+
+    def fprop(self, energies: State, labels: State | None, out: State) -> None:
+        e, y = self._read(energies, labels)
+        loss, _, _ = self.terms(e, y)
+        out.resize(e.shape[0], dtype=e.dtype)
+        out.x[...] = loss
+
+    def bprop(self, energies: State, labels: State | None, out: State) -> None:
+        _, g, _ = self.terms(*self._read(energies, labels))
+        energies.dx += out.dx[:, None] * g                       # ∂L/∂E_k, scaled by ∂objective/∂L
+
+    def bbprop(self, energies: State, labels: State | None, out: State) -> None:
+        _, g, h = self.terms(*self._read(energies, labels))
+        energies.ddx += out.ddx[:, None] * g * g                 # (∂L/∂E_k)² ∂²obj/∂L²
+        if h is not None:
+            energies.ddx += np.maximum(out.dx, 0)[:, None] * h   # + ∂obj/∂L ∂²L/∂E_k²
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def _rows(e: np.ndarray) -> np.ndarray:
+    return np.arange(e.shape[0])
+
+
+def _offending(e: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Ȳ: for each sample the incorrect answer of lowest energy."""
+    masked = e.copy()
+    masked[_rows(e), y] = np.inf
+    return np.argmin(masked, axis=1)
+
+
+def _pair(e: np.ndarray, y: np.ndarray, gy: np.ndarray, gbar: np.ndarray, ybar: np.ndarray) -> np.ndarray:
+    """A (n, k) array holding gy at the desired answer and gbar at the most offending one."""
+    g = np.zeros_like(e)
+    g[_rows(e), y] = gy
+    g[_rows(e), ybar] = gbar
+    return g
+
+
+class EnergyLoss(Loss):
+    """L = E_Y: push down the energy of the desired answer. Energies (n, k) with labels, or (n,)
+    alone (one energy per sample, as a regression's Euclidean energy)."""
+
+    def _read(self, energies, labels):
+        if energies.x.ndim == 1:
+            return energies.x[:, None], np.zeros(energies.x.shape[0], dtype=np.intp)
+        return super()._read(energies, labels)
+
+    def terms(self, e, y):
+        g = np.zeros_like(e)
+        g[_rows(e), y] = 1.0
+        return e[_rows(e), y], g, None
+
+    def bprop(self, energies, labels, out):
+        if energies.x.ndim == 1:
+            energies.dx += out.dx                                # ∂L/∂E = 1
+        else:
+            super().bprop(energies, labels, out)
+
+    def bbprop(self, energies, labels, out):
+        if energies.x.ndim == 1:
+            energies.ddx += out.ddx
+        else:
+            super().bbprop(energies, labels, out)
+
+
+class PerceptronLoss(Loss):
+    """L = E_Y − min_y E_y (generalized perceptron)."""
+
+    curvature = True
+
+    def terms(self, e, y):
+        best = np.argmin(e, axis=1)
+        g = np.zeros_like(e)
+        g[_rows(e), y] += 1.0
+        g[_rows(e), best] -= 1.0
+        return e[_rows(e), y] - e[_rows(e), best], g, None
+
+
+class HingeLoss(Loss):
+    """L = [m + E_Y − Ē]⁺ with margin m."""
+
+    curvature = True
+
+    def __init__(self, margin: float = 1.0) -> None:
+        self.margin = float(margin)
+
+    def terms(self, e, y):
+        ybar = _offending(e, y)
+        u = self.margin + e[_rows(e), y] - e[_rows(e), ybar]
+        on = (u > 0).astype(e.dtype)
+        return np.maximum(u, 0), _pair(e, y, on, -on, ybar), None
+
+
+class NLLLoss(Loss):
+    """L = E_Y + (1/β) log Σ_y exp(−β E_y), with inverse temperature β.
+
+    Computed as a shifted log-sum-exp, exact for any energy range. ∂L/∂E_k = δ_kY − p_k with
+    p = softmax(−βE); its Hessian diagonal β p_k (1 − p_k) ≥ 0 is kept by bbprop.
+    """
+
+    curvature = True
+
+    def __init__(self, beta: float = 1.0) -> None:
+        if not beta > 0:
+            raise ValueError(f"NLLLoss: expected beta > 0, got {beta}")
+        self.beta = float(beta)
+
+    def terms(self, e, y):
+        b = self.beta
+        low = e.min(axis=1, keepdims=True)
+        p = np.exp(-b * (e - low))
+        z = p.sum(axis=1, keepdims=True)
+        p /= z                                                   # p_k = exp(−βE_k) / Σ exp(−βE)
+        free = low[:, 0] - np.log(z[:, 0]) / b                   # −(1/β) log Σ exp(−βE)
+        g = -p
+        g[_rows(e), y] += 1.0
+        return e[_rows(e), y] - free, g, b * p * (1.0 - p)
+
+
+class LogLoss(Loss):
+    """L = log(1 + exp(E_Y − Ē))."""
+
+    curvature = True
+
+    def terms(self, e, y):
+        ybar = _offending(e, y)
+        u = e[_rows(e), y] - e[_rows(e), ybar]
+        s = expit(u)
+        c = s * (1 - s)
+        return np.logaddexp(0, u), _pair(e, y, s, -s, ybar), _pair(e, y, c, c, ybar)
+
+
+class SquareSquareLoss(Loss):
+    """L = E_Y² + ([m − Ē]⁺)²."""
+
+    curvature = True
+
+    def __init__(self, margin: float = 1.0) -> None:
+        self.margin = float(margin)
+
+    def terms(self, e, y):
+        ybar = _offending(e, y)
+        ey, eb = e[_rows(e), y], e[_rows(e), ybar]
+        gap = np.maximum(self.margin - eb, 0)
+        return ey**2 + gap**2, _pair(e, y, 2 * ey, -2 * gap, ybar), _pair(e, y, 2.0, 2.0 * (gap > 0), ybar)
+
+
+class SquareExpLoss(Loss):
+    """L = E_Y² + γ exp(−Ē)."""
+
+    curvature = True
+
+    def __init__(self, gamma: float = 1.0) -> None:
+        self.gamma = float(gamma)
+
+    def terms(self, e, y):
+        ybar = _offending(e, y)
+        ey = e[_rows(e), y]
+        push = self.gamma * np.exp(-e[_rows(e), ybar])
+        return ey**2 + push, _pair(e, y, 2 * ey, -push, ybar), _pair(e, y, 2.0, push, ybar)
+
+
+class MCELoss(Loss):
+    """L = σ(E_Y − Ē), the minimum classification error loss (σ the logistic function).
+
+    Not convex: bbprop keeps no curvature of its own.
+    """
+
+    def terms(self, e, y):
+        ybar = _offending(e, y)
+        s = expit(e[_rows(e), y] - e[_rows(e), ybar])
+        c = s * (1 - s)
+        return s, _pair(e, y, c, -c, ybar), None
+
+
+class LVQ2Loss(Loss):
+    """L = min(M, [(E_Y − Ē) / (δ Ē)]⁺), for positive energies (Ē > 0).
+
+    Not convex: bbprop keeps no curvature of its own.
+    """
+
+    def __init__(self, saturation: float = 1.0, delta: float = 1.0) -> None:
+        self.saturation, self.delta = float(saturation), float(delta)
+
+    def terms(self, e, y):
+        ybar = _offending(e, y)
+        ey, eb = e[_rows(e), y], e[_rows(e), ybar]
+        u = (ey - eb) / (self.delta * eb)
+        on = ((u > 0) & (u < self.saturation)).astype(e.dtype)
+        gy = on / (self.delta * eb)                              # ∂u/∂E_Y = 1 / (δĒ)
+        gb = -on * ey / (self.delta * eb**2)                     # ∂u/∂Ē = −E_Y / (δĒ²)
+        return np.clip(u, 0, self.saturation), _pair(e, y, gy, gb, ybar), None
+
+
+LOSSES = {
+    "energy": EnergyLoss, "perceptron": PerceptronLoss, "hinge": HingeLoss, "nll": NLLLoss,
+    "log": LogLoss, "square-square": SquareSquareLoss, "square-exp": SquareExpLoss,
+    "mce": MCELoss, "lvq2": LVQ2Loss,
+}
+
+
+class Regularizer:
+    """λ·H(W) over the whole pool. `bprop(pool, scale)` adds scale·λ·∂H/∂W into pool.dx."""
+
+    def __init__(self, lam: float) -> None:
+        if not lam >= 0:
+            raise ValueError(f"{type(self).__name__}: expected lam >= 0, got {lam}")
+        self.lam = float(lam)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.lam})"
+
+
+class L2(Regularizer):
+    """λ H(W) with H(W) = ½‖W‖²: weight decay."""
+
+    def fprop(self, pool: ParamPool) -> float:
+        return 0.5 * self.lam * float(pool.x @ pool.x)
+
+    def bprop(self, pool: ParamPool, scale: float = 1.0) -> None:
+        pool.dx += (scale * self.lam) * pool.x                   # ∂H/∂W = W
+
+    def bbprop(self, pool: ParamPool, scale: float = 1.0) -> None:
+        pool.ddx += scale * self.lam                             # ∂²H/∂W² = 1
+
+
+class L1(Regularizer):
+    """λ H(W) with H(W) = ‖W‖₁."""
+
+    def fprop(self, pool: ParamPool) -> float:
+        return self.lam * float(np.abs(pool.x).sum())
+
+    def bprop(self, pool: ParamPool, scale: float = 1.0) -> None:
+        pool.dx += (scale * self.lam) * np.sign(pool.x)          # ∂H/∂W = sign(W)
+
+    def bbprop(self, pool: ParamPool, scale: float = 1.0) -> None:
+        pass                                                     # ∂²H/∂W² = 0 away from 0

@@ -1,0 +1,107 @@
+"""The module contract, stated once, and the containers built on it."""
+
+from __future__ import annotations
+
+from fbprop.params import Param
+from fbprop.state import State
+
+
+class Module:
+    """A learning-machine component: states in, states out, derivatives back.
+
+    All three methods take the same arguments, inputs first and the output last, as in Lush:
+    `module.fprop(inp, out)`, `euclidean.fprop(x, y, energy)`.
+
+    - `fprop` sets the output's `x` from the inputs' `x` (resizing the output as needed).
+    - `bprop` ADDS ∂L/∂input (the output's `dx` times the module's Jacobian) into each input's
+      `dx`, and ∂L/∂w into each parameter's `dx`.
+    - `bbprop` ADDS the Gauss-Newton diagonal (J∘J)ᵀ·ddx into each input's and parameter's
+      `ddx`. Modules whose `curvature` is True are costs whose own second derivative is kept
+      (convex costs: energies and losses); they also add dx·∂²F/∂x² — for all others that term
+      is dropped, which keeps every ddx ≥ 0.
+
+    The caller clears `dx`/`ddx` before a sweep. Accumulating instead of overwriting is what
+    makes fan-out and shared weights correct with no extra code.
+    """
+
+    curvature: bool = False
+
+    def fprop(self, *states: State) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.fprop")
+
+    def bprop(self, *states: State) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.bprop")
+
+    def bbprop(self, *states: State) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.bbprop")
+
+    def params(self) -> list[State]:
+        """The parameter handles this module owns or shares (each listed once)."""
+        return [v for v in vars(self).values() if isinstance(v, Param)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def expect_shape(who: Module, state: State, shape: tuple[int | None, ...], what: str = "input") -> None:
+    """Raise one clear ValueError when `state.x` does not have `shape` (None matches any size)."""
+    got = state.x.shape
+    if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
+        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise ValueError(f"{who!r}: expected {what} of shape {want}, got {got}")
+
+
+class Cascade(Module):
+    """X_i = F_i(X_{i-1}, W_i) for i = 1..n: modules in a chain, one input and one output each.
+
+    The cascade owns the n-1 intermediate states and reuses them across calls; bprop and bbprop
+    clear them before sweeping back, so the contract (add into the caller's states) still holds.
+    """
+
+    def __init__(self, *modules: Module) -> None:
+        if not modules:
+            raise ValueError("Cascade: expected at least one module, got none")
+        for m in modules:
+            if not isinstance(m, Module):
+                raise TypeError(f"Cascade: expected Module instances, got {type(m).__name__}")
+        self.modules = list(modules)
+        self.states = [State() for _ in modules[:-1]]
+
+    def _chain(self, inp: State, out: State) -> list[State]:
+        return [inp, *self.states, out]
+
+    def fprop(self, inp: State, out: State) -> None:
+        chain = self._chain(inp, out)
+        for i, m in enumerate(self.modules):
+            m.fprop(chain[i], chain[i + 1])
+
+    def bprop(self, inp: State, out: State) -> None:
+        chain = self._chain(inp, out)
+        for s in self.states:
+            s.clear_dx()
+        for i in reversed(range(len(self.modules))):
+            self.modules[i].bprop(chain[i], chain[i + 1])
+
+    def bbprop(self, inp: State, out: State) -> None:
+        chain = self._chain(inp, out)
+        for s in self.states:
+            s.clear_ddx()
+        for i in reversed(range(len(self.modules))):
+            self.modules[i].bbprop(chain[i], chain[i + 1])
+
+    def params(self) -> list[State]:
+        seen: dict[int, State] = {}
+        for m in self.modules:
+            for p in m.params():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def __getitem__(self, i: int) -> Module:
+        return self.modules[i]
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __repr__(self) -> str:
+        inner = "\n".join("  " + line for m in self.modules for line in repr(m).splitlines())
+        return f"Cascade(\n{inner}\n)"

@@ -1,0 +1,1 @@
+"""Module families: one file each."""

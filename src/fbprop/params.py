@@ -1,0 +1,95 @@
+"""ParamPool: every trainable parameter of a machine in one flat vector."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fbprop.state import State
+
+
+class Param(State):
+    """A parameter handle: a State whose arrays are views into a ParamPool."""
+
+    __slots__ = ("offset",)
+
+
+class ParamPool:
+    """One contiguous 1-D `x`, `dx` and `ddx` for all the parameters of a machine.
+
+    Modules that own parameters take the pool at construction and keep the `State` handles that
+    `alloc` returns; a handle's arrays are views into the pool, so writing `pool.x` changes the
+    network and an optimizer updates every weight with one vector operation. Sharing a weight
+    means giving one handle to two modules: both add their gradients into the same slice.
+
+    Growing the pool moves it into larger arrays and re-points every handle at the new ones, so
+    at any time after construction the views are valid and the vectors contiguous.
+    """
+
+    def __init__(self, dtype: np.dtype | type = np.float32, seed: int | None = 0) -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise TypeError(f"ParamPool: expected a floating dtype, got {self.dtype}")
+        self.rng = np.random.default_rng(seed)
+        self.x = np.zeros(0, self.dtype)
+        self.dx = np.zeros(0, self.dtype)
+        self.ddx = np.zeros(0, self.dtype)
+        self.handles: list[tuple[Param, int, tuple[int, ...]]] = []
+
+    @property
+    def size(self) -> int:
+        return self.x.size
+
+    def __len__(self) -> int:
+        return self.x.size
+
+    def alloc(self, *shape: int, fan_in: int | None = None, value: float | None = None) -> Param:
+        """A new parameter of this shape, as a State whose arrays are views into the pool.
+
+        Initialised uniform in ±√(3/fan_in), i.e. standard deviation fan_in^(-1/2) (LeCun et al.,
+        "Efficient BackProp", 1998), or to the constant `value`.
+        """
+        n = math.prod(shape)
+        offset = self.x.size
+        grown = [np.zeros(offset + n, self.dtype) for _ in range(3)]
+        for new, old in zip(grown, (self.x, self.dx, self.ddx)):
+            new[:offset] = old
+        self.x, self.dx, self.ddx = grown
+        handle = Param(dtype=self.dtype)
+        handle.offset = offset
+        self.handles.append((handle, offset, shape))
+        for h, off, shp in self.handles:
+            self._bind(h, off, shp)
+        if value is not None:
+            handle.x.fill(value)
+        else:
+            a = math.sqrt(3.0 / (fan_in if fan_in else max(n, 1)))
+            handle.x[...] = self.rng.uniform(-a, a, size=shape)
+        return handle
+
+    def _bind(self, handle: Param, offset: int, shape: tuple[int, ...]) -> None:
+        end = offset + math.prod(shape)
+        handle.x = self.x[offset:end].reshape(shape)
+        handle._dx = self.dx[offset:end].reshape(shape)
+        handle._ddx = self.ddx[offset:end].reshape(shape)
+
+    def clear_dx(self) -> None:
+        self.dx.fill(0)
+
+    def clear_ddx(self) -> None:
+        self.ddx.fill(0)
+
+    def slot(self) -> np.ndarray:
+        """A zero vector the length of the pool, for optimizer state (velocity, rates, …)."""
+        return np.zeros_like(self.x)
+
+    def load(self, x: np.ndarray) -> None:
+        """Copy a flat parameter vector in (e.g. from a checkpoint)."""
+        x = np.asarray(x)
+        if x.shape != self.x.shape:
+            raise ValueError(f"ParamPool: expected a vector of shape {self.x.shape}, got {x.shape}")
+        np.copyto(self.x, x, casting="same_kind")
+
+    def __repr__(self) -> str:
+        return f"ParamPool({self.size} parameters in {len(self.handles)} tensors, {self.dtype})"
