@@ -30,13 +30,17 @@ class GradcheckReport:
 
 
 def _compare(report: GradcheckReport, what: str, analytic: np.ndarray, numeric: np.ndarray,
-             rtol: float, atol: float) -> None:
+             rtol: float, atol: float, at: tuple[np.ndarray, ...] | None = None) -> None:
+    """Record a failure when |analytic − numeric| > atol + rtol |numeric| at any entry (of `at`)."""
     report.checked.append(what)
-    excess = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
+    at = at if at is not None else np.nonzero(np.ones(analytic.shape, dtype=bool))
+    a, n = analytic[at], numeric[at]
+    excess = np.abs(a - n) - (atol + rtol * np.abs(n))
     if excess.size and excess.max() > 0:
-        i = np.unravel_index(np.argmax(excess), excess.shape)
+        j = int(np.argmax(excess))
+        index = tuple(int(c[j]) for c in at)
         report.failures.append(f"{report.module}: {what} differs from finite differences at index "
-                               f"{tuple(int(k) for k in i)}: analytic {analytic[i]:.10g}, numeric {numeric[i]:.10g}")
+                               f"{index}: analytic {a[j]:.10g}, numeric {n[j]:.10g}")
 
 
 def _jacobian(module: Module, states: list[State], t: State, eps: float) -> np.ndarray:
@@ -56,28 +60,62 @@ def _jacobian(module: Module, states: list[State], t: State, eps: float) -> np.n
     return jac
 
 
-def _gauss_newton(module: Module, inp: State, q: np.ndarray, eps: float, into: dict[int, np.ndarray]) -> np.ndarray:
-    """The numeric Gauss-Newton diagonal a chain of modules should propagate, stage by stage:
+def _curvature(module: Module, states: list[State], t: State, r: np.ndarray, eps2: float) -> np.ndarray:
+    """Σ_p r_p ∂²F_p/∂t_i² for every entry i of t, by second differences."""
+    out = State()
+    module.fprop(*states, out)
+    f0 = out.x.copy()
+    curv = np.zeros(t.x.shape)
+    for i in np.ndindex(t.x.shape):
+        v = t.x[i]
+        t.x[i] = v + eps2
+        module.fprop(*states, out)
+        fp = out.x.copy()
+        t.x[i] = v - eps2
+        module.fprop(*states, out)
+        curv[i] = np.sum(r * (fp - 2 * f0 + out.x)) / eps2**2
+        t.x[i] = v
+    return curv
+
+
+def _gauss_newton(module: Module, inp: State, q: np.ndarray, r: np.ndarray, eps: float, eps2: float,
+                  into: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The numeric Gauss-Newton diagonal a chain of modules should propagate, stage by stage.
+
     q_{i-1} = (J_i∘J_i)ᵀ q_i for the input and (J_w∘J_w)ᵀ q_i for each parameter (added into
-    `into`, keyed by id). Off-diagonal terms are dropped between stages, as bbprop does."""
-    if not isinstance(module, Cascade):
-        for p in module.params():
-            jac = _jacobian(module, [inp], p, eps)
-            into[id(p)] = into.get(id(p), 0) + np.tensordot(q, jac * jac, axes=q.ndim)
-        jac = _jacobian(module, [inp], inp, eps)
-        return np.tensordot(q, jac * jac, axes=q.ndim)
-    stages = [State(inp.x.copy())]
-    for m in module.modules[:-1]:
-        out = State()
-        m.fprop(stages[-1], out)
-        stages.append(State(out.x.copy()))
-    for m, s in zip(reversed(module.modules), reversed(stages)):
-        q = _gauss_newton(m, s, q, eps, into)
-    return q
+    `into`, keyed by id); off-diagonal terms are dropped between stages, as bbprop does. The
+    gradient r_{i-1} = J_iᵀ r_i is carried along for stages whose own curvature is kept.
+    Returns (q, r) at the input.
+    """
+    if isinstance(module, Cascade):
+        stages = [State(inp.x.copy())]
+        for m in module.modules[:-1]:
+            out = State()
+            m.fprop(stages[-1], out)
+            stages.append(State(out.x.copy()))
+        for m, s in zip(reversed(module.modules), reversed(stages)):
+            q, r = _gauss_newton(m, s, q, r, eps, eps2, into)
+        return q, r
+    for p in module.params():
+        jac = _jacobian(module, [inp], p, eps)
+        gn = np.tensordot(q, jac * jac, axes=q.ndim)
+        if module.curvature:
+            gn += _curvature(module, [inp], p, r, eps2)
+        into[id(p)] = into.get(id(p), 0) + gn
+    jac = _jacobian(module, [inp], inp, eps)
+    q_in = np.tensordot(q, jac * jac, axes=q.ndim)
+    if module.curvature:
+        q_in += _curvature(module, [inp], inp, r, eps2)
+    return q_in, np.tensordot(r, jac, axes=r.ndim)
+
+
+def _has_curvature(module: Module) -> bool:
+    return module.curvature or any(_has_curvature(m) for m in getattr(module, "modules", ()))
 
 
 def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, eps2: float = 1e-4,
-              rtol: float = 1e-6, atol: float = 1e-8, seed: int = 0, raise_on_fail: bool = True) -> GradcheckReport:
+              rtol: float = 1e-6, atol: float = 1e-8, seed: int = 0, samples: int | None = None,
+              raise_on_fail: bool = True) -> GradcheckReport:
     """Check `module`'s bprop and bbprop against finite differences of its fprop, in float64.
 
     `inputs` are the module's inputs (its output state is made here); integer arrays (labels)
@@ -86,6 +124,8 @@ def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, ep
     - bbprop: the Gauss-Newton diagonal (J∘J)ᵀ q for a random q ≥ 0, plus, for modules whose
       own curvature is kept (`module.curvature`), Σ_p r_p ∂²F_p/∂t² (with r ≥ 0);
     - accumulation: a second bprop / bbprop without clearing doubles the result.
+    `samples` limits the finite differences to that many random entries of each input and
+    parameter (for large layers); the analytic values are compared at those entries only.
     Returns a report; raises GradcheckError naming module, quantity, worst index, analytic and
     numeric values when anything disagrees (unless raise_on_fail is False).
     """
@@ -114,40 +154,44 @@ def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, ep
     q = rng.uniform(0.5, 1.5, f0.shape)
     r_pos = rng.uniform(0.5, 1.5, f0.shape)
 
-    numeric = {}
+    numeric, picked = {}, {}
     for name, t in targets:
-        jac = np.empty(f0.shape + t.x.shape)
-        curv = np.zeros(t.x.shape)
-        for i in np.ndindex(t.x.shape):
+        coords = list(np.ndindex(t.x.shape))
+        if samples is not None and len(coords) > samples:
+            coords = [coords[j] for j in rng.choice(len(coords), size=samples, replace=False)]
+        picked[name] = tuple(np.array(coords, dtype=np.intp).reshape(len(coords), t.x.ndim).T)
+        grad, gn = np.zeros(t.x.shape), np.zeros(t.x.shape)
+        for i in coords:
             v = t.x[i]
             t.x[i] = v + eps
             fp = forward()
             t.x[i] = v - eps
             fm = forward()
-            jac[(...,) + i] = (fp - fm) / (2 * eps)
+            col = (fp - fm) / (2 * eps)                          # ∂F/∂t_i
+            grad[i], gn[i] = np.sum(r * col), np.sum(q * col * col)
             if module.curvature:
                 t.x[i] = v + eps2
                 fp = forward()
                 t.x[i] = v - eps2
                 fm = forward()
-                curv[i] = np.sum(r_pos * (fp - 2 * f0 + fm)) / eps2**2
+                gn[i] += np.sum(r_pos * (fp - 2 * f0 + fm)) / eps2**2   # + Σ_p r_p ∂²F_p/∂t_i²
             t.x[i] = v
-        axes = tuple(range(f0.ndim))
-        numeric[name] = (np.tensordot(r, jac, axes=(axes, axes)),
-                         np.tensordot(q, jac * jac, axes=(axes, axes)) + curv)
+        numeric[name] = (grad, gn)
     if isinstance(module, Cascade) and len(states) == 1:
         # a chain's bbprop is the composition of its stages' diagonal approximations
         into: dict[int, np.ndarray] = {}
-        ddx_in = _gauss_newton(module, State(states[0].x.copy()), q, eps, into)
+        ddx_in, _ = _gauss_newton(module, State(states[0].x.copy()), q, r_pos, eps, eps2, into)
         for name, t in targets:
             ddx = ddx_in if t is states[0] else into[id(t)]
             numeric[name] = (numeric[name][0], ddx)
     forward()
 
     def sweep(method, slot: str, seed_dx: np.ndarray, seed_ddx: np.ndarray, times: int) -> list[np.ndarray]:
+        out.dx, out.ddx = seed_dx, seed_ddx
+        if method == module.bbprop:
+            module.bprop(*states, out)                           # bbprop reads the dx bprop leaves
         for _, t in targets:
             getattr(t, slot).fill(0)
-        out.dx, out.ddx = seed_dx, seed_ddx
         for _ in range(times):
             method(*states, out)
         return [getattr(t, slot).copy() for _, t in targets]
@@ -155,13 +199,13 @@ def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, ep
     once = sweep(module.bprop, "dx", r, q, 1)
     twice = sweep(module.bprop, "dx", r, q, 2)
     for (name, _), a, a2 in zip(targets, once, twice):
-        _compare(report, f"bprop to {name}", a, numeric[name][0], rtol, atol)
+        _compare(report, f"bprop to {name}", a, numeric[name][0], rtol, atol, picked[name])
         _compare(report, f"bprop accumulation into {name}", a2, 2 * a, 1e-12, 1e-14)
     once = sweep(module.bbprop, "ddx", r_pos, q, 1)
     twice = sweep(module.bbprop, "ddx", r_pos, q, 2)
-    tol = (1e-5, 1e-6) if module.curvature else (rtol, atol)
+    tol = (1e-5, 1e-6) if _has_curvature(module) else (rtol, atol)
     for (name, _), a, a2 in zip(targets, once, twice):
-        _compare(report, f"bbprop to {name}", a, numeric[name][1], *tol)
+        _compare(report, f"bbprop to {name}", a, numeric[name][1], *tol, picked[name])
         _compare(report, f"bbprop accumulation into {name}", a2, 2 * a, 1e-12, 1e-14)
         if a.size and a.min() < 0:
             report.failures.append(f"{report.module}: bbprop to {name} is negative ({a.min():.3g}); "

@@ -233,6 +233,8 @@ class LVQ2Loss(Loss):
     def terms(self, e, y):
         ybar = _offending(e, y)
         ey, eb = e[_rows(e), y], e[_rows(e), ybar]
+        if eb.size and eb.min() <= 0:
+            raise ValueError(f"{self!r}: expected positive energies, got an incorrect answer's energy of {eb.min():g}")
         u = (ey - eb) / (self.delta * eb)
         on = ((u > 0) & (u < self.saturation)).astype(e.dtype)
         gy = on / (self.delta * eb)                              # ∂u/∂E_Y = 1 / (δĒ)

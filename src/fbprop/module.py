@@ -20,6 +20,8 @@ class Module:
       (convex costs: energies and losses); they also add dx·∂²F/∂x² — for all others that term
       is dropped, which keeps every ddx ≥ 0.
 
+    bbprop runs after a bprop of the same sweep and may read the `dx` it left in the output
+    (modules with `curvature` do). An input whose `requires_dx` is False (raw data) may be skipped by bprop and bbprop.
     The caller clears `dx`/`ddx` before a sweep. Accumulating instead of overwriting is what
     makes fan-out and shared weights correct with no extra code.
     """

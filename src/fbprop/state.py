@@ -11,11 +11,16 @@ class State:
     Arrays of any rank, batch axis first. `dx` and `ddx` have the shape of `x` and are allocated
     on first use, so a state that only runs forward costs one array. `resize` to the shape it
     already has keeps every buffer, which is what makes a training step allocation-free.
+
+    `requires_dx = False` marks a state nobody reads derivatives of (a batch of raw data): a
+    module may then skip computing them, which saves the largest product of a first layer.
     """
 
-    __slots__ = ("x", "_dx", "_ddx")
+    __slots__ = ("x", "_dx", "_ddx", "requires_dx")
 
-    def __init__(self, x: np.ndarray | None = None, dtype: np.dtype | type | None = None) -> None:
+    def __init__(self, x: np.ndarray | None = None, dtype: np.dtype | type | None = None,
+                 requires_dx: bool = True) -> None:
+        self.requires_dx = requires_dx
         if x is None:
             self.x = np.zeros((0,), dtype=dtype or np.float32)
         else:

@@ -80,6 +80,11 @@ def load_dataset(
 ) -> Dataset:
     """Load ``name`` and split it into train/val/test.
 
+    ``fashion-mnist`` and ``mnist`` are looked for in ``root`` (or ``root/<name>``), else in
+    ``$FBPROP_DATA/<name>`` (fashion-mnist also directly in ``$FBPROP_DATA``), then for
+    fashion-mnist in /usr/share/datasets/fashion-mnist.  Any other name is a directory of the
+    four IDX files.  ``root`` is ignored for ``digits`` and for a directory name.
+
     ``val_size`` (a count, or a fraction of the train split) samples are drawn into val by a
     permutation from ``np.random.default_rng(seed)``.  ``limit`` caps the train and the test
     split, for quick runs.  Pixels are scaled to [0, 1], then standardised with the scalar
@@ -102,30 +107,26 @@ def load_dataset(
     n_val = _val_count(val_size, len(y_all))
     order = np.random.default_rng(seed).permutation(len(y_all))
     val, train = order[:n_val], order[n_val:][:limit]
-    # limit draws a fixed random subset of test: unbiased even for class-sorted files.
-    test = np.random.default_rng(TEST_SEED).permutation(len(y_test))[:limit] if limit else slice(None)
+    test = np.arange(len(y_test))
+    if limit is not None:
+        # A fixed random subset of test: the same for every seed, unbiased for sorted files.
+        test = np.random.default_rng(TEST_SEED).permutation(len(y_test))[:limit]
 
     x_train = _to_unit(x_all[train], scale, dtype)
-    mean = float(x_train.mean(dtype=np.float64))
-    x_train -= dtype.type(mean)
-    flat = x_train.reshape(-1)
-    # std = sqrt(mean((x - mean)²)), accumulated in float64 without a float64 copy of x.
-    std = math.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / flat.size)
-    std = std or 1.0  # constant images: centre only
+    mean, std = _centre(x_train)
     x_train /= dtype.type(std)
 
-    def split(x: np.ndarray, y: np.ndarray, centred: bool = False) -> Split:
-        if not centred:
-            x = _to_unit(x, scale, dtype)
-            x -= dtype.type(mean)
-            x /= dtype.type(std)
-        return Split(x.reshape(len(x), 1, *x.shape[1:]), y.astype(np.int64))
+    def standardised(x: np.ndarray) -> np.ndarray:
+        x = _to_unit(x, scale, dtype)
+        x -= dtype.type(mean)  # x' = (x - mean) / std
+        x /= dtype.type(std)
+        return x
 
     return Dataset(
         name=name,
-        train=split(x_train, y_all[train], centred=True),
-        val=split(x_all[val], y_all[val]),
-        test=split(x_test[test], y_test[test]),
+        train=_split(x_train, y_all[train]),
+        val=_split(standardised(x_all[val]), y_all[val]),
+        test=_split(standardised(x_test[test]), y_test[test]),
         n_classes=n_classes,
         image_shape=(1, *x_train.shape[1:]),
         mean=mean,
@@ -145,13 +146,18 @@ def batches(
         raise ValueError(f"batches: expected batch_size an int >= 1, got {batch_size!r}")
     if shuffle and rng is None:
         raise ValueError(
-            "batches: expected a np.random.Generator to shuffle with (np.random.default_rng(seed)), "
-            "got None; pass shuffle=False for stored order"
+            "batches: expected a np.random.Generator to shuffle with "
+            "(np.random.default_rng(seed)), got None; pass shuffle=False for stored order"
         )
-    n = len(split)
-    order = rng.permutation(n) if shuffle else None
-    for start in range(0, n, batch_size):
-        chosen = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+    order = rng.permutation(len(split)) if shuffle else None
+    return _epoch(split, batch_size, order)
+
+
+def _epoch(
+    split: Split, batch_size: int, order: np.ndarray | None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(split), batch_size):
+        chosen = slice(start, start + batch_size) if order is None else order[start:][:batch_size]
         yield split.x[chosen], split.y[chosen]
 
 
@@ -164,6 +170,21 @@ def _to_unit(x: np.ndarray, scale: float, dtype: np.dtype) -> np.ndarray:
     x = x.astype(dtype, order="C")
     x *= dtype.type(scale)
     return x
+
+
+def _centre(x: np.ndarray) -> tuple[float, float]:
+    """Subtract the mean of all elements from ``x`` in place; return that mean and the std."""
+    mean = float(x.mean(dtype=np.float64))
+    x -= x.dtype.type(mean)
+    flat = x.reshape(-1)
+    # std = sqrt(mean((x - mean)²)), accumulated in float64 without a float64 copy of x.
+    std = math.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / flat.size)
+    return mean, std or 1.0  # constant images: centre only
+
+
+def _split(x: np.ndarray, y: np.ndarray) -> Split:
+    """(n, h, w) images as (n, 1, h, w): one input plane."""
+    return Split(x.reshape(len(x), 1, *x.shape[1:]), y.astype(np.int64))
 
 
 def _val_count(val_size: float, n: int) -> int:
@@ -191,7 +212,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _find(name: str, root: str | os.PathLike | None) -> str:
-    """The directory holding the four IDX files of ``name``; FileNotFoundError if none does."""
+    """The directory holding the four IDX files of ``name``; FileNotFoundError if none."""
     env = os.environ.get("FBPROP_DATA")
     if name in DATASETS:
         if root is not None:
@@ -215,7 +236,7 @@ def _find(name: str, root: str | os.PathLike | None) -> str:
         state = f"missing {missing[0]}[.gz]" if os.path.isdir(directory) else "no such directory"
         looked.append(f"{directory} ({state})")
     where = ", ".join(looked) or "nowhere (no root given, FBPROP_DATA not set)"
-    how = HOW_TO_GET.get(name, "put the four IDX files (train-images-idx3-ubyte[.gz], ...) there")
+    how = HOW_TO_GET.get(name, "put the four IDX files (train-images-idx3-ubyte[.gz], ...) in it")
     raise FileNotFoundError(f"load_dataset({name!r}): data set not found, looked in {where}; {how}")
 
 
@@ -239,26 +260,31 @@ def _read_four(
     for x, y, x_path, y_path in ((x_train, y_train, *paths[:2]), (x_test, y_test, *paths[2:])):
         if x.ndim != 3 or not (x.dtype == np.uint8 or x.dtype.kind == "f"):
             raise ValueError(
-                f"{x_path}: expected images (n, h, w) of uint8 or float, got shape {x.shape} of {x.dtype}"
+                f"{x_path}: expected images (n, h, w) of uint8 or float, "
+                f"got shape {x.shape} of {x.dtype}"
             )
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{x_path}: expected finite pixel values, got NaN or inf")
         if y.shape != x.shape[:1]:
             raise ValueError(
-                f"{y_path}: expected {len(x)} labels, one per image in {x_path}, got shape {y.shape}"
+                f"{y_path}: expected {len(x)} labels, one per image in {x_path}, "
+                f"got shape {y.shape}"
             )
         if y.dtype.kind not in "iu":
             raise ValueError(f"{y_path}: expected integer labels, got {y.dtype}")
+    if len(x_train) == 0:
+        raise ValueError(f"{paths[0]}: expected at least one training image, got none")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(
             f"{paths[2]}: expected images of size {x_train.shape[1:]} as in {paths[0]}, "
             f"got {x_test.shape[1:]}"
         )
     if n_classes is None:
-        n_classes = int(y_train.max(initial=-1)) + 1
+        n_classes = int(y_train.max()) + 1 if len(y_train) else 0
     for y, y_path in ((y_train, paths[1]), (y_test, paths[3])):
         if len(y) and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(
-                f"{y_path}: expected labels in [0, {n_classes}), got values in [{y.min()}, {y.max()}]"
+                f"{y_path}: expected labels in [0, {n_classes}), "
+                f"got values in [{y.min()}, {y.max()}]"
             )
     return x_train, y_train, x_test, y_test, n_classes

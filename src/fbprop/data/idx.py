@@ -69,7 +69,8 @@ def _parse(path: str, stream: BinaryIO, available: int | None, bound: int) -> np
     if len(magic) < 4:
         raise IdxError(f"{where}: expected a 4-byte header, got {len(magic)} bytes")
     if magic[:2] != b"\x00\x00":
-        raise IdxError(f"{where}: expected magic starting with bytes 00 00, got {magic[:2].hex(' ')}")
+        got = magic[:2].hex(" ")
+        raise IdxError(f"{where}: expected magic starting with bytes 00 00, got {got}")
     code, ndim = magic[2], magic[3]
     if code not in DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in DTYPES)
@@ -89,24 +90,23 @@ def _parse(path: str, stream: BinaryIO, available: int | None, bound: int) -> np
     if available is None and expected > bound:
         raise IdxError(f"{where}: {described}, but the gzip file can inflate to at most {bound}")
     found = None if available is None else available - 4 - 4 * ndim
-    if found is None:
+    if found is None or found == expected:
         data = _read_up_to(stream, expected + 1)
-        found = len(data)
-    elif found == expected:
-        data = stream.read(expected + 1)
         found = len(data)
     if found < expected:
         raise IdxError(f"{where}: truncated data, {described}, found {found}")
     if found > expected:
         extra = "at least 1" if available is None else str(found - expected)
         raise IdxError(f"{where}: trailing bytes, {described}, found {extra} more")
-    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _read_up_to(stream: BinaryIO, n: int) -> bytes:
-    """Up to ``n`` bytes, fewer only at end of stream; memory grows with what is actually read."""
-    if n <= CHUNK:
-        return stream.read(n)
+def _read_up_to(stream: BinaryIO, n: int) -> bytearray:
+    """Up to ``n`` bytes, fewer only at end of stream, in a buffer numpy may write to.
+
+    Read in chunks: memory grows with the bytes actually there, not with ``n``.
+    """
     parts = []
     while n > 0:
         part = stream.read(min(n, CHUNK))
@@ -114,7 +114,7 @@ def _read_up_to(stream: BinaryIO, n: int) -> bytes:
             break
         parts.append(part)
         n -= len(part)
-    return b"".join(parts)
+    return bytearray().join(parts)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -129,11 +129,16 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     if code is None or array.dtype.kind == "b":
         raise ValueError(f"write_idx({path!r}): expected dtype in {SUPPORTED}, got {array.dtype}")
     if not 1 <= array.ndim <= MAX_NDIM:
-        raise ValueError(f"write_idx({path!r}): expected 1 to {MAX_NDIM} dimensions, got {array.ndim}")
+        raise ValueError(
+            f"write_idx({path!r}): expected 1 to {MAX_NDIM} dimensions, got {array.ndim}"
+        )
     if max(array.shape) > 0xFFFFFFFF:
-        raise ValueError(f"write_idx({path!r}): expected every size < 2**32, got shape {array.shape}")
+        raise ValueError(
+            f"write_idx({path!r}): expected every size below 2**32, got shape {array.shape}"
+        )
     header = struct.pack(f">BBBB{array.ndim}I", 0, 0, code, array.ndim, *array.shape)
-    payload = memoryview(np.ascontiguousarray(array, dtype=DTYPES[code]).reshape(-1).view(np.uint8))
+    big_endian = np.ascontiguousarray(array, dtype=DTYPES[code])
+    payload = memoryview(big_endian.reshape(-1).view(np.uint8))
 
     directory, name = os.path.split(os.path.abspath(path))
     temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")

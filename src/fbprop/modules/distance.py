@@ -21,6 +21,7 @@ class Euclidean(Module):
     """
 
     curvature = True
+    n_inputs = 2
 
     def fprop(self, x: State, y: State, out: State) -> None:
         if x.x.shape != y.x.shape:

@@ -22,11 +22,13 @@ class Linear(Module):
         np.matmul(inp.x, self.w.x.T, out=out.x)                 # y = W x
 
     def bprop(self, inp: State, out: State) -> None:
-        inp.dx += out.dx @ self.w.x                              # ∂E/∂x = Wᵀ ∂E/∂y
+        if inp.requires_dx:
+            inp.dx += out.dx @ self.w.x                          # ∂E/∂x = Wᵀ ∂E/∂y
         self.w.dx += out.dx.T @ inp.x                            # ∂E/∂W = ∂E/∂y xᵀ
 
     def bbprop(self, inp: State, out: State) -> None:
-        inp.ddx += out.ddx @ (self.w.x * self.w.x)               # (W∘W)ᵀ ∂²E/∂y²
+        if inp.requires_dx:
+            inp.ddx += out.ddx @ (self.w.x * self.w.x)           # (W∘W)ᵀ ∂²E/∂y²
         self.w.ddx += out.ddx.T @ (inp.x * inp.x)                # ∂²E/∂y² (x∘x)ᵀ
 
     def __repr__(self) -> str:

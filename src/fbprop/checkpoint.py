@@ -1,0 +1,71 @@
+"""Checkpoints: the architecture as JSON plus flat vectors in one .npz — no pickle anywhere.
+
+Loading an untrusted checkpoint cannot run code: arrays are read with allow_pickle=False and
+the architecture is a JSON spec that `fbprop.models.build_machine` interprets. Saving writes a
+temporary file in the same directory, fsyncs it and renames it over the old one, so a process
+killed mid-save leaves the previous checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "fbprop-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as one."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it onto `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, spec: dict, params: np.ndarray,
+                    optimizer: dict[str, np.ndarray] | None = None, trainer: dict | None = None) -> None:
+    arrays = {"format": np.array(FORMAT), "architecture": np.array(json.dumps(spec)),
+              "params": params, "trainer": np.array(json.dumps(trainer or {}))}
+    arrays.update({f"optimizer/{k}": v for k, v in (optimizer or {}).items()})
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict, np.ndarray, dict[str, np.ndarray], dict]:
+    """(spec, params, optimizer slots, trainer state) from a checkpoint file (or a run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != FORMAT:
+                raise CheckpointError(f"{path}: not an fbprop checkpoint (expected format {FORMAT})")
+            spec = json.loads(str(z["architecture"]))
+            params = z["params"]
+            trainer = json.loads(str(z["trainer"]))
+            optimizer = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("optimizer/")}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if params.ndim != 1 or params.dtype.kind != "f":
+        raise CheckpointError(f"{path}: expected a 1-D float parameter vector, got {params.dtype} {params.shape}")
+    return spec, params, optimizer, trainer

@@ -1,0 +1,273 @@
+"""The `fbprop` command: train, eval, predict, gradcheck."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fbprop.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from fbprop.data.datasets import DATASETS, load_dataset
+from fbprop.data.idx import IdxError, read_idx
+from fbprop.losses import LOSSES
+from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec
+from fbprop.train import OPTIMIZERS, SCHEDULES, Trainer, TrainingDiverged, evaluate
+
+DEFAULT_LR = {"sgd": 0.05, "momentum": 0.01, "sdlm": 0.001, "batch": 0.5, "lbfgs": 1.0}
+CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
+
+
+class CommandError(Exception):
+    """A user error, reported as one line on stderr."""
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer sizes like 300,100, got {text!r}") from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes, got {text!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text!r}")
+        return value
+    return parse
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", metavar="NAME",
+                   help=f"dataset: {', '.join(DATASETS)}, or a directory holding the four MNIST-format files "
+                        "(default: digits, scikit-learn's bundled 8x8 digits)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset's files are (or set FBPROP_DATA)")
+    p.add_argument("--limit", type=_positive(int), default=None, help="use at most this many training samples")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fbprop", description="Gradient-based learning in multi-module systems.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and write checkpoint, metrics and plots",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _data_args(t)
+    t.add_argument("--model", default="mlp", choices=MODELS)
+    t.add_argument("--hidden", type=_sizes, default=None, help="hidden layer sizes of mlp (default 300,100)")
+    t.add_argument("--squash", default=None, choices=list(SQUASHES), help="mlp's sigmoid (default tanh)")
+    t.add_argument("--energy", default=None, choices=ENERGIES,
+                   help="scores: energies are negated outputs; rbf: distances to per-class target codes")
+    t.add_argument("--loss", default=None, choices=list(LOSSES), help="energy-based loss (default nll)")
+    t.add_argument("--beta", type=_positive(float), default=None, help="inverse temperature of the nll loss")
+    t.add_argument("--margin", type=_positive(float), default=None, help="margin of hinge / square-square")
+    t.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    t.add_argument("--lr", type=_positive(float), default=None,
+                   help="learning rate η (default per optimizer: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--mu", type=_positive(float), default=0.02, help="SDLM's μ in η/(μ + h_kk)")
+    t.add_argument("--hessian-samples", type=_positive(int), default=500, help="samples for SDLM's Hessian estimate")
+    t.add_argument("--schedule", default="constant", choices=SCHEDULES)
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=_positive(int), default=32, help="1 is on-line learning")
+    t.add_argument("--l2", type=float, default=0.0, help="λ of the L2 regularizer ½‖W‖²")
+    t.add_argument("--l1", type=float, default=0.0, help="λ of the L1 regularizer ‖W‖₁")
+    t.add_argument("--val-size", type=float, default=0.1, help="validation fraction (or count) of the training set")
+    t.add_argument("--patience", type=_positive(int), default=None, help="early stopping after this many epochs "
+                   "without a better validation error")
+    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/DATA-MODEL-TIME)")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue a run from its checkpoint.npz")
+    t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: on a terminal)")
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
+    e.add_argument("checkpoint", help="a checkpoint .npz or a run directory (uses best.npz there)")
+    _data_args(e)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+
+    p = sub.add_parser("predict", help="answers of a checkpoint for images in an IDX or .npy file")
+    p.add_argument("checkpoint")
+    p.add_argument("file", help="images (n, h, w) as IDX (.idx3-ubyte, optionally .gz) or .npy")
+    p.add_argument("--out", default=None, help="write the answers to this .npy (default: print them)")
+
+    g = sub.add_parser("gradcheck", help="finite-difference check of every module of a model (float64)")
+    g.add_argument("model", choices=MODELS)
+    g.add_argument("--input-shape", type=_sizes, default=[1, 28, 28], help="one sample's shape, e.g. 1,28,28")
+    g.add_argument("--samples", type=_positive(int), default=20, help="entries checked per input and parameter")
+    return parser
+
+
+def _spec(args, data) -> dict:
+    spec = default_spec(args.model)
+    for key in ("hidden", "squash", "energy", "loss"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    loss_args = dict(spec.get("loss_args", {})) if spec.get("loss") == default_spec(args.model)["loss"] else {}
+    if args.beta is not None:
+        loss_args["beta"] = args.beta
+    if args.margin is not None:
+        loss_args["margin"] = args.margin
+    spec["loss_args"] = loss_args
+    if args.l2 and args.l1:
+        raise CommandError("give one regularizer: --l2 or --l1, not both")
+    if args.l2 or args.l1:
+        spec["regularizer"] = {"kind": "l2" if args.l2 else "l1", "lam": args.l2 or args.l1}
+    spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dtype=args.dtype, seed=args.seed,
+                dataset=data.name, normalisation={"mean": data.mean, "std": data.std,
+                                                  "pixel_scale": 16.0 if data.name == "digits" else 255.0})
+    return spec
+
+
+def _build(spec: dict):
+    try:
+        return build_machine(spec)
+    except TypeError as e:
+        raise CommandError(f"bad option for loss {spec.get('loss')!r}: {e}") from None
+
+
+def cmd_train(args) -> int:
+    if args.epochs < 0:
+        raise CommandError(f"--epochs: expected a count >= 0, got {args.epochs}")
+    val = int(args.val_size) if args.val_size >= 1 else args.val_size
+    data = load_dataset(args.data, args.data_dir, val_size=val, seed=args.seed,
+                        dtype=np.dtype(args.dtype), limit=args.limit)
+    if args.resume:
+        spec = load_checkpoint(args.resume)[0]
+        out = Path(args.out) if args.out else Path(args.resume).parent
+    else:
+        spec = _spec(args, data)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out) if args.out else Path("runs") / f"{data.name}-{args.model}-{stamp}"
+        if (out / "checkpoint.npz").exists():
+            raise CommandError(f"{out} already holds a run; pass --resume {out / 'checkpoint.npz'} or another --out")
+    machine = _build(spec)
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    trainer = Trainer(machine, data, optimizer=args.optimizer, lr=lr, batch_size=args.batch_size, epochs=args.epochs,
+                      momentum=args.momentum, mu=args.mu, schedule=args.schedule, patience=args.patience,
+                      seed=args.seed, hessian_samples=args.hessian_samples, out_dir=out, progress=args.progress)
+    if args.resume:
+        trainer.resume(args.resume)
+    print(f"fbprop train: {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test), "
+          f"{machine.pool.size} parameters, {args.optimizer} lr {lr:g}, batch {args.batch_size}, -> {out}",
+          file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        trainer.fit()
+    except TrainingDiverged as e:
+        last = out / "checkpoint.npz"
+        kept = f"; the last good checkpoint is {last}" if last.exists() else ""
+        raise CommandError(f"{e}{kept}") from None
+    seconds = time.perf_counter() - start
+    trainer.restore_best()
+    test = evaluate(machine, data.test, data.n_classes)
+    summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
+               "epochs": trainer.epoch, "best_val_error": trainer.best_error if len(data.val) else None,
+               "confusion": test.confusion.tolist()}
+    text = json.dumps(summary, indent=1)
+    atomic_write(out / "result.json", lambda f: f.write(text.encode()))
+    if not args.no_plots:
+        from fbprop.plots import plot_confusion, plot_curves
+        plot_curves(trainer.history, out / "curves.png", f"{spec['model']} on {data.name}")
+        plot_confusion(test.confusion, out / "confusion.png", f"{spec['model']} on {data.name}: test",
+                       CLASS_NAMES.get(data.name))
+    print(f"test error {100 * test.error:.2f}% (accuracy {100 * (1 - test.error):.2f}%) "
+          f"after {trainer.epoch} epochs in {seconds:.1f}s; results in {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / "best.npz" if (path / "best.npz").exists() else path / "checkpoint.npz"
+    spec, params, _, _ = load_checkpoint(path)
+    machine = _build(spec)
+    machine.pool.load(params)
+    data = load_dataset(args.data, args.data_dir, val_size=0.1, seed=spec.get("seed", 0),
+                        dtype=machine.pool.dtype, limit=args.limit)
+    if list(data.image_shape) != list(spec["input_shape"]) or data.n_classes != spec["n_classes"]:
+        raise CommandError(f"{path}: the model expects images {tuple(spec['input_shape'])} in {spec['n_classes']} "
+                           f"classes, dataset {data.name} has {data.image_shape} in {data.n_classes}")
+    split = getattr(data, args.split)
+    meter = evaluate(machine, split, data.n_classes)
+    print(json.dumps({"split": args.split, "samples": len(split), "error": meter.error,
+                      "accuracy": 1 - meter.error, "loss": meter.loss}))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    spec, params, _, _ = load_checkpoint(args.checkpoint)
+    machine = _build(spec)
+    machine.pool.load(params)
+    path = Path(args.file)
+    if not path.exists():
+        raise CommandError(f"{path}: no such file")
+    x = np.load(path, allow_pickle=False) if path.suffix == ".npy" else read_idx(path)
+    shape = tuple(spec["input_shape"])
+    if x.ndim == len(shape) - 1:
+        x = x[:, None]
+    if x.shape[1:] != shape:
+        raise CommandError(f"{path}: expected images of shape (n, {', '.join(map(str, shape[1:]))}), got {x.shape}")
+    norm = spec["normalisation"]
+    x = x.astype(np.float64) / norm["pixel_scale"] if x.dtype.kind in "iu" else x.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise CommandError(f"{path}: the images hold NaN or infinite values")
+    x = ((x - norm["mean"]) / norm["std"]).astype(machine.pool.dtype)
+    answers = machine.predict(x)
+    if args.out:
+        atomic_write(args.out, lambda f: np.save(f, answers))
+        print(f"{len(answers)} answers written to {args.out}")
+    else:
+        print("\n".join(map(str, answers.tolist())))
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    from fbprop.gradcheck import gradcheck
+    from fbprop.machine import _leaves
+    from fbprop.state import State
+
+    spec = {**default_spec(args.model), "input_shape": args.input_shape, "n_classes": 10, "dtype": "float64"}
+    machine = _build(spec)
+    state = State(np.random.default_rng(0).standard_normal((2, *args.input_shape)))
+    failures = 0
+    for m in [*_leaves(machine.net), machine.energy]:
+        report = gradcheck(m, state.x.copy(), samples=args.samples, raise_on_fail=False)
+        print(f"{'ok  ' if report.ok else 'FAIL'} {m!r}: {len(report.checked)} checks")
+        for line in report.failures:
+            print("     " + line)
+        failures += not report.ok
+        out = State()
+        m.fprop(state, out)
+        state = out
+    print(f"{args.model}: {'all modules pass' if not failures else f'{failures} modules fail'}")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck}
+    try:
+        return command[args.command](args)
+    except (CommandError, CheckpointError, IdxError, FileNotFoundError, ValueError, TypeError) as e:
+        print(f"fbprop {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fbprop {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

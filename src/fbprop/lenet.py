@@ -1,0 +1,121 @@
+"""LeNet-5 (LeCun, Bottou, Bengio, Haffner, "Gradient-based learning applied to document
+recognition", Proc. IEEE 1998) and a modern ReLU/max-pooling counterpart, built from fbprop modules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fbprop.module import Cascade
+from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
+from fbprop.modules.distance import RBF, random_codes
+from fbprop.modules.linear import Linear
+from fbprop.modules.shape import Flatten, Pad
+from fbprop.modules.squash import Bias, ReLU, ScaledTanh
+from fbprop.params import ParamPool
+from fbprop.state import State
+
+_GLYPHS = {
+    0: "..###.. .#...#. #.....# #.....# #.....# #.....# #.....# #.....# #.....# #.....# .#...#. ..###..",
+    1: "...#... ..##... .#.#... ...#... ...#... ...#... ...#... ...#... ...#... ...#... ...#... .#####.",
+    2: "..###.. .#...#. #.....# ......# .....#. ....#.. ...#... ..#.... .#..... #...... #...... #######",
+    3: ".#####. #.....# ......# ......# .....#. ..###.. .....#. ......# ......# ......# #.....# .#####.",
+    4: ".....#. ....##. ...#.#. ..#..#. .#...#. #....#. ####### .....#. .....#. .....#. .....#. .....#.",
+    5: "####### #...... #...... #...... ######. ......# ......# ......# ......# ......# #.....# .#####.",
+    6: "..####. .#..... #...... #...... #.###.. ##...#. #.....# #.....# #.....# #.....# .#...#. ..###..",
+    7: "####### ......# ......# .....#. .....#. ....#.. ....#.. ...#... ...#... ..#.... ..#.... ..#....",
+    8: "..###.. .#...#. #.....# #.....# .#...#. ..###.. .#...#. #.....# #.....# #.....# .#...#. ..###..",
+    9: "..###.. .#...#. #.....# #.....# #.....# .#...## ..###.# ......# ......# .....#. ....#.. .###...",
+}
+
+LENET5_BITMAPS = np.array([[1.0 if ch == "#" else -1.0 for ch in _GLYPHS[d].replace(" ", "")] for d in range(10)])
+"""(10, 84) target codes for the digits 0-9: 7-wide × 12-tall glyphs, '#' = +1, '.' = −1, row by row.
+
+LeNet-5's output RBF units compare F6 with stylised bitmaps of the characters (paper, Fig. 3).
+The paper's own bitmaps are not available to us; these are simple glyphs drawn for fbprop, in the
+same spirit: ±1 codes that ScaledTanh (f(±1) = ±1) can reach without saturating, with similar
+digits (e.g. 3 and 8) close and the rest far apart. View one with `LENET5_BITMAPS[d].reshape(12, 7)`.
+"""
+LENET5_BITMAPS.flags.writeable = False
+
+
+def lenet5_codes(k: int) -> np.ndarray:
+    """(k, 84) RBF target codes: the digit bitmaps for k ≤ 10, else k random ±1 codes."""
+    if k < 1:
+        raise ValueError(f"lenet5_codes: expected k >= 1 classes, got {k}")
+    return LENET5_BITMAPS[:k].copy() if k <= 10 else random_codes(k, 84)
+
+
+class ImageCascade(Cascade):
+    """A Cascade that first checks its input is a batch of one-channel images of one size."""
+
+    def __init__(self, name: str, size: int, hint: str, *modules) -> None:
+        super().__init__(*modules)
+        self.name, self.size, self.hint = name, size, hint
+
+    def fprop(self, inp: State, out: State) -> None:
+        if inp.x.shape[1:] != (1, self.size, self.size):
+            raise ValueError(f"{self.name}: expected input of shape (n, 1, {self.size}, {self.size}), "
+                             f"got {inp.x.shape}{self.hint}")
+        super().fprop(inp, out)
+
+    def __repr__(self) -> str:
+        return self.name + super().__repr__().removeprefix("Cascade")
+
+
+def lenet5(pool: ParamPool, n_classes: int = 10, pad: int = 2) -> Cascade:
+    """LeNet-5 up to F6: images (n, 1, 32 − 2·pad, 32 − 2·pad) -> F6 states (n, 84).
+
+    Pad - C1 Conv(1→6, 5×5) - tanh - S2 Subsampling(2) - tanh - C3 Conv(6→16, 5×5, Table I) - tanh -
+    S4 - tanh - C5 Conv(16→120, 5×5) - tanh - Flatten - F6 Linear(120→84) - tanh, every tanh the
+    scaled one, 1.7159 tanh(2u/3). The network is built for 32×32 images (C5 sees all of S4's 5×5);
+    `pad` zero-pads the input up to that: 2 for MNIST's 28×28, 0 for 32×32, 12 for 8×8 digits
+    (or upsample those). The bias of each map sits in the ScaledTanh after C1, C3, C5 and F6 and
+    in the Subsampling layers (whose squashing has none), so the counts are the paper's: 156, 12,
+    1516, 32, 48120, 10164 — 60000 trainable parameters. `n_classes` sizes only the energy stage,
+    `lenet5_energy(pool, n_classes)`, which follows F6.
+    """
+    if int(pad) != pad or not 0 <= pad <= 14:
+        raise ValueError(f"lenet5: expected 0 <= pad <= 14 (images of 32 − 2·pad pixels), got {pad}")
+    if n_classes < 1:
+        raise ValueError(f"lenet5: expected n_classes >= 1, got {n_classes}")
+    size = 32 - 2 * pad
+    return ImageCascade(
+        f"LeNet-5[{size}x{size}]", size, f" (images of {size}x{size} padded by {pad} to 32x32; choose pad)",
+        Pad(pad),
+        Conv2d(1, 6, 5, pool), ScaledTanh((6, 1, 1), pool),                               # C1: 32 -> 28
+        Subsampling(6, 2, pool), ScaledTanh((6, 1, 1)),                                    # S2: 28 -> 14
+        Conv2d(6, 16, 5, pool, table=LENET5_C3_TABLE), ScaledTanh((16, 1, 1), pool),      # C3: 14 -> 10
+        Subsampling(16, 2, pool), ScaledTanh((16, 1, 1)),                                  # S4: 10 -> 5
+        Conv2d(16, 120, 5, pool), ScaledTanh((120, 1, 1), pool),                           # C5: 5 -> 1
+        Flatten(),
+        Linear(120, 84, pool), ScaledTanh(84, pool),                                       # F6
+    )
+
+
+def lenet5_energy(pool: ParamPool, n_classes: int = 10) -> RBF:
+    """LeNet-5's output layer: E_k = ½‖F6 − t_k‖² to fixed codes t = lenet5_codes(n_classes)."""
+    return RBF(lenet5_codes(n_classes), pool, trainable=False)
+
+
+def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int = 128) -> Cascade:
+    """Conv(1→32, 3×3, pad 1) - ReLU - MaxPool 2 - Conv(32→64, 3×3, pad 1) - ReLU - MaxPool 2 -
+    Flatten - Linear(64·(size/4)² → hidden) - ReLU - Linear(hidden → n_classes) - Bias.
+
+    Input (n, 1, size, size) with size a multiple of 4 (28 for MNIST, 8 for the 8×8 digits),
+    output scores (n, n_classes): feed them to NegatedScores and NLLLoss. Each ReLU carries its
+    layer's bias (y = max(0, x + b), one b per map after a convolution), as Bias then ReLU would.
+    """
+    if int(size) != size or size < 4 or size % 4:
+        raise ValueError(f"lenet_modern: expected an image size that is a multiple of 4, got {size}")
+    if n_classes < 1:
+        raise ValueError(f"lenet_modern: expected n_classes >= 1, got {n_classes}")
+    q = size // 4
+    return ImageCascade(
+        f"LeNetModern[{size}x{size}]", size, " (set size=, a multiple of 4)",
+        Conv2d(1, 32, 3, pool, padding=1), ReLU((32, 1, 1), pool), MaxPool(2),
+        Conv2d(32, 64, 3, pool, padding=1), ReLU((64, 1, 1), pool), MaxPool(2),
+        Flatten(),
+        Linear(64 * q * q, hidden, pool), ReLU(hidden, pool),
+        Linear(hidden, n_classes, pool), Bias(n_classes, pool),
+    )

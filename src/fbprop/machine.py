@@ -1,0 +1,147 @@
+"""Machine: a net, an energy and a loss over one ParamPool — the thing a Trainer trains."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fbprop.losses import Loss, Regularizer, infer
+from fbprop.module import Cascade, Module
+from fbprop.params import ParamPool
+from fbprop.state import State
+
+
+class Machine:
+    """An energy-based learning machine: E(W, Y, X) = energy(G(X, W), Y), trained through a loss.
+
+    - classification: `energy` maps G(X) (n, d) to one energy per answer (n, k) (RBF,
+      NegatedScores), the loss reads them with integer labels, inference is argmin over answers;
+    - regression: `energy` is Euclidean(G(X), Y) (n,), the loss is the energy loss.
+
+    `gradient` leaves in `pool.dx` the batch mean of ∂L_i/∂W plus (λ/P) ∂H/∂W, P = `n_train`:
+    the quantity every optimizer in `fbprop.optim` steps along (see the lecture's formulas there).
+    """
+
+    def __init__(self, net: Module, energy: Module, loss: Loss, pool: ParamPool,
+                 regularizer: Regularizer | None = None, spec: dict | None = None) -> None:
+        self.net, self.energy, self.loss, self.pool = net, energy, loss, pool
+        self.regularizer = regularizer
+        self.spec = spec or {}
+        self.n_train = 1
+        self.regression = getattr(energy, "n_inputs", 1) == 2
+        self.inp = State(requires_dx=False)
+        self.out, self.target, self.energies, self.labels, self.losses = (State() for _ in range(5))
+        self.target.requires_dx = False
+
+    # forward ------------------------------------------------------------------------------
+    def _fprop(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.inp.x = x
+        self.net.fprop(self.inp, self.out)
+        if self.regression:
+            self.target.x = y
+            self.energy.fprop(self.out, self.target, self.energies)
+        else:
+            self.energy.fprop(self.out, self.energies)
+        if y is not None:
+            self.labels.x = y
+            self.loss.fprop(self.energies, None if self.regression else self.labels, self.losses)
+
+    def energies_of(self, x: np.ndarray) -> np.ndarray:
+        """Energies of every answer for a batch (classification)."""
+        self._fprop(x, None)
+        return self.energies.x
+
+    def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """argmin_y E(W, y, X) for each sample (classification) or G(X) (regression)."""
+        parts = []
+        for i in range(0, len(x), batch_size):
+            self._fprop(x[i:i + batch_size], None)
+            parts.append(self.out.x.copy() if self.regression else infer(self.energies.x))
+        return np.concatenate(parts) if parts else np.zeros(0, np.intp)
+
+    # backward -----------------------------------------------------------------------------
+    def _bprop(self) -> None:
+        self.energies.clear_dx()
+        self.out.clear_dx()
+        labels = None if self.regression else self.labels
+        self.loss.bprop(self.energies, labels, self.losses)
+        if self.regression:
+            self.energy.bprop(self.out, self.target, self.energies)
+        else:
+            self.energy.bprop(self.out, self.energies)
+        self.net.bprop(self.inp, self.out)
+
+    def _bbprop(self) -> None:
+        self.energies.clear_ddx()
+        self.out.clear_ddx()
+        labels = None if self.regression else self.labels
+        self.losses.clear_ddx()                                  # the objective is linear in each L_i
+        self.loss.bbprop(self.energies, labels, self.losses)
+        if self.regression:
+            self.energy.bbprop(self.out, self.target, self.energies)
+        else:
+            self.energy.bbprop(self.out, self.energies)
+        self.net.bbprop(self.inp, self.out)
+
+    def accumulate(self, x: np.ndarray, y: np.ndarray, weight: float) -> float:
+        """fprop and bprop one batch, adding weight · Σ_i ∂L_i/∂W into pool.dx; returns Σ_i L_i."""
+        self._fprop(x, y)
+        self.losses.dx.fill(weight)                              # ∂objective/∂L_i
+        self._bprop()
+        return float(self.losses.x.sum())
+
+    def gradient(self, x: np.ndarray, y: np.ndarray) -> float:
+        """pool.dx ← (1/B) Σ_B ∂L_i/∂W + (λ/P) ∂H/∂W; returns the batch's mean loss."""
+        self.pool.clear_dx()
+        total = self.accumulate(x, y, 1.0 / len(x))
+        if self.regularizer is not None:
+            self.regularizer.bprop(self.pool, 1.0 / self.n_train)
+        return total / len(x)
+
+    def curvature(self, x: np.ndarray, y: np.ndarray) -> float:
+        """pool.ddx ← Gauss-Newton diagonal of the same objective as `gradient` (also sets dx)."""
+        loss = self.gradient(x, y)
+        self.pool.clear_ddx()
+        self._bbprop()
+        if self.regularizer is not None:
+            self.regularizer.bbprop(self.pool, 1.0 / self.n_train)
+        return loss
+
+    def full_gradient(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
+        """The lecture's batch gradient: pool.dx ← (1/P)[Σ_i ∂L_i/∂W + λ ∂H/∂W] over all of x.
+
+        Returns the objective (1/P)[Σ_i L_i + λ H(W)], whose gradient this is.
+        """
+        p = len(x)
+        self.pool.clear_dx()
+        total = sum(self.accumulate(x[i:i + batch_size], y[i:i + batch_size], 1.0 / p)
+                    for i in range(0, p, batch_size))
+        if self.regularizer is not None:
+            self.regularizer.bprop(self.pool, 1.0 / p)
+            total += self.regularizer.fprop(self.pool)
+        return total / p
+
+    def first_nonfinite(self, x: np.ndarray) -> str | None:
+        """Run x forward stage by stage and name the first module whose output is not finite."""
+        if not np.isfinite(x).all():
+            return "the input batch"
+        state = State(x)
+        for m in _leaves(self.net):
+            out = State()
+            m.fprop(state, out)
+            if not np.isfinite(out.x).all():
+                return repr(m)
+            state = out
+        energies = State()
+        if not self.regression:
+            self.energy.fprop(state, energies)
+            if not np.isfinite(energies.x).all():
+                return repr(self.energy)
+        return None
+
+    def __repr__(self) -> str:
+        return (f"Machine(net={self.net!r},\n        energy={self.energy!r}, loss={self.loss!r}, "
+                f"regularizer={self.regularizer!r}, parameters={self.pool.size})")
+
+
+def _leaves(m: Module) -> list[Module]:
+    return [leaf for c in m.modules for leaf in _leaves(c)] if isinstance(m, Cascade) else [m]

@@ -1,0 +1,332 @@
+"""Convolutional modules on image batches (n, c, h, w): Conv2d, Subsampling (LeNet-5's S layers), MaxPool.
+
+Speed comes from im2col: the windows every output pixel sees are copied into one column matrix,
+so fprop, the weight gradient and the input gradient are each a single BLAS product; col2im
+adds the columns back onto the image with one slice-add per kernel offset (k² of them, no loop
+over samples or pixels). Scratch arrays are `State`s resized in place, so a training step with
+fixed shapes allocates nothing large.
+
+Caching: im2col columns (Conv2d), window argmaxes (MaxPool) and window means (Subsampling) are
+computed in fprop and reused by bprop/bbprop when they receive the same `inp.x` array that the
+last fprop saw; for another array (a module instance applied to two inputs) they are recomputed.
+As everywhere in fbprop, bprop assumes `inp.x` has not been changed in place since fprop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from fbprop.module import Module
+from fbprop.modules.shape import Pad, expect_images
+from fbprop.modules.squash import sum_to
+from fbprop.params import ParamPool
+from fbprop.state import State
+
+
+def _table(rows: list[str]) -> np.ndarray:
+    t = np.array([[ch == "X" for ch in row] for row in rows])
+    t.flags.writeable = False
+    return t
+
+
+LENET5_C3_TABLE = _table([           # LeCun et al. 1998, Table I: rows = S2 maps 0-5, columns = C3 maps 0-15
+    "X...XXX..XXXX.XX",              # C3 0-5: contiguous triples of S2 maps, 6-11: contiguous quadruples,
+    "XX...XXX..XXXX.X",              # 12-14: non-contiguous quadruples, 15: all six (60 connections)
+    "XXX...XXX..X.XXX",
+    ".XXX..XXXX..X.XX",
+    "..XXX..XXXX.XX.X",
+    "...XXX..XXXX.XXX",
+])
+
+
+def _windows(x: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """A (n, c, h', w', size, size) view with [n, c, i, j, a, b] = x[n, c, stride·i + a, stride·j + b]."""
+    return sliding_window_view(x, (size, size), axis=(2, 3))[:, :, ::stride, ::stride]
+
+
+def _offset(a: int, b: int, h_out: int, w_out: int, stride: int) -> tuple[slice, ...]:
+    """Index of the pixels x[:, :, stride·i + a, stride·j + b] for all i < h', j < w' (col2im)."""
+    return (slice(None), slice(None), slice(a, a + stride * (h_out - 1) + 1, stride),
+            slice(b, b + stride * (w_out - 1) + 1, stride))
+
+
+def _out_size(who: Module, inp: State, size: int, stride: int, padding: int = 0) -> tuple[int, int]:
+    h, w = inp.x.shape[2] + 2 * padding, inp.x.shape[3] + 2 * padding
+    if min(h, w) < size:
+        m = size - 2 * padding
+        raise ValueError(f"{who!r}: expected images of at least {m}x{m}, got input of shape {inp.x.shape}")
+    return (h - size) // stride + 1, (w - size) // stride + 1
+
+
+def _connections(who: str, table, n_in: int, n_out: int) -> np.ndarray:
+    """A connection table as a boolean (n_in, n_out) array, from itself or from (in_map, out_map) pairs."""
+    t = np.asarray(table)
+    if t.dtype != bool:
+        if t.ndim != 2 or t.shape[1] != 2 or t.dtype.kind not in "iu":
+            raise ValueError(f"{who}: expected a boolean table of shape ({n_in}, {n_out}) or integer "
+                             f"(in_map, out_map) pairs, got {t.dtype} array of shape {t.shape}")
+        if t.size and (t.min() < 0 or t[:, 0].max() >= n_in or t[:, 1].max() >= n_out):
+            raise ValueError(f"{who}: expected pairs in [0, {n_in}) x [0, {n_out}), got {t.tolist()}")
+        pairs, t = t, np.zeros((n_in, n_out), bool)
+        t[pairs[:, 0], pairs[:, 1]] = True
+    if t.shape != (n_in, n_out):
+        raise ValueError(f"{who}: expected a connection table of shape ({n_in}, {n_out}), got {t.shape}")
+    if not t.any(0).all():
+        lonely = np.flatnonzero(~t.any(0)).tolist()
+        raise ValueError(f"{who}: expected every output map connected, got no input map for output maps {lonely}")
+    return t
+
+
+def _positive(who: str, **sizes: int) -> None:
+    for name, v in sizes.items():
+        if int(v) != v or v < 1:
+            raise ValueError(f"{who}: expected {name} >= 1, got {v}")
+
+
+class Conv2d(Module):
+    """y_{o,i,j} = Σ_{c,a,b} w_{o,c,a,b} x_{c, s·i+a, s·j+b}: n_out maps, each a sum of k×k
+    convolutions of the (zero-padded) input maps. Shapes: x (n, n_in, h, w) -> y (n, n_out, h', w'),
+    h' = (h + 2·padding − k) // stride + 1. Weights w (n_out, n_in, k, k) from the pool; no bias
+    (the squashing module that follows carries one bias per map, e.g. Tanh((n_out, 1, 1), pool)).
+
+    `table`, a boolean (n_in, n_out) array or (in_map, out_map) pairs, connects each output map
+    to some input maps only (LeNet-5's C3: `LENET5_C3_TABLE`). It is a 0/1 mask on the full weight
+    tensor: unconnected weights start at 0, fprop uses w∘mask and bprop/bbprop mask their dx/ddx,
+    so they stay 0 and one dense BLAS product serves every table (the masked products are wasted
+    flops, a fair price at C3's 60 of 96). Initialisation is uniform ±√(3/fan_in) per output map,
+    fan_in = (its connected input maps) × k².
+    """
+
+    def __init__(self, n_in: int, n_out: int, kernel: int, pool: ParamPool, stride: int = 1,
+                 padding: int = 0, table: np.ndarray | list[tuple[int, int]] | None = None) -> None:
+        _positive("Conv2d", n_in=n_in, n_out=n_out, kernel=kernel, stride=stride)
+        if int(padding) != padding or padding < 0:
+            raise ValueError(f"Conv2d: expected padding >= 0, got {padding}")
+        self.n_in, self.n_out, self.kernel = int(n_in), int(n_out), int(kernel)
+        self.stride, self.padding = int(stride), int(padding)
+        self.table = None
+        if table is not None:
+            self.table = _connections(repr(self), table, self.n_in, self.n_out)
+        self.w = pool.alloc(self.n_out, self.n_in, self.kernel, self.kernel, fan_in=self.n_in * self.kernel**2)
+        self._mask = None
+        if self.table is not None:
+            self._mask = self.table.T[:, :, None, None].astype(pool.dtype)   # mask_{o,c} = 1 if c feeds o
+            self.w.x *= self._mask * np.sqrt(self.n_in / self.table.sum(0))[:, None, None, None]  # U(±√(3/fan_in_o))
+        self._pad = Pad(self.padding) if self.padding else None
+        self._xp, self._col, self._wm, self._y, self._g, self._gw, self._dcol = (State() for _ in range(7))
+        self._col_of: np.ndarray | None = None
+
+    def _columns(self, inp: State, fresh: bool = False) -> np.ndarray:
+        """im2col: the (n_in·k·k, n·h'·w') matrix whose column (n, i, j) is the window y_{n,·,i,j} sees."""
+        if not fresh and self._col_of is inp.x:
+            return self._col.x.reshape(self.n_in * self.kernel**2, -1)
+        src = inp
+        if self._pad is not None:
+            self._pad.fprop(inp, self._xp)
+            src = self._xp
+        h_out, w_out = _out_size(self, src, self.kernel, self.stride)
+        k = self.kernel
+        col = self._col.resize(self.n_in, k, k, inp.batch, h_out, w_out, dtype=inp.x.dtype).x
+        windows = _windows(src.x, k, self.stride).transpose(1, 4, 5, 0, 2, 3)
+        np.copyto(col, windows)                                  # col[c,a,b,n,i,j] = x[n,c,si+a,sj+b]
+        self._col_of = inp.x
+        return col.reshape(self.n_in * k * k, -1)
+
+    def _weights(self, power: int) -> np.ndarray:
+        """W∘mask (power 1) or W∘W∘mask (power 2) as an (n_out, n_in·k·k) matrix."""
+        w = self.w.x
+        if power == 1 and self._mask is None:
+            return w.reshape(self.n_out, -1)
+        wm = self._wm.resize(*w.shape, dtype=w.dtype).x
+        if power == 2:
+            np.multiply(w, w, out=wm)                            # W∘W
+        else:
+            np.copyto(wm, w)
+        if self._mask is not None:
+            wm *= self._mask                                     # w_{o,c} = 0 where c does not feed o
+        return wm.reshape(self.n_out, -1)
+
+    def fprop(self, inp: State, out: State) -> None:
+        expect_images(self, inp, self.n_in)
+        _out_size(self, inp, self.kernel, self.stride, self.padding)
+        col = self._columns(inp, fresh=True)
+        n, h_out, w_out = self._col.x.shape[3:]
+        y = self._y.resize(self.n_out, n, h_out, w_out, dtype=inp.x.dtype).x
+        np.matmul(self._weights(1), col, out=y.reshape(self.n_out, -1))  # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
+        out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype)
+        np.copyto(out.x, y.transpose(1, 0, 2, 3))
+
+    def _back(self, inp: State, g_out: np.ndarray, col: np.ndarray, w: np.ndarray, slot: str) -> None:
+        """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bprop with
+        (g, col, w) = (∂E/∂y, x, W), bbprop with (∂²E/∂y², x∘x, W∘W)."""
+        shape6 = self._col.x.shape
+        n, h_out, w_out = shape6[3:]
+        g = self._g.resize(self.n_out, n, h_out, w_out, dtype=g_out.dtype).x
+        np.copyto(g, g_out.transpose(1, 0, 2, 3))
+        g = g.reshape(self.n_out, -1)
+        gw = self._gw.resize(self.n_out, col.shape[0], dtype=np.result_type(g, col)).x
+        np.matmul(g, col.T, out=gw)                              # ∂E/∂w_o = Σ_{n,i,j} ∂E/∂y_{n,o,i,j} x_window(n,i,j)
+        gw = gw.reshape(self.w.x.shape)
+        if self._mask is not None:
+            gw *= self._mask                                     # unconnected weights get no update
+        w_slot = getattr(self.w, slot)
+        w_slot += gw
+        dcol = self._dcol.resize(*col.shape, dtype=np.result_type(g, w)).x
+        np.matmul(w.T, g, out=dcol)                              # ∂E/∂x_window(n,i,j) = Wᵀ ∂E/∂y_{n,·,i,j}
+        src = inp if self._pad is None else self._xp
+        target = getattr(src, slot)
+        if self._pad is not None:
+            target.fill(0)
+        dcol = dcol.reshape(shape6)
+        for a in range(self.kernel):
+            for b in range(self.kernel):                         # col2im: ∂E/∂x_{c,si+a,sj+b} += dcol[c,a,b,i,j]
+                target[_offset(a, b, h_out, w_out, self.stride)] += dcol[:, a, b].transpose(1, 0, 2, 3)
+        if self._pad is not None:
+            (self._pad.bprop if slot == "dx" else self._pad.bbprop)(inp, self._xp)   # drop the border
+
+    def bprop(self, inp: State, out: State) -> None:
+        self._back(inp, out.dx, self._columns(inp), self._weights(1), "dx")   # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
+
+    def bbprop(self, inp: State, out: State) -> None:
+        col = self._columns(inp)
+        np.multiply(col, col, out=col)                           # x∘x, in place: the cache is spent
+        self._col_of = None
+        self._back(inp, out.ddx, col, self._weights(2), "ddx")   # ∂²E/∂y² (x∘x)ᵀ, (W∘W)ᵀ ∂²E/∂y²
+
+    def __repr__(self) -> str:
+        extra = (f", stride {self.stride}" if self.stride != 1 else "") + \
+                (f", padding {self.padding}" if self.padding else "") + \
+                (f", table {int(self.table.sum())}/{self.table.size}" if self.table is not None else "")
+        return f"Conv2d({self.n_in} -> {self.n_out}, {self.kernel}x{self.kernel}{extra})"
+
+
+class Subsampling(Module):
+    """LeNet-5's S layers: y_{c,i,j} = a_c · m_{c,i,j} + b_c, m the average of x_c over the
+    non-overlapping size×size window (i, j). Shapes: x (n, c, h, w) -> y (n, c, h/size, w/size),
+    h and w multiples of size. The squashing follows as a separate module.
+
+    The paper multiplies the window's *sum* by the coefficient; the average is the same machine
+    with a_c rescaled by size². a_c starts at 1 (a plain average pooling, which keeps the maps
+    in the working range of the ScaledTanh after it) and b_c at 0: 2·c parameters, as in the paper.
+    """
+
+    def __init__(self, n_maps: int, size: int, pool: ParamPool) -> None:
+        _positive("Subsampling", n_maps=n_maps, size=size)
+        self.n_maps, self.size = int(n_maps), int(size)
+        self.a = pool.alloc(self.n_maps, 1, 1, value=1.0)
+        self.b = pool.alloc(self.n_maps, 1, 1, value=0.0)
+        self._m = State()
+        self._m_of: np.ndarray | None = None
+
+    def _windows(self, inp: State) -> list[tuple[slice, ...]]:
+        """The size² strided views x[:, :, s·i + a, s·j + b], one per offset (a, b) in the window."""
+        h_out, w_out = inp.x.shape[2] // self.size, inp.x.shape[3] // self.size
+        return [_offset(a, b, h_out, w_out, self.size) for a in range(self.size) for b in range(self.size)]
+
+    def _means(self, inp: State) -> np.ndarray:
+        if self._m_of is not inp.x:
+            n, c, h, w = inp.x.shape
+            m = self._m.resize(n, c, h // self.size, w // self.size, dtype=inp.x.dtype).x
+            first, *rest = self._windows(inp)
+            np.copyto(m, inp.x[first])
+            for at in rest:
+                m += inp.x[at]                                   # Σ_window x
+            m *= 1.0 / self.size**2                              # m = (1/s²) Σ_window x
+            self._m_of = inp.x
+        return self._m.x
+
+    def fprop(self, inp: State, out: State) -> None:
+        expect_images(self, inp, self.n_maps)
+        if inp.x.shape[2] % self.size or inp.x.shape[3] % self.size:
+            raise ValueError(f"{self!r}: expected height and width multiples of {self.size}, "
+                             f"got input of shape {inp.x.shape}")
+        self._m_of = None
+        m = self._means(inp)
+        out.resize(*m.shape, dtype=inp.x.dtype)
+        np.multiply(m, self.a.x, out=out.x)
+        out.x += self.b.x                                        # y = a m + b
+
+    def bprop(self, inp: State, out: State) -> None:
+        g, m, shape = out.dx, self._means(inp), self.a.x.shape
+        gx = g * (self.a.x / self.size**2)                       # ∂E/∂x = (a/s²) ∂E/∂y on each window
+        for at in self._windows(inp):
+            inp.dx[at] += gx
+        self.a.dx += sum_to(g * m, shape)                        # ∂E/∂a = Σ ∂E/∂y · m
+        self.b.dx += sum_to(g, shape)                            # ∂E/∂b = Σ ∂E/∂y
+
+    def bbprop(self, inp: State, out: State) -> None:
+        h, m, shape = out.ddx, self._means(inp), self.a.x.shape
+        hx = h * (self.a.x / self.size**2) ** 2                  # ∂²E/∂x² = (a/s²)² ∂²E/∂y²
+        for at in self._windows(inp):
+            inp.ddx[at] += hx
+        self.a.ddx += sum_to(h * m * m, shape)                   # Σ ∂²E/∂y² · m²
+        self.b.ddx += sum_to(h, shape)                           # Σ ∂²E/∂y²
+
+    def __repr__(self) -> str:
+        return f"Subsampling({self.n_maps} maps, {self.size}x{self.size})"
+
+
+class MaxPool(Module):
+    """y_{c,i,j} = max over the size×size window at (stride·i, stride·j) of x_c (no parameters).
+    Shapes: x (n, c, h, w) -> y (n, c, (h − size)//stride + 1, (w − size)//stride + 1); stride
+    defaults to size. The Jacobian is 1 at each window's argmax (the first, on ties), so bprop and
+    bbprop route ∂E/∂y and ∂²E/∂y² there; overlapping windows add.
+    """
+
+    def __init__(self, size: int, stride: int | None = None) -> None:
+        _positive("MaxPool", size=size, stride=size if stride is None else stride)
+        self.size = int(size)
+        self.stride = self.size if stride is None else int(stride)
+        self._y, self._idx, self._step, self._up, self._g = (State() for _ in range(5))
+        self._idx_of: np.ndarray | None = None
+
+    def _windows(self, inp: State) -> list[tuple[slice, ...]]:
+        """The size² strided views x[:, :, stride·i + a, stride·j + b], one per window offset (a, b)."""
+        h_out, w_out = _out_size(self, inp, self.size, self.stride)
+        return [_offset(a, b, h_out, w_out, self.stride) for a in range(self.size) for b in range(self.size)]
+
+    def _argmax(self, inp: State, y: np.ndarray | None = None) -> np.ndarray:
+        """Each window's maximum into y (when given) and its offset a·size + b, the first on ties."""
+        if y is None and self._idx_of is inp.x:
+            return self._idx.x
+        first, *rest = self._windows(inp)
+        shape = inp.x[first].shape
+        y = self._y.resize(*shape, dtype=inp.x.dtype).x if y is None else y
+        idx, step = (t.resize(*shape, dtype=np.intp).x for t in (self._idx, self._step))
+        up = self._up.resize(*shape, dtype=bool).x
+        np.copyto(y, inp.x[first])
+        idx.fill(0)
+        for k, at in enumerate(rest, 1):                         # branch-free: masked copies mispredict
+            np.greater(inp.x[at], y, out=up)
+            np.maximum(y, inp.x[at], out=y)                      # y = max(y, x[s·i + a, s·j + b])
+            np.subtract(k, idx, out=step)
+            np.multiply(step, up, out=step)
+            idx += step                                          # idx = k where x[s·i + a, s·j + b] > y
+        self._idx_of = inp.x
+        return idx
+
+    def fprop(self, inp: State, out: State) -> None:
+        expect_images(self, inp)
+        h_out, w_out = _out_size(self, inp, self.size, self.stride)
+        out.resize(*inp.x.shape[:2], h_out, w_out, dtype=inp.x.dtype)
+        self._argmax(inp, out.x)                                 # y = max_window x
+
+    def _route(self, inp: State, g: np.ndarray, target: np.ndarray) -> None:
+        idx = self._argmax(inp)
+        hit = self._up.resize(*idx.shape, dtype=bool).x
+        routed = self._g.resize(*idx.shape, dtype=g.dtype).x
+        for k, at in enumerate(self._windows(inp)):
+            np.equal(idx, k, out=hit)
+            np.multiply(g, hit, out=routed)                      # ∂y/∂x = 1 at the argmax, 0 elsewhere
+            target[at] += routed
+
+    def bprop(self, inp: State, out: State) -> None:
+        self._route(inp, out.dx, inp.dx)                         # ∂E/∂x_argmax = ∂E/∂y
+
+    def bbprop(self, inp: State, out: State) -> None:
+        self._route(inp, out.ddx, inp.ddx)                       # 1² ∂²E/∂y²
+
+    def __repr__(self) -> str:
+        stride = f", stride {self.stride}" if self.stride != self.size else ""
+        return f"MaxPool({self.size}x{self.size}{stride})"

@@ -1,0 +1,62 @@
+"""PNG plots of a run: learning curves and the confusion matrix (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fbprop.checkpoint import atomic_write
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+
+
+def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
+    """Loss and error rate per epoch for train / val / test."""
+    plt = _figure()
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [r["epoch"] for r in history]
+    for name, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
+        if any(f"{name}_loss" in r for r in history):
+            ax_loss.plot(epochs, [r.get(f"{name}_loss", np.nan) for r in history], style, label=name, ms=3)
+        if any(f"{name}_error" in r for r in history):
+            ax_err.plot(epochs, [100 * r.get(f"{name}_error", np.nan) for r in history], style, label=name, ms=3)
+    ax_loss.set(xlabel="epoch", ylabel="mean loss", title="loss")
+    ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="error rate")
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    _save(fig, Path(path))
+    plt.close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, path: str | Path, title: str = "", labels: list[str] | None = None) -> None:
+    """The confusion matrix (rows: true class, columns: answer), counts in each cell."""
+    plt = _figure()
+    k = confusion.shape[0]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    ax.imshow(confusion, cmap="Blues")
+    high = confusion.max() / 2 if confusion.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if confusion[i, j] > high else "black")
+    ticks = labels or [str(i) for i in range(k)]
+    ax.set_xticks(range(k), ticks, rotation=45 if labels else 0, ha="right" if labels else "center")
+    ax.set_yticks(range(k), ticks)
+    ax.set(xlabel="answer", ylabel="true class", title=title or "confusion matrix")
+    _save(fig, Path(path))
+    plt.close(fig)

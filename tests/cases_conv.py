@@ -1,0 +1,56 @@
+"""Gradient-check cases for the convolutional and shape modules: (name, factory) pairs, where
+factory(pool) -> (module, [inputs as float64 arrays]), small enough to check by finite differences
+in a fraction of a second. The pool must be a float64 ParamPool."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fbprop as fb
+from fbprop.lenet import ImageCascade
+
+
+def _images(*shape: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def _conv(**kw):
+    return lambda pool: (fb.Conv2d(2, 3, 3, pool, **kw), [_images(2, 2, 5, 5)])
+
+
+def _table(pool):
+    table = [(0, 0), (1, 1), (0, 2), (1, 2)]                     # out maps 0, 1 see one map, map 2 both
+    return fb.Conv2d(2, 3, 3, pool, table=table), [_images(2, 2, 5, 5)]
+
+
+def _cascade(pool):
+    net = fb.Cascade(
+        fb.Conv2d(1, 2, 3, pool),                                # (2, 1, 6, 6) -> (2, 2, 4, 4)
+        fb.Tanh((2, 1, 1), pool),
+        fb.Subsampling(2, 2, pool),                              # -> (2, 2, 2, 2)
+        fb.Flatten(),                                            # -> (2, 8)
+        fb.Linear(8, 3, pool),
+    )
+    return net, [_images(2, 1, 6, 6)]
+
+
+def _image_cascade(pool):
+    net = ImageCascade("tiny", 4, "", fb.Pad(1), fb.Conv2d(1, 2, 3, pool, stride=2), fb.Flatten(), fb.Linear(8, 2, pool))
+    return net, [_images(2, 1, 4, 4)]
+
+
+CASES = [
+    ("Conv2d", _conv()),
+    ("Conv2d stride 2", _conv(stride=2)),
+    ("Conv2d padding 1", _conv(padding=1)),
+    ("Conv2d stride 2 padding 1", _conv(stride=2, padding=1)),
+    ("Conv2d table", _table),
+    ("Subsampling", lambda pool: (fb.Subsampling(2, 2, pool), [_images(2, 2, 4, 6)])),
+    ("MaxPool", lambda pool: (fb.MaxPool(2), [_images(2, 2, 4, 4)])),
+    ("MaxPool overlapping", lambda pool: (fb.MaxPool(3, stride=2), [_images(2, 2, 5, 5)])),
+    ("Flatten", lambda pool: (fb.Flatten(), [_images(2, 2, 3, 3)])),
+    ("Reshape", lambda pool: (fb.Reshape(2, 3, 3), [_images(2, 18)])),
+    ("Pad", lambda pool: (fb.Pad(2), [_images(2, 2, 3, 3)])),
+    ("Cascade conv-tanh-subsampling-flatten-linear", _cascade),
+    ("ImageCascade pad-conv-flatten-linear", _image_cascade),
+]

@@ -1,0 +1,325 @@
+"""Convolutional and shape modules, LeNet-5: values against loops and by hand, gradients, errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import fbprop as fb
+from cases_conv import CASES
+
+
+@pytest.mark.parametrize("name, factory", CASES, ids=[name for name, _ in CASES])
+def test_bprop_and_bbprop_match_finite_differences(name, factory):
+    module, inputs = factory(fb.ParamPool(np.float64))
+    fb.gradcheck(module, *inputs)
+
+
+# ---- Conv2d against an obviously correct nested-loop implementation ----------------------------
+
+def conv_loops(x, w, g, h, stride, padding):
+    """y, and for output gradient g / curvature h: ∂E/∂x, ∂E/∂w, Gauss-Newton ddx, ddw — by loops."""
+    n, c, hi, wi = x.shape
+    o, _, k, _ = w.shape
+    xp = np.zeros((n, c, hi + 2 * padding, wi + 2 * padding))
+    xp[:, :, padding:padding + hi, padding:padding + wi] = x
+    ho, wo = (xp.shape[2] - k) // stride + 1, (xp.shape[3] - k) // stride + 1
+    y = np.zeros((n, o, ho, wo))
+    dxp, dw, ddxp, ddw = np.zeros_like(xp), np.zeros_like(w), np.zeros_like(xp), np.zeros_like(w)
+    for s in range(n):
+        for q in range(o):
+            for i in range(ho):
+                for j in range(wo):
+                    for ch in range(c):
+                        for a in range(k):
+                            for b in range(k):
+                                u, v = stride * i + a, stride * j + b
+                                y[s, q, i, j] += w[q, ch, a, b] * xp[s, ch, u, v]
+                                dxp[s, ch, u, v] += g[s, q, i, j] * w[q, ch, a, b]
+                                dw[q, ch, a, b] += g[s, q, i, j] * xp[s, ch, u, v]
+                                ddxp[s, ch, u, v] += h[s, q, i, j] * w[q, ch, a, b] ** 2
+                                ddw[q, ch, a, b] += h[s, q, i, j] * xp[s, ch, u, v] ** 2
+    inner = (slice(None), slice(None), slice(padding, padding + hi), slice(padding, padding + wi))
+    return y, dxp[inner], dw, ddxp[inner], ddw
+
+
+TABLE_3x4 = np.array([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 1, 1]], bool)
+
+
+@pytest.mark.parametrize("stride, padding, table", [
+    (1, 0, None), (2, 0, None), (1, 1, None), (2, 2, None), (1, 0, TABLE_3x4), (3, 1, [(0, 0), (2, 3), (1, 1), (2, 2)]),
+])
+def test_conv2d_matches_nested_loops(stride, padding, table):
+    rng = np.random.default_rng(3)
+    conv = fb.Conv2d(3, 4, 3, fb.ParamPool(np.float64), stride=stride, padding=padding, table=table)
+    x = fb.State(rng.standard_normal((2, 3, 7, 6)))
+    out = fb.State()
+    conv.fprop(x, out)
+    g, h = rng.standard_normal(out.shape), rng.uniform(0, 1, out.shape)
+    mask = np.ones((4, 3), bool) if conv.table is None else conv.table.T
+    w = conv.w.x * mask[:, :, None, None]
+    y, dx, dw, ddx, ddw = conv_loops(x.x, w, g, h, stride, padding)
+    out.dx, out.ddx = g, h
+    conv.bprop(x, out)
+    conv.bbprop(x, out)
+    m = mask[:, :, None, None]
+    np.testing.assert_allclose(out.x, y, atol=1e-12)
+    np.testing.assert_allclose(x.dx, dx, atol=1e-12)
+    np.testing.assert_allclose(conv.w.dx, dw * m, atol=1e-12)
+    np.testing.assert_allclose(x.ddx, ddx, atol=1e-12)
+    np.testing.assert_allclose(conv.w.ddx, ddw * m, atol=1e-12)
+
+
+def test_conv2d_table_weights_stay_exactly_zero_after_bprop_and_sgd_step():
+    pool = fb.ParamPool(np.float32)
+    conv = fb.Conv2d(6, 16, 5, pool, table=fb.LENET5_C3_TABLE)
+    cut = ~fb.LENET5_C3_TABLE.T                                  # (out, in) pairs with no connection
+    assert np.all(conv.w.x[cut] == 0) and np.all(conv.w.x[~cut] != 0)
+    rng = np.random.default_rng(0)
+    x, out = fb.State(rng.standard_normal((3, 6, 9, 9)).astype(np.float32)), fb.State()
+    before = conv.w.x.copy()
+    opt = fb.SGD(pool, lr=0.1)
+    for _ in range(2):
+        pool.clear_dx()
+        pool.clear_ddx()
+        conv.fprop(x, out)
+        out.dx = rng.standard_normal(out.shape)
+        out.ddx = rng.uniform(0, 1, out.shape)
+        conv.bprop(x, out)
+        conv.bbprop(x, out)
+        assert np.all(conv.w.dx[cut] == 0) and np.all(conv.w.ddx[cut] == 0)
+        opt.step()
+    assert np.all(conv.w.x[cut] == 0)
+    assert np.all(conv.w.x[~cut] != before[~cut])
+
+
+def test_conv2d_fan_in_counts_connected_maps_only():
+    conv = fb.Conv2d(6, 16, 5, fb.ParamPool(np.float64, seed=1), table=fb.LENET5_C3_TABLE)
+    fan_in = fb.LENET5_C3_TABLE.sum(0) * 25                      # 75, 100 or 150 inputs per C3 map
+    bound = np.abs(conv.w.x).reshape(16, -1).max(1)
+    assert np.all(bound <= np.sqrt(3 / fan_in)) and np.all(bound > 0.8 * np.sqrt(3 / fan_in))
+
+
+def test_lenet5_c3_table_is_the_papers_table_one():
+    t = fb.LENET5_C3_TABLE
+    assert t.shape == (6, 16) and t.sum() == 60
+    assert t.sum(0).tolist() == [3] * 6 + [4] * 9 + [6]
+    for j in range(6):                                           # contiguous triples, then quadruples
+        assert set(np.flatnonzero(t[:, j])) == {j % 6, (j + 1) % 6, (j + 2) % 6}
+        assert set(np.flatnonzero(t[:, 6 + j])) == {j % 6, (j + 1) % 6, (j + 2) % 6, (j + 3) % 6}
+    assert [set(np.flatnonzero(t[:, j])) for j in (12, 13, 14)] == [{0, 1, 3, 4}, {1, 2, 4, 5}, {0, 2, 3, 5}]
+
+
+def test_conv2d_recomputes_its_columns_for_another_input():
+    rng = np.random.default_rng(0)
+    conv = fb.Conv2d(2, 3, 3, fb.ParamPool(np.float64), padding=1)
+    a, b = fb.State(rng.standard_normal((2, 2, 5, 5))), fb.State(rng.standard_normal((2, 2, 5, 5)))
+    ya, yb = fb.State(), fb.State()
+    conv.fprop(a, ya)
+    ya.dx = rng.standard_normal(ya.shape)
+    conv.bprop(a, ya)
+    expected = conv.w.dx.copy(), a.dx.copy()
+    conv.w.dx[...] = 0
+    a.dx[...] = 0
+    conv.fprop(a, ya)
+    conv.fprop(b, yb)                                            # the same module applied to a second input
+    conv.bprop(a, ya)
+    np.testing.assert_allclose(conv.w.dx, expected[0])
+    np.testing.assert_allclose(a.dx, expected[1])
+
+
+def test_conv2d_reuses_its_scratch_buffers_across_calls():
+    conv = fb.Conv2d(1, 2, 3, fb.ParamPool(np.float32), padding=1)
+    x, out = fb.State(np.ones((2, 1, 6, 6), np.float32)), fb.State()
+    conv.fprop(x, out)
+    out.dx = np.ones(out.shape)
+    conv.bprop(x, out)
+    scratch = (conv._col, conv._y, conv._g, conv._gw, conv._dcol, conv._xp, out, x)
+    buffers = [s.x for s in scratch] + [out.dx, x.dx, conv._xp.dx]
+    conv.fprop(x, out)
+    conv.bprop(x, out)
+    assert all(a is b for a, b in zip(buffers, [s.x for s in scratch] + [out.dx, x.dx, conv._xp.dx], strict=True))
+
+
+# ---- Subsampling, MaxPool, shape modules by hand ----------------------------------------------
+
+def test_subsampling_is_coefficient_times_window_mean_plus_bias():
+    pool = fb.ParamPool(np.float64)
+    sub = fb.Subsampling(1, 2, pool)
+    assert sub.a.x.ravel().tolist() == [1.0] and sub.b.x.ravel().tolist() == [0.0]
+    sub.a.x[...], sub.b.x[...] = 2.0, 0.5
+    x, out = fb.State(np.arange(16.0).reshape(1, 1, 4, 4)), fb.State()
+    sub.fprop(x, out)
+    np.testing.assert_allclose(out.x[0, 0], [[2 * 2.5 + 0.5, 2 * 4.5 + 0.5], [2 * 10.5 + 0.5, 2 * 12.5 + 0.5]])
+    out.dx = np.ones((1, 1, 2, 2))
+    out.ddx = np.ones((1, 1, 2, 2))
+    sub.bprop(x, out)
+    sub.bbprop(x, out)
+    np.testing.assert_allclose(x.dx, np.full((1, 1, 4, 4), 2 / 4))          # a / s²
+    np.testing.assert_allclose(x.ddx, np.full((1, 1, 4, 4), (2 / 4) ** 2))  # (a / s²)²
+    assert sub.a.dx.item() == 2.5 + 4.5 + 10.5 + 12.5 and sub.b.dx.item() == 4
+    assert sub.a.ddx.item() == 2.5**2 + 4.5**2 + 10.5**2 + 12.5**2 and sub.b.ddx.item() == 4
+
+
+def test_maxpool_routes_gradient_to_each_windows_maximum():
+    x = fb.State(np.array([[1, 5, 2, 0], [3, 4, 8, 1], [0, 0, 1, 1], [9, 2, 3, 7.0]])[None, None])
+    pool2, out = fb.MaxPool(2), fb.State()
+    pool2.fprop(x, out)
+    np.testing.assert_array_equal(out.x[0, 0], [[5, 8], [9, 7]])
+    out.dx = np.array([[1, 2], [3, 4.0]])[None, None]
+    out.ddx = np.array([[10, 20], [30, 40.0]])[None, None]
+    pool2.bprop(x, out)
+    pool2.bbprop(x, out)
+    np.testing.assert_array_equal(x.dx[0, 0], [[0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0], [3, 0, 0, 4]])
+    np.testing.assert_array_equal(x.ddx[0, 0], [[0, 10, 0, 0], [0, 0, 20, 0], [0, 0, 0, 0], [30, 0, 0, 40]])
+
+
+def test_maxpool_with_overlapping_windows_adds_where_one_maximum_serves_two():
+    x, out = fb.State(np.array([[1.0, 9, 2]])[None, None].repeat(2, 2)), fb.State()   # (1, 1, 2, 3)
+    mp = fb.MaxPool(2, stride=1)
+    mp.fprop(x, out)
+    np.testing.assert_array_equal(out.x[0, 0], [[9, 9]])
+    out.dx = np.array([[[[1.0, 2]]]])
+    mp.bprop(x, out)
+    np.testing.assert_array_equal(x.dx[0, 0], [[0, 3, 0], [0, 0, 0]])   # the first maximum, in both windows
+
+
+def test_flatten_and_reshape_are_views_and_bprop_adds_reshaped_gradient():
+    x, flat, back = fb.State(np.arange(24.0).reshape(2, 3, 2, 2)), fb.State(), fb.State()
+    fb.Flatten().fprop(x, flat)
+    assert flat.shape == (2, 12) and np.shares_memory(flat.x, x.x)
+    fb.Reshape(3, 4).fprop(flat, back)
+    assert back.shape == (2, 3, 4) and np.shares_memory(back.x, x.x)
+    flat.dx = np.ones((2, 12))
+    x.dx = np.ones(x.shape)
+    fb.Flatten().bprop(x, flat)
+    np.testing.assert_array_equal(x.dx, np.full(x.shape, 2.0))
+
+
+def test_pad_surrounds_images_with_zeros():
+    x, out = fb.State(np.ones((1, 2, 2, 3))), fb.State()
+    pad = fb.Pad(1)
+    out.resize(1, 2, 4, 5)
+    out.x.fill(7)                                                # stale values must not survive on the border
+    pad.fprop(x, out)
+    assert out.shape == (1, 2, 4, 5) and out.x.sum() == 12 and np.all(out.x[:, :, 1:3, 1:4] == 1)
+
+
+# ---- LeNet-5 and the modern net --------------------------------------------------------------
+
+def test_lenet5_codes_are_plus_minus_one_bitmaps_then_random_codes():
+    codes = fb.lenet5_codes(10)
+    assert codes.shape == (10, 84) and set(np.unique(codes)) == {-1.0, 1.0}
+    assert np.array_equal(codes, fb.LENET5_BITMAPS)
+    hamming = (codes[:, None] != codes[None]).sum(-1)
+    assert hamming[~np.eye(10, dtype=bool)].min() >= 5            # every two digits differ in 5+ pixels
+    assert fb.lenet5_codes(3).shape == (3, 84)
+    many = fb.lenet5_codes(20)
+    assert many.shape == (20, 84) and set(np.unique(many)) == {-1.0, 1.0}
+    energy = fb.lenet5_energy(fb.ParamPool(np.float32), 10)
+    assert isinstance(energy, fb.RBF) and (energy.k, energy.d) == (10, 84) and not energy.params()
+
+
+def test_lenet5_has_the_papers_60000_parameters():
+    pool = fb.ParamPool(np.float32)
+    net = fb.lenet5(pool)
+    fb.lenet5_energy(pool)
+    held_at_zero = (~fb.LENET5_C3_TABLE).sum() * 25             # C3's unconnected weights, masked in the pool
+    assert pool.size - held_at_zero == 60000
+    counts = [sum(p.x.size for p in m.params()) for m in net.modules]
+    assert [c for c in counts if c] == [150, 6, 12, 1500 + held_at_zero, 16, 32, 48000, 120, 10080, 84]
+
+
+def test_lenet5_runs_fprop_bprop_bbprop_on_mnist_sized_batches_with_nonnegative_curvature():
+    pool = fb.ParamPool(np.float32)
+    net, energy, loss = fb.lenet5(pool), fb.lenet5_energy(pool), fb.NLLLoss()
+    rng = np.random.default_rng(0)
+    x = fb.State(rng.standard_normal((4, 1, 28, 28)).astype(np.float32))
+    y = fb.State(np.array([0, 3, 7, 9]))
+    f6, e, l = fb.State(), fb.State(), fb.State()
+    net.fprop(x, f6)
+    energy.fprop(f6, e)
+    loss.fprop(e, y, l)
+    assert f6.shape == (4, 84) and e.shape == (4, 10) and e.x.dtype == np.float32
+    l.dx, l.ddx = np.full(4, 0.25), np.zeros(4)
+    loss.bprop(e, y, l)
+    energy.bprop(f6, e)
+    net.bprop(x, f6)
+    loss.bbprop(e, y, l)
+    energy.bbprop(f6, e)
+    net.bbprop(x, f6)
+    assert np.all(np.isfinite(pool.dx)) and np.count_nonzero(pool.dx) > 0.5 * pool.size
+    assert np.all(pool.ddx >= 0) and np.all(x.ddx >= 0) and pool.ddx.max() > 0
+    assert x.dx.shape == (4, 1, 28, 28)
+
+
+@pytest.mark.parametrize("size", [28, 8])
+def test_lenet_modern_scores_feed_negated_scores_and_nll(size):
+    pool = fb.ParamPool(np.float32)
+    net = fb.lenet_modern(pool, n_classes=10, size=size)
+    x = fb.State(np.random.default_rng(0).standard_normal((3, 1, size, size)).astype(np.float32))
+    s, e, l, y = fb.State(), fb.State(), fb.State(), fb.State(np.array([1, 2, 3]))
+    net.fprop(x, s)
+    fb.NegatedScores().fprop(s, e)
+    fb.NLLLoss().fprop(e, y, l)
+    assert s.shape == (3, 10) and np.all(np.isfinite(l.x))
+    l.dx = np.ones(3)
+    fb.NLLLoss().bprop(e, y, l)
+    fb.NegatedScores().bprop(s, e)
+    net.bprop(x, s)
+    assert np.all(np.isfinite(pool.dx)) and np.any(pool.dx != 0)
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+def _fprop(module, x):
+    module.fprop(fb.State(np.zeros(x)), fb.State())
+
+
+BAD_INPUTS = [
+    (lambda p: fb.Conv2d(1, 6, 5, p), (2, 3, 8, 8),
+     "Conv2d(1 -> 6, 5x5): expected input of shape (n, 1, h, w), got (2, 3, 8, 8)"),
+    (lambda p: fb.Conv2d(1, 6, 5, p), (2, 64),
+     "Conv2d(1 -> 6, 5x5): expected input of shape (n, 1, h, w), got (2, 64)"),
+    (lambda p: fb.Conv2d(1, 6, 5, p, padding=1), (2, 1, 2, 9),
+     "Conv2d(1 -> 6, 5x5, padding 1): expected images of at least 3x3, got input of shape (2, 1, 2, 9)"),
+    (lambda p: fb.Subsampling(6, 2, p), (2, 6, 7, 8),
+     "Subsampling(6 maps, 2x2): expected height and width multiples of 2, got input of shape (2, 6, 7, 8)"),
+    (lambda p: fb.Subsampling(6, 2, p), (2, 4, 8, 8),
+     "Subsampling(6 maps, 2x2): expected input of shape (n, 6, h, w), got (2, 4, 8, 8)"),
+    (lambda p: fb.MaxPool(3), (2, 1, 2, 2), "MaxPool(3x3): expected images of at least 3x3"),
+    (lambda p: fb.Pad(2), (2, 28, 28), "Pad(2): expected input of shape (n, c, h, w), got (2, 28, 28)"),
+    (lambda p: fb.Reshape(3, 4), (2, 10),
+     "Reshape(3, 4): expected input of shape (n, …) with 12 values per sample, got (2, 10)"),
+    (lambda p: fb.lenet5(p), (4, 1, 32, 32),
+     "LeNet-5[28x28]: expected input of shape (n, 1, 28, 28), got (4, 1, 32, 32)"),
+    (lambda p: fb.lenet_modern(p), (4, 28, 28), "expected input of shape (n, 1, 28, 28), got (4, 28, 28)"),
+]
+
+
+@pytest.mark.parametrize("module, shape, message", BAD_INPUTS)
+def test_bad_input_shape_raises_a_clear_error(module, shape, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _fprop(module(fb.ParamPool(np.float32)), shape)
+
+
+@pytest.mark.parametrize("table, message", [
+    (np.ones((3, 2), bool), r"expected a connection table of shape \(2, 3\), got \(3, 2\)"),
+    ([(0, 0), (1, 5)], r"expected pairs in \[0, 2\) x \[0, 3\)"),
+    ([(0, 0), (1, 1)], r"expected every output map connected, got no input map for output maps \[2\]"),
+    (np.ones((2, 3)), r"expected a boolean table of shape \(2, 3\) or integer \(in_map, out_map\) pairs"),
+])
+def test_bad_connection_table_raises_a_clear_error(table, message):
+    with pytest.raises(ValueError, match=r"Conv2d\(2 -> 3, 3x3\): " + message):
+        fb.Conv2d(2, 3, 3, fb.ParamPool(), table=table)
+
+
+def test_bad_sizes_raise_clear_errors():
+    with pytest.raises(ValueError, match="Conv2d: expected stride >= 1, got 0"):
+        fb.Conv2d(1, 2, 3, fb.ParamPool(), stride=0)
+    with pytest.raises(ValueError, match="lenet5: expected 0 <= pad <= 14"):
+        fb.lenet5(fb.ParamPool(), pad=-1)
+    with pytest.raises(ValueError, match="lenet_modern: expected an image size that is a multiple of 4, got 30"):
+        fb.lenet_modern(fb.ParamPool(), size=30)

@@ -1,0 +1,255 @@
+"""Module values against their formulas, Cascade structure, and the errors bad shapes raise."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from scipy.special import expit
+
+import fbprop as fb
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((3, 4))
+
+
+def fprop(module: fb.Module, *inputs: np.ndarray) -> np.ndarray:
+    out = fb.State()
+    module.fprop(*(fb.State(np.asarray(i, dtype=float)) for i in inputs), out)
+    return out.x
+
+
+def _with_bias(cls, n=4):
+    pool = fb.ParamPool(np.float64)
+    m = cls(n, pool)
+    m.b.x[...] = np.linspace(-0.5, 0.5, n)
+    return m
+
+
+def test_linear_fprop_is_x_times_w_transposed():
+    pool = fb.ParamPool(np.float64)
+    lin = fb.Linear(4, 3, pool)
+    assert lin.w.x.shape == (3, 4)                             # W is (n_out, n_in)
+    np.testing.assert_allclose(fprop(lin, X), X @ lin.w.x.T, rtol=1e-14)
+    lin.w.x[...] = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(fprop(lin, [[1, 0, 0, 2]]), [[0 + 6, 4 + 14, 8 + 22]])
+
+
+def test_linear_bprop_is_the_lectures_formulas():
+    pool = fb.ParamPool(np.float64)
+    lin = fb.Linear(4, 3, pool)
+    inp, out = fb.State(X.copy()), fb.State()
+    lin.fprop(inp, out)
+    out.dx = RNG.standard_normal((3, 3))
+    lin.bprop(inp, out)
+    np.testing.assert_allclose(inp.dx, out.dx @ lin.w.x, rtol=1e-14)    # ∂E/∂x = Wᵀ ∂E/∂y
+    np.testing.assert_allclose(lin.w.dx, out.dx.T @ X, rtol=1e-14)      # ∂E/∂W = ∂E/∂y xᵀ (summed over the batch)
+
+
+def test_tanh_fprop_is_tanh_of_x_plus_bias():
+    tanh = _with_bias(fb.Tanh)
+    np.testing.assert_allclose(fprop(tanh, X), np.tanh(X + tanh.b.x), rtol=1e-14)
+    np.testing.assert_allclose(fprop(fb.Tanh(), X), np.tanh(X), rtol=1e-14)
+
+
+def test_scaled_tanh_is_1_7159_tanh_two_thirds_x_with_f_of_1_near_1():
+    np.testing.assert_allclose(fprop(fb.ScaledTanh(), X), 1.7159 * np.tanh(2 / 3 * X), rtol=1e-14)
+    np.testing.assert_allclose(fprop(fb.ScaledTanh(), [[1.0, -1.0]]), [[1.0, -1.0]], atol=1e-5)
+    st = _with_bias(fb.ScaledTanh)
+    np.testing.assert_allclose(fprop(st, X), 1.7159 * np.tanh(2 / 3 * (X + st.b.x)), rtol=1e-14)
+
+
+def test_logistic_is_one_over_one_plus_exp_minus_x_plus_bias():
+    lg = _with_bias(fb.Logistic)
+    np.testing.assert_allclose(fprop(lg, X), 1 / (1 + np.exp(-(X + lg.b.x))), rtol=1e-14)
+    np.testing.assert_allclose(fprop(fb.Logistic(), [[0.0, 40.0, -40.0]]), [[0.5, expit(40.0), expit(-40.0)]])
+
+
+def test_relu_is_max_of_zero_and_x_plus_bias():
+    relu = _with_bias(fb.ReLU)
+    np.testing.assert_array_equal(fprop(relu, X), np.maximum(X + relu.b.x, 0))
+    np.testing.assert_array_equal(fprop(fb.ReLU(), [[-1.0, 0.0, 2.5]]), [[0.0, 0.0, 2.5]])
+    # the slope is 1 where the unit is on, 0 where it is off
+    inp, out = fb.State(np.array([[-1.0, 2.0]])), fb.State()
+    fb.ReLU().fprop(inp, out)
+    out.dx = np.array([[5.0, 7.0]])
+    fb.ReLU().bprop(inp, out)
+    np.testing.assert_array_equal(inp.dx, [[0.0, 7.0]])
+
+
+def test_bias_adds_one_bias_per_feature_map():
+    pool = fb.ParamPool(np.float64)
+    bias = fb.Bias((2, 1, 1), pool)
+    bias.b.x[...] = [[[1.0]], [[-2.0]]]
+    x = RNG.standard_normal((3, 2, 2, 2))
+    y = fprop(bias, x)
+    np.testing.assert_allclose(y[:, 0], x[:, 0] + 1.0)
+    np.testing.assert_allclose(y[:, 1], x[:, 1] - 2.0)
+
+
+def test_euclidean_is_half_squared_distance_per_sample():
+    x = [[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]]
+    y = [[1.0, 0.0], [1.0, 1.0], [0.0, 3.0]]
+    # ½(0 + 4) = 2; ½(1 + 1) = 1; ½(9 + 16) = 12.5
+    np.testing.assert_allclose(fprop(fb.Euclidean(), x, y), [2.0, 1.0, 12.5])
+
+
+def test_euclidean_bprop_is_x_minus_y_and_y_minus_x():
+    x, y, e = fb.State(np.array([[1.0, 2.0]])), fb.State(np.array([[0.5, 3.0]])), fb.State()
+    fb.Euclidean().fprop(x, y, e)
+    e.dx = np.array([2.0])
+    fb.Euclidean().bprop(x, y, e)
+    np.testing.assert_allclose(x.dx, [[1.0, -2.0]])            # 2 (x − y)
+    np.testing.assert_allclose(y.dx, [[-1.0, 2.0]])            # 2 (y − x)
+
+
+def test_euclidean_run_answers_y_equals_x_with_zero_energy():
+    x, y, e = fb.State(X.copy()), fb.State(), fb.State()
+    fb.Euclidean().run(x, y, e)
+    np.testing.assert_array_equal(y.x, X)
+    assert not np.shares_memory(y.x, x.x)
+    np.testing.assert_array_equal(e.x, np.zeros(3))
+    fb.Euclidean().fprop(x, y, e)                              # and its energy is indeed 0
+    np.testing.assert_array_equal(e.x, 0)
+
+
+def test_rbf_energies_are_half_squared_distances_to_the_codes():
+    codes = [[1.0, 1.0], [-1.0, 0.0]]
+    x = [[1.0, 0.0], [0.0, 2.0]]
+    # sample 0: ½‖(0, −1)‖² = 0.5, ½‖(2, 0)‖² = 2;  sample 1: ½‖(−1, 1)‖² = 1, ½‖(1, 2)‖² = 2.5
+    np.testing.assert_allclose(fprop(fb.RBF(codes), x), [[0.5, 2.0], [1.0, 2.5]])
+    pool = fb.ParamPool(np.float64)
+    trainable = fb.RBF(codes, pool, trainable=True)
+    np.testing.assert_allclose(fprop(trainable, x), [[0.5, 2.0], [1.0, 2.5]])
+    assert trainable.params() == [trainable.w] and np.shares_memory(trainable.w.x, pool.x)
+    assert fb.RBF(codes, pool).params() == []                  # fixed codes are not parameters
+    assert repr(trainable) == "RBF(2 -> 2, trainable)" and repr(fb.RBF(codes)) == "RBF(2 -> 2)"
+
+
+def test_onehot_and_random_codes():
+    np.testing.assert_array_equal(fb.onehot_codes(3), [[1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    codes = fb.random_codes(10, 7, seed=3)
+    assert codes.shape == (10, 7) and set(np.unique(codes)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(codes, fb.random_codes(10, 7, seed=3))
+
+
+def test_negated_scores_are_minus_the_scores():
+    np.testing.assert_array_equal(fprop(fb.NegatedScores(), X), -X)
+    inp, out = fb.State(X.copy()), fb.State()
+    fb.NegatedScores().fprop(inp, out)
+    out.dx = np.ones_like(X)
+    fb.NegatedScores().bprop(inp, out)
+    np.testing.assert_array_equal(inp.dx, -1.0)
+    assert fb.infer(fprop(fb.NegatedScores(), X)).tolist() == np.argmax(X, axis=1).tolist()
+
+
+# --- Cascade ---------------------------------------------------------------------------------
+
+def _two_layer(pool):
+    return fb.Cascade(fb.Linear(4, 3, pool), fb.Tanh(3, pool), fb.Linear(3, 2, pool), fb.Tanh(2, pool))
+
+
+def test_cascade_repr_lists_its_modules():
+    net = _two_layer(fb.ParamPool())
+    assert repr(net) == "Cascade(\n  Linear(4 -> 3)\n  Tanh(3, bias)\n  Linear(3 -> 2)\n  Tanh(2, bias)\n)"
+    assert repr(fb.Cascade(fb.Tanh(), net)) == "Cascade(\n  Tanh()\n  Cascade(\n    Linear(4 -> 3)\n" \
+        "    Tanh(3, bias)\n    Linear(3 -> 2)\n    Tanh(2, bias)\n  )\n)"
+    assert len(net) == 4 and isinstance(net[2], fb.Linear)
+
+
+def test_cascade_fprop_composes_its_modules():
+    pool = fb.ParamPool(np.float64)
+    net = _two_layer(pool)
+    h = np.tanh(X @ net[0].w.x.T + net[1].b.x)
+    np.testing.assert_allclose(fprop(net, X), np.tanh(h @ net[2].w.x.T + net[3].b.x), rtol=1e-13)
+
+
+def test_cascade_reuses_its_intermediate_states_across_calls():
+    pool = fb.ParamPool(np.float64)
+    net = _two_layer(pool)
+    assert len(net.states) == 3
+    inp, out = fb.State(X.copy()), fb.State()
+    net.fprop(inp, out)
+    out.dx = np.ones((3, 2))
+    net.bprop(inp, out)
+    buffers = [(id(s), id(s.x), id(s.dx)) for s in net.states]
+    first = out.x.copy()
+    inp.set(X * 2)
+    net.fprop(inp, out)
+    net.bprop(inp, out)
+    assert [(id(s), id(s.x), id(s.dx)) for s in net.states] == buffers
+    assert not np.allclose(out.x, first)                         # new values in the same buffers
+    np.testing.assert_allclose(net.states[0].x, 2 * X @ net[0].w.x.T, rtol=1e-13)
+
+
+def test_cascade_bprop_does_not_carry_stale_intermediate_gradients():
+    pool = fb.ParamPool(np.float64)
+    net = _two_layer(pool)
+    inp, out = fb.State(X.copy()), fb.State()
+    net.fprop(inp, out)
+    out.dx = np.ones((3, 2))
+    net.bprop(inp, out)
+    once = inp.dx.copy()
+    inp.clear_dx()
+    net.bprop(inp, out)                                          # intermediates cleared: same result
+    np.testing.assert_allclose(inp.dx, once, rtol=1e-14)
+
+
+def test_cascade_params_lists_shared_parameters_once():
+    pool = fb.ParamPool()
+    lin = fb.Linear(3, 3, pool)
+    tanh = fb.Tanh(3, pool)
+    net = fb.Cascade(lin, tanh, lin)
+    assert net.params() == [lin.w, tanh.b]
+
+
+def test_cascade_rejects_no_modules_and_non_modules():
+    with pytest.raises(ValueError, match="Cascade: expected at least one module, got none"):
+        fb.Cascade()
+    with pytest.raises(TypeError, match="Cascade: expected Module instances, got ufunc"):
+        fb.Cascade(fb.Tanh(), np.tanh)
+
+
+# --- bad shapes ------------------------------------------------------------------------------
+
+def test_linear_wrong_input_shape_names_module_expected_and_got():
+    lin = fb.Linear(4, 3, fb.ParamPool())
+    expected = "Linear(4 -> 3): expected input of shape (n, 4), got (2, 5)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        fprop(lin, np.zeros((2, 5)))
+    with pytest.raises(ValueError, match=re.escape("Linear(4 -> 3): expected input of shape (n, 4), got (4,)")):
+        fprop(lin, np.zeros(4))
+
+
+def test_squash_wrong_input_shape_names_module_expected_and_got():
+    tanh = fb.Tanh(4, fb.ParamPool())
+    with pytest.raises(ValueError, match=re.escape("Tanh(4, bias): expected input of shape (n, 4), got (2, 5)")):
+        fprop(tanh, np.zeros((2, 5)))
+    maps = fb.Bias((2, 1, 1), fb.ParamPool())
+    with pytest.raises(ValueError, match=re.escape("Bias(2, 1, 1, bias): expected input of shape (n, 2, 1, 1), "
+                                                   "got (3, 4, 5, 5)")):
+        fprop(maps, np.zeros((3, 4, 5, 5)))
+
+
+def test_cascade_reports_the_inner_module_with_the_wrong_shape():
+    net = _two_layer(fb.ParamPool())
+    with pytest.raises(ValueError, match=re.escape("Linear(4 -> 3): expected input of shape (n, 4), got (2, 6)")):
+        fprop(net, np.zeros((2, 6)))
+
+
+def test_rbf_and_euclidean_wrong_shapes_raise():
+    with pytest.raises(ValueError, match=re.escape("RBF(2 -> 3): expected input of shape (n, 2), got (4, 5)")):
+        fprop(fb.RBF(np.zeros((3, 2))), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match=re.escape("RBF: expected codes of shape (k, d), got (3,)")):
+        fb.RBF(np.zeros(3))
+    expected = "Euclidean: expected x and y of the same shape, got (2, 3) and (2, 4)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        fprop(fb.Euclidean(), np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_parameters_need_a_pool():
+    with pytest.raises(ValueError, match="RBF: trainable codes need a ParamPool, got pool=None"):
+        fb.RBF(np.zeros((3, 2)), trainable=True)
+    with pytest.raises(ValueError, match="Tanh: a trainable bias needs its shape, got shape=None"):
+        fb.Tanh(pool=fb.ParamPool())
