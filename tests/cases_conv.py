@@ -35,7 +35,8 @@ def _cascade(pool):
 
 
 def _image_cascade(pool):
-    net = ImageCascade("tiny", 4, "", fb.Pad(1), fb.Conv2d(1, 2, 3, pool, stride=2), fb.Flatten(), fb.Linear(8, 2, pool))
+    net = ImageCascade("tiny", 4, "",                           # checks (n, 1, 4, 4), then pads to 6x6
+                       fb.Pad(1), fb.Conv2d(1, 2, 3, pool, stride=2), fb.Flatten(), fb.Linear(8, 2, pool))
     return net, [_images(2, 1, 4, 4)]
 
 

@@ -214,7 +214,7 @@ def test_lenet5_codes_are_plus_minus_one_bitmaps_then_random_codes():
     assert codes.shape == (10, 84) and set(np.unique(codes)) == {-1.0, 1.0}
     assert np.array_equal(codes, fb.LENET5_BITMAPS)
     hamming = (codes[:, None] != codes[None]).sum(-1)
-    assert hamming[~np.eye(10, dtype=bool)].min() >= 5            # every two digits differ in 5+ pixels
+    assert hamming[~np.eye(10, dtype=bool)].min() >= 10           # every two digits differ in 10+ pixels
     assert fb.lenet5_codes(3).shape == (3, 84)
     many = fb.lenet5_codes(20)
     assert many.shape == (20, 84) and set(np.unique(many)) == {-1.0, 1.0}

@@ -1,10 +1,24 @@
 """fbprop: gradient-based learning in multi-module systems (fprop, bprop, bbprop)."""
 
+from fbprop import data  # noqa: E402  (the subpackage, as fb.data)
 from fbprop.gradcheck import GradcheckError, GradcheckReport, gradcheck
 from fbprop.lenet import LENET5_BITMAPS, lenet5, lenet5_codes, lenet5_energy, lenet_modern
 from fbprop.losses import (
-    L1, L2, LOSSES, EnergyLoss, HingeLoss, LogLoss, Loss, LVQ2Loss, MCELoss, NLLLoss,
-    PerceptronLoss, Regularizer, SquareExpLoss, SquareSquareLoss, infer,
+    L1,
+    L2,
+    LOSSES,
+    EnergyLoss,
+    HingeLoss,
+    LogLoss,
+    Loss,
+    LVQ2Loss,
+    MCELoss,
+    NLLLoss,
+    PerceptronLoss,
+    Regularizer,
+    SquareExpLoss,
+    SquareSquareLoss,
+    infer,
 )
 from fbprop.machine import Machine
 from fbprop.models import build_machine, mlp, nn_2layer, nn_layer
@@ -18,7 +32,6 @@ from fbprop.optim import SDLM, SGD, Optimizer, lbfgs
 from fbprop.params import Param, ParamPool
 from fbprop.state import State
 from fbprop.train import Meter, Trainer, TrainingDiverged, evaluate
-from fbprop import data  # noqa: E402  (the subpackage, as fb.data)
 
 __version__ = "0.1.0"
 

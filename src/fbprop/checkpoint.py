@@ -32,11 +32,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())                         # as open() would make it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)                                           # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, spec: dict, params: np.ndarray,
@@ -55,7 +62,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, np.ndarray, dict[str
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:   # np.load leaks the file of a bad zip
             if "format" not in z.files or str(z["format"]) != FORMAT:
                 raise CheckpointError(f"{path}: not an fbprop checkpoint (expected format {FORMAT})")
             spec = json.loads(str(z["architecture"]))
@@ -66,6 +73,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, np.ndarray, dict[str
         raise
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
         raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(spec, dict) or not isinstance(trainer, dict):
+        raise CheckpointError(f"{path}: expected JSON objects for the architecture and the trainer state")
     if params.ndim != 1 or params.dtype.kind != "f":
         raise CheckpointError(f"{path}: expected a 1-D float parameter vector, got {params.dtype} {params.shape}")
     return spec, params, optimizer, trainer

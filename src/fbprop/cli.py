@@ -1,9 +1,15 @@
-"""The `fbprop` command: train, eval, predict, gradcheck."""
+"""The `fbprop` command: train, eval, predict, gradcheck.
+
+User errors (bad options, missing data, unreadable files, divergence) are one line on stderr and
+exit status 2. Set FBPROP_DEBUG=1 to get the traceback of any error instead.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +24,7 @@ from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spe
 from fbprop.train import OPTIMIZERS, SCHEDULES, Trainer, TrainingDiverged, evaluate
 
 DEFAULT_LR = {"sgd": 0.05, "momentum": 0.01, "sdlm": 0.001, "batch": 0.5, "lbfgs": 1.0}
+RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.json", "metrics.csv", "result.json")
 CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
 
@@ -49,9 +56,9 @@ def _positive(kind):
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits", metavar="NAME",
+    p.add_argument("--data", default=None, metavar="NAME",
                    help=f"dataset: {', '.join(DATASETS)}, or a directory holding the four MNIST-format files "
-                        "(default: digits, scikit-learn's bundled 8x8 digits)")
+                        "(default: a checkpoint's own, else digits, scikit-learn's bundled 8x8 digits)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset's files are (or set FBPROP_DATA)")
     p.add_argument("--limit", type=_positive(int), default=None, help="use at most this many training samples")
 
@@ -71,9 +78,10 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", default=None, choices=list(LOSSES), help="energy-based loss (default nll)")
     t.add_argument("--beta", type=_positive(float), default=None, help="inverse temperature of the nll loss")
     t.add_argument("--margin", type=_positive(float), default=None, help="margin of hinge / square-square")
-    t.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS)
+    t.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="(default sgd)")
     t.add_argument("--lr", type=_positive(float), default=None,
-                   help="learning rate η (default per optimizer: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+                   help="learning rate η (default per optimizer: "
+                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--mu", type=_positive(float), default=0.02, help="SDLM's μ in η/(μ + h_kk)")
     t.add_argument("--hessian-samples", type=_positive(int), default=500, help="samples for SDLM's Hessian estimate")
@@ -88,7 +96,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/DATA-MODEL-TIME)")
-    t.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue a run from its checkpoint.npz")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue a run from its checkpoint.npz (or its directory); the model, data split, "
+                        "seed and dtype are the run's, the optimizer and lr too unless given")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
@@ -126,7 +136,8 @@ def _spec(args, data) -> dict:
     if args.l2 or args.l1:
         spec["regularizer"] = {"kind": "l2" if args.l2 else "l1", "lam": args.l2 or args.l1}
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dtype=args.dtype, seed=args.seed,
-                dataset=data.name, normalisation={"mean": data.mean, "std": data.std,
+                dataset=data.name, val_size=len(data.val), limit=args.limit,
+                normalisation={"mean": data.mean, "std": data.std,
                                                   "pixel_scale": 16.0 if data.name == "digits" else 255.0})
     return spec
 
@@ -138,30 +149,57 @@ def _build(spec: dict):
         raise CommandError(f"bad option for loss {spec.get('loss')!r}: {e}") from None
 
 
+def _run_data(path: Path, spec: dict, args, limit: int | None):
+    """The data set a checkpoint was trained on: its split (seed, validation size) and its standardisation."""
+    data = load_dataset(args.data or spec.get("dataset", "digits"), args.data_dir, val_size=spec.get("val_size", 0.1),
+                        seed=spec.get("seed", 0), dtype=np.dtype(spec.get("dtype", "float32")), limit=limit)
+    if list(data.image_shape) != list(spec["input_shape"]) or data.n_classes != spec["n_classes"]:
+        raise CommandError(f"{path}: the model expects images {tuple(spec['input_shape'])} in {spec['n_classes']} "
+                           f"classes, dataset {data.name} has {data.image_shape} in {data.n_classes}")
+    norm = spec["normalisation"]
+    if (data.mean, data.std) != (norm["mean"], norm["std"]):    # another train subset: x' = (x − mean) / std
+        for split in (data.train, data.val, data.test):
+            split.x *= split.x.dtype.type(data.std / norm["std"])
+            split.x += split.x.dtype.type((data.mean - norm["mean"]) / norm["std"])
+    return data
+
+
+def _refuse_existing_run(out: Path) -> None:
+    if any((out / name).exists() for name in RUN_FILES):
+        raise CommandError(f"{out} already holds a run; pass --resume {out / 'checkpoint.npz'} or another --out")
+
+
 def cmd_train(args) -> int:
     if args.epochs < 0:
         raise CommandError(f"--epochs: expected a count >= 0, got {args.epochs}")
-    val = int(args.val_size) if args.val_size >= 1 else args.val_size
-    data = load_dataset(args.data, args.data_dir, val_size=val, seed=args.seed,
-                        dtype=np.dtype(args.dtype), limit=args.limit)
     if args.resume:
-        spec = load_checkpoint(args.resume)[0]
-        out = Path(args.out) if args.out else Path(args.resume).parent
+        resume = Path(args.resume)
+        resume = resume / "checkpoint.npz" if resume.is_dir() else resume
+        spec, _, _, state = load_checkpoint(resume)
+        data = _run_data(resume, spec, args, spec.get("limit"))
+        out = Path(args.out) if args.out else resume.parent
+        if out != resume.parent:
+            _refuse_existing_run(out)
+        optimizer = args.optimizer or state.get("optimizer", "sgd")
+        lr = args.lr or (state.get("lr") if optimizer == state.get("optimizer") else None)
     else:
+        val = int(args.val_size) if args.val_size >= 1 else args.val_size
+        data = load_dataset(args.data or "digits", args.data_dir, val_size=val, seed=args.seed,
+                            dtype=np.dtype(args.dtype), limit=args.limit)
         spec = _spec(args, data)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else Path("runs") / f"{data.name}-{args.model}-{stamp}"
-        if (out / "checkpoint.npz").exists():
-            raise CommandError(f"{out} already holds a run; pass --resume {out / 'checkpoint.npz'} or another --out")
+        _refuse_existing_run(out)
+        optimizer, lr = args.optimizer or "sgd", args.lr
+    lr = lr or DEFAULT_LR[optimizer]
     machine = _build(spec)
-    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
-    trainer = Trainer(machine, data, optimizer=args.optimizer, lr=lr, batch_size=args.batch_size, epochs=args.epochs,
+    trainer = Trainer(machine, data, optimizer=optimizer, lr=lr, batch_size=args.batch_size, epochs=args.epochs,
                       momentum=args.momentum, mu=args.mu, schedule=args.schedule, patience=args.patience,
-                      seed=args.seed, hessian_samples=args.hessian_samples, out_dir=out, progress=args.progress)
+                      seed=spec["seed"], hessian_samples=args.hessian_samples, out_dir=out, progress=args.progress)
     if args.resume:
-        trainer.resume(args.resume)
+        trainer.resume(resume)
     print(f"fbprop train: {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test), "
-          f"{machine.pool.size} parameters, {args.optimizer} lr {lr:g}, batch {args.batch_size}, -> {out}",
+          f"{machine.pool.size} parameters, {optimizer} lr {lr:g}, batch {args.batch_size}, -> {out}",
           file=sys.stderr)
     start = time.perf_counter()
     try:
@@ -173,8 +211,9 @@ def cmd_train(args) -> int:
     seconds = time.perf_counter() - start
     trainer.restore_best()
     test = evaluate(machine, data.test, data.n_classes)
+    best = trainer.best_error if len(data.val) and math.isfinite(trainer.best_error) else None   # strict JSON
     summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
-               "epochs": trainer.epoch, "best_val_error": trainer.best_error if len(data.val) else None,
+               "epochs": trainer.epoch, "best_val_error": best,
                "confusion": test.confusion.tolist()}
     text = json.dumps(summary, indent=1)
     atomic_write(out / "result.json", lambda f: f.write(text.encode()))
@@ -188,18 +227,20 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    path = Path(args.checkpoint)
+def _load_model(checkpoint: str):
+    """The machine of a checkpoint file, or of a run directory's best.npz (else its checkpoint.npz)."""
+    path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.npz" if (path / "best.npz").exists() else path / "checkpoint.npz"
     spec, params, _, _ = load_checkpoint(path)
     machine = _build(spec)
     machine.pool.load(params)
-    data = load_dataset(args.data, args.data_dir, val_size=0.1, seed=spec.get("seed", 0),
-                        dtype=machine.pool.dtype, limit=args.limit)
-    if list(data.image_shape) != list(spec["input_shape"]) or data.n_classes != spec["n_classes"]:
-        raise CommandError(f"{path}: the model expects images {tuple(spec['input_shape'])} in {spec['n_classes']} "
-                           f"classes, dataset {data.name} has {data.image_shape} in {data.n_classes}")
+    return path, spec, machine
+
+
+def cmd_eval(args) -> int:
+    path, spec, machine = _load_model(args.checkpoint)
+    data = _run_data(path, spec, args, args.limit)
     split = getattr(data, args.split)
     meter = evaluate(machine, split, data.n_classes)
     print(json.dumps({"split": args.split, "samples": len(split), "error": meter.error,
@@ -208,18 +249,18 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    spec, params, _, _ = load_checkpoint(args.checkpoint)
-    machine = _build(spec)
-    machine.pool.load(params)
+    _, spec, machine = _load_model(args.checkpoint)
     path = Path(args.file)
     if not path.exists():
         raise CommandError(f"{path}: no such file")
     x = np.load(path, allow_pickle=False) if path.suffix == ".npy" else read_idx(path)
-    shape = tuple(spec["input_shape"])
-    if x.ndim == len(shape) - 1:
+    if not isinstance(x, np.ndarray):
+        raise CommandError(f"{path}: expected one array in a .npy file, got an .npz archive")
+    shape, given = tuple(spec["input_shape"]), x.shape
+    if x.ndim == len(shape) and shape[0] == 1:                  # (n, h, w): one input plane
         x = x[:, None]
     if x.shape[1:] != shape:
-        raise CommandError(f"{path}: expected images of shape (n, {', '.join(map(str, shape[1:]))}), got {x.shape}")
+        raise CommandError(f"{path}: expected images of shape (n, {', '.join(map(str, shape[1:]))}), got {given}")
     norm = spec["normalisation"]
     x = x.astype(np.float64) / norm["pixel_scale"] if x.dtype.kind in "iu" else x.astype(np.float64)
     if not np.isfinite(x).all():
@@ -261,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck}
     try:
         return command[args.command](args)
-    except (CommandError, CheckpointError, IdxError, FileNotFoundError, ValueError, TypeError) as e:
+    except (CommandError, CheckpointError, IdxError, OSError, ValueError) as e:
+        if os.environ.get("FBPROP_DEBUG", "0") not in ("", "0"):
+            raise
         print(f"fbprop {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -33,8 +33,9 @@ LENET5_BITMAPS = np.array([[1.0 if ch == "#" else -1.0 for ch in _GLYPHS[d].repl
 
 LeNet-5's output RBF units compare F6 with stylised bitmaps of the characters (paper, Fig. 3).
 The paper's own bitmaps are not available to us; these are simple glyphs drawn for fbprop, in the
-same spirit: ±1 codes that ScaledTanh (f(±1) = ±1) can reach without saturating, with similar
-digits (e.g. 3 and 8) close and the rest far apart. View one with `LENET5_BITMAPS[d].reshape(12, 7)`.
+same spirit: ±1 codes that ScaledTanh (f(±1) = ±1) can reach without saturating, where digits that
+look alike are nearer (0-6: 11 pixels apart, 0-8: 13) than the rest (up to 41). View digit d with
+`LENET5_BITMAPS[d].reshape(12, 7)`.
 """
 LENET5_BITMAPS.flags.writeable = False
 

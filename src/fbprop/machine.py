@@ -37,6 +37,8 @@ class Machine:
         self.inp.x = x
         self.net.fprop(self.inp, self.out)
         if self.regression:
+            if y is None:                                        # no target: G(X) is the answer
+                return
             self.target.x = y
             self.energy.fprop(self.out, self.target, self.energies)
         else:

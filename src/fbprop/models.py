@@ -72,10 +72,17 @@ def build_machine(spec: dict) -> Machine:
     else:
         from fbprop import lenet
         if model == "lenet5":
+            if shape[0] != 1 or shape[1] != shape[2] or (32 - shape[-1]) % 2 or shape[-1] > 32:
+                raise ValueError(f"lenet5: expected square one-channel images of at most 32x32 with an even "
+                                 f"border to 32 (e.g. 28x28), got {shape}")
             net = lenet.lenet5(pool, n_classes=k, pad=(32 - shape[-1]) // 2)
-            energy = lenet.lenet5_energy(pool, k) if energy_kind == "rbf" else NegatedScores()
+            if energy_kind == "rbf":
+                energy = lenet.lenet5_energy(pool, k)
+            else:                                                # F6's 84 units -> k scores
+                net = Cascade(net, Linear(84, k, pool), Bias(k, pool))
+                energy = NegatedScores()
         else:
-            net = lenet.lenet_modern(pool, n_classes=k)
+            net = lenet.lenet_modern(pool, n_classes=k, size=shape[-1])
             energy = NegatedScores()
     loss_cls = LOSSES.get(spec.get("loss", "nll"))
     if loss_cls is None:

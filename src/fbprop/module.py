@@ -48,8 +48,10 @@ class Module:
 def expect_shape(who: Module, state: State, shape: tuple[int | None, ...], what: str = "input") -> None:
     """Raise one clear ValueError when `state.x` does not have `shape` (None matches any size)."""
     got = state.x.shape
-    if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got)):
-        want = "(" + ", ".join("n" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+    if len(got) != len(shape) or any(s is not None and s != g for s, g in zip(shape, got, strict=True)):
+        names = ["n" if i == 0 else "*" for i in range(len(shape))]      # the batch, then any size
+        want = "(" + ", ".join(nm if s is None else str(s) for nm, s in zip(names, shape, strict=True))
+        want += ("," if len(shape) == 1 else "") + ")"
         raise ValueError(f"{who!r}: expected {what} of shape {want}, got {got}")
 
 
@@ -68,6 +70,9 @@ class Cascade(Module):
                 raise TypeError(f"Cascade: expected Module instances, got {type(m).__name__}")
         self.modules = list(modules)
         self.states = [State() for _ in modules[:-1]]
+        # the state after module i needs its dx only if a module up to i has parameters
+        # (or the cascade's own input needs dx): raw data never pays for ∂E/∂x
+        self._trainable_prefix = [any(m.params() for m in self.modules[:i + 1]) for i in range(len(self.states))]
 
     def _chain(self, inp: State, out: State) -> list[State]:
         return [inp, *self.states, out]
@@ -77,8 +82,13 @@ class Cascade(Module):
         for i, m in enumerate(self.modules):
             m.fprop(chain[i], chain[i + 1])
 
+    def _mark(self, inp: State) -> None:
+        for s, trainable in zip(self.states, self._trainable_prefix, strict=True):
+            s.requires_dx = trainable or inp.requires_dx
+
     def bprop(self, inp: State, out: State) -> None:
         chain = self._chain(inp, out)
+        self._mark(inp)
         for s in self.states:
             s.clear_dx()
         for i in reversed(range(len(self.modules))):
@@ -86,6 +96,7 @@ class Cascade(Module):
 
     def bbprop(self, inp: State, out: State) -> None:
         chain = self._chain(inp, out)
+        self._mark(inp)
         for s in self.states:
             s.clear_ddx()
         for i in reversed(range(len(self.modules))):

@@ -53,7 +53,7 @@ class ParamPool:
         n = math.prod(shape)
         offset = self.x.size
         grown = [np.zeros(offset + n, self.dtype) for _ in range(3)]
-        for new, old in zip(grown, (self.x, self.dx, self.ddx)):
+        for new, old in zip(grown, (self.x, self.dx, self.ddx), strict=True):
             new[:offset] = old
         self.x, self.dx, self.ddx = grown
         handle = Param(dtype=self.dtype)

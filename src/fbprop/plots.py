@@ -1,4 +1,8 @@
-"""PNG plots of a run: learning curves and the confusion matrix (matplotlib, Agg backend)."""
+"""PNG plots of a run: learning curves and the confusion matrix (matplotlib, without pyplot).
+
+Figures are made with `matplotlib.figure.Figure`, so plotting never changes the backend or the
+open figures of the program that calls it (a notebook, say).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,10 @@ import numpy as np
 from fbprop.checkpoint import atomic_write
 
 
-def _figure():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _save(fig, path: Path) -> None:
@@ -24,8 +25,8 @@ def _save(fig, path: Path) -> None:
 
 def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
     """Loss and error rate per epoch for train / val / test."""
-    plt = _figure()
-    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure((10, 4))
+    ax_loss, ax_err = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in history]
     for name, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
         if any(f"{name}_loss" in r for r in history):
@@ -36,18 +37,18 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="error rate")
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:                                             # no epoch yet, no curve
+            ax.legend()
     if title:
         fig.suptitle(title)
     _save(fig, Path(path))
-    plt.close(fig)
 
 
 def plot_confusion(confusion: np.ndarray, path: str | Path, title: str = "", labels: list[str] | None = None) -> None:
     """The confusion matrix (rows: true class, columns: answer), counts in each cell."""
-    plt = _figure()
     k = confusion.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    fig = _figure((1.0 + 0.6 * k, 0.8 + 0.6 * k))
+    ax = fig.subplots()
     ax.imshow(confusion, cmap="Blues")
     high = confusion.max() / 2 if confusion.size else 0
     for i in range(k):
@@ -59,4 +60,3 @@ def plot_confusion(confusion: np.ndarray, path: str | Path, title: str = "", lab
     ax.set_yticks(range(k), ticks)
     ax.set(xlabel="answer", ylabel="true class", title=title or "confusion matrix")
     _save(fig, Path(path))
-    plt.close(fig)

@@ -14,7 +14,7 @@ from typing import TextIO
 
 import numpy as np
 
-from fbprop.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from fbprop.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from fbprop.data.datasets import Dataset, Split, batches
 from fbprop.machine import Machine
 from fbprop.optim import SDLM, SGD, Optimizer, lbfgs
@@ -96,7 +96,7 @@ class Trainer:
     each pass, LeCun et al. 1998), "batch" (the lecture's full-batch gradient descent) or
     "lbfgs" (`lbfgs_iters` L-BFGS iterations per epoch on the full-batch objective).
     Each epoch records train/val/test loss and error; early stopping stops after `patience`
-    epochs without a better validation error. With `out_dir`, the trainer writes there after
+    epochs without a strictly lower validation error. With `out_dir`, the trainer writes there after
     every epoch: checkpoint.npz (resumable), best.npz (best validation error), metrics.json and
     metrics.csv; `callbacks` are called as callback(trainer, record) after each epoch.
     """
@@ -111,6 +111,8 @@ class Trainer:
             raise ValueError(f"Trainer: expected batch_size >= 1, got {batch_size}")
         if epochs < 0:
             raise ValueError(f"Trainer: expected epochs >= 0, got {epochs}")
+        if patience is not None and patience < 1:
+            raise ValueError(f"Trainer: expected patience None or >= 1, got {patience}")
         schedule_factor(schedule, 0, epochs)
         self.machine, self.data = machine, data
         self.optimizer_name, self.lr, self.batch_size, self.epochs = optimizer, float(lr), batch_size, epochs
@@ -141,6 +143,8 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint: parameters, optimizer state, epoch and history."""
         spec, params, opt, state = load_checkpoint(path)
+        if "history" not in state:                               # best.npz: resuming would lose the history
+            raise CheckpointError(f"{path}: holds parameters but no training state; resume from checkpoint.npz")
         self.machine.pool.load(params)
         if self.optimizer is not None and state.get("optimizer") == self.optimizer_name:
             self.optimizer.load_state(opt)
@@ -152,13 +156,12 @@ class Trainer:
             self.best_params = load_checkpoint(best)[1].astype(self.machine.pool.dtype)
 
     # training -----------------------------------------------------------------------------
-    def _diverged(self, where: str, x: np.ndarray | None) -> TrainingDiverged:
-        culprit = self.machine.first_nonfinite(x) if x is not None else None
-        if culprit is None and not np.isfinite(self.machine.pool.x).all():
-            culprit = "the parameters"
-        hint = f"; first non-finite output: {culprit}" if culprit else ""
-        return TrainingDiverged(f"training diverged at epoch {self.epoch + 1}, step {self.step} ({where}){hint}; "
-                                f"try a smaller learning rate (now {self.lr:g})")
+    def _diverged(self, where: str, x: np.ndarray) -> TrainingDiverged:
+        culprit = self.machine.first_nonfinite(x)
+        if culprit is None:                                      # finite energies: the loss itself overflowed
+            culprit = "the parameters" if not np.isfinite(self.machine.pool.x).all() else repr(self.machine.loss)
+        return TrainingDiverged(f"training diverged in epoch {self.epoch + 1} after {self.step} steps ({where}); "
+                                f"first non-finite output: {culprit}; try a smaller learning rate (now {self.lr:g})")
 
     def _estimate_hessian(self, rng: np.random.Generator) -> None:
         train = self.data.train
@@ -209,7 +212,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         if not np.isfinite(m.pool.x).all():
-            raise self._diverged("end of epoch", None)
+            raise self._diverged("end of epoch", train.x[:256])
         return meter
 
     def fit(self) -> list[dict]:
@@ -220,7 +223,8 @@ class Trainer:
         while self.epoch < self.epochs:
             lr = self.lr * schedule_factor(self.schedule, self.epoch, self.epochs)
             start = time.perf_counter()
-            train = self._epoch(lr)
+            with np.errstate(over="ignore", invalid="ignore"):   # overflow ends as non-finite values: _epoch names them
+                train = self._epoch(lr)
             seconds = time.perf_counter() - start
             record = {"epoch": self.epoch + 1, "lr": lr, "seconds": round(seconds, 3),
                       "train_loss": train.loss, "train_error": train.error}
@@ -248,7 +252,7 @@ class Trainer:
 
     def _track_best(self, record: dict) -> bool:
         error = record.get("val_error", record.get("train_error"))
-        if error is None or not error <= self.best_error:
+        if error is None or not error < self.best_error:
             self.stale += 1
             return False
         self.best_error, self.stale = error, 0

@@ -172,6 +172,8 @@ class Conv2d(Module):
             gw *= self._mask                                     # unconnected weights get no update
         w_slot = getattr(self.w, slot)
         w_slot += gw
+        if not inp.requires_dx:
+            return                                               # raw images: no ∂E/∂x wanted
         dcol = self._dcol.resize(*col.shape, dtype=np.result_type(g, w)).x
         np.matmul(w.T, g, out=dcol)                              # ∂E/∂x_window(n,i,j) = Wᵀ ∂E/∂y_{n,·,i,j}
         src = inp if self._pad is None else self._xp

@@ -43,7 +43,7 @@ class Squash(Module):
         if self.shape is None:
             return
         got = inp.x.shape[1:]
-        if len(got) != len(self.shape) or any(s != 1 and s != g for s, g in zip(self.shape, got)):
+        if len(got) != len(self.shape) or any(s != 1 and s != g for s, g in zip(self.shape, got, strict=True)):
             raise ValueError(f"{self!r}: expected input of shape (n, {', '.join(map(str, self.shape))}), "
                              f"got {inp.x.shape}")
 

@@ -1,0 +1,179 @@
+"""What every benchmark process shares: the workloads, the data, the timing loop, the machine report.
+
+A workload is one model, one mode (train: fprop + bprop + SGD step; infer: fprop + argmin) and
+one batch size. Every system sees the same float32 batches in the same order, drawn in turn from
+one slice of Fashion-MNIST's training split (random data with a note when it is absent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+CORETYPE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+MLP_SPEC = {"model": "mlp", "hidden": [300, 100], "squash": "tanh", "energy": "scores", "loss": "nll",
+            "input_shape": [1, 28, 28], "n_classes": 10}
+LENET5_SPEC = {"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10}   # rbf energy, nll β = 0.1
+SPECS = {"mlp": MLP_SPEC, "lenet5": LENET5_SPEC}
+MLP_SIZES = (784, 300, 100, 10)
+LR = 0.01
+
+
+@dataclass(frozen=True)
+class Workload:
+    model: str          # "mlp" | "lenet5"
+    mode: str           # "train" | "infer"
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.mode}-b{self.batch}"
+
+
+WORKLOADS = (
+    Workload("mlp", "train", 1), Workload("mlp", "train", 32), Workload("mlp", "train", 128),
+    Workload("lenet5", "train", 32), Workload("lenet5", "train", 128),
+    Workload("mlp", "infer", 1024), Workload("lenet5", "infer", 1024),
+)
+
+
+def parse_workload(name: str) -> Workload:
+    model, mode, batch = name.split("-")
+    return Workload(model, mode, int(batch.removeprefix("b")))
+
+
+def set_threads(threads: int) -> None:
+    """Pin every BLAS/OpenMP pool to `threads`; must run before numpy is first imported."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(threads)
+
+
+def mlp_flops(batch: int) -> int:
+    """Multiply-adds ×2 of one MLP training step's matrix products (no ∂E/∂input for the data)."""
+    weights = sum(a * b for a, b in zip(MLP_SIZES[:-1], MLP_SIZES[1:]))
+    hidden_inputs = sum(a * b for a, b in zip(MLP_SIZES[1:-1], MLP_SIZES[2:]))
+    return 2 * batch * (weights + weights + hidden_inputs)        # forward, ∂E/∂W, ∂E/∂x of hidden states
+
+
+# data -------------------------------------------------------------------------------------------
+def load_data(n: int, source: str = "fashion-mnist") -> tuple[np.ndarray, np.ndarray, str]:
+    """(x (n, 1, 28, 28) float32 standardised, y (n,) int64, a note on where they came from)."""
+    if source == "fashion-mnist":
+        try:
+            import fbprop
+            data = fbprop.data.load_dataset("fashion-mnist", limit=n)
+            return (np.ascontiguousarray(data.train.x[:n]), data.train.y[:n].astype(np.int64),
+                    f"Fashion-MNIST train, first {n} of a fixed permutation")
+        except FileNotFoundError as e:
+            note = f"random data (Fashion-MNIST not found: {e})"
+    else:
+        note = "random data (--data random)"
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n), note)
+
+
+def make_workspace(path: str, n: int, source: str = "fashion-mnist", dtype: str = "float32") -> str:
+    """Write the data, both nets' initial fbprop pools and LeNet-5's constants to one .npz; the note.
+
+    Every system process reads this file, so all of them train from the same weights on the same
+    batches without importing fbprop (which would add its footprint to their peak memory).
+    """
+    import fbprop
+    x, y, note = load_data(n, source)
+    arrays = {"x": x.astype(dtype), "y": y}
+    shapes = {}
+    for model, spec in SPECS.items():
+        pool = fbprop.build_machine({**spec, "dtype": dtype}).pool
+        arrays[f"{model}_init"] = pool.x.copy()
+        shapes[model] = [list(shape) for _, _, shape in pool.handles]
+    arrays["codes"] = fbprop.lenet5_codes(10)
+    arrays["table"] = np.asarray(fbprop.LENET5_C3_TABLE)
+    arrays["meta"] = np.array(json.dumps({"note": note, "shapes": shapes}))
+    np.savez(path, **arrays)
+    return note
+
+
+def read_workspace(path: str) -> dict:
+    with np.load(path) as f:
+        ws = {k: f[k] for k in f.files}
+    meta = json.loads(str(ws.pop("meta")))
+    ws["note"], ws["shapes"] = meta["note"], {k: [tuple(s) for s in v] for k, v in meta["shapes"].items()}
+    return ws
+
+
+def split(flat: np.ndarray, shapes) -> list[np.ndarray]:
+    """A flat parameter vector as arrays of the given shapes (views, in order)."""
+    out, off = [], 0
+    for shape in shapes:
+        n = math.prod(shape)
+        out.append(flat[off:off + n].reshape(shape))
+        off += n
+    return out
+
+
+def batch_starts(n: int, batch: int) -> list[int]:
+    """Start offsets of the full batches of an n-sample slice, in order (cycled by the loop)."""
+    if batch > n:
+        raise ValueError(f"benchmark: expected a data slice of at least {batch} samples, got {n}")
+    return list(range(0, n - batch + 1, batch))
+
+
+# timing -----------------------------------------------------------------------------------------
+def measure(step: Callable[[int], None], starts: list[int], batch: int, seconds: float,
+            warmup: int = 3, min_steps: int = 3) -> dict:
+    """Run `step(start)` over the batches in turn for `seconds` (after `warmup` steps); samples/s."""
+    k = 0
+    for _ in range(warmup):
+        step(starts[k % len(starts)])
+        k += 1
+    steps, t0 = 0, time.perf_counter()
+    while True:
+        step(starts[k % len(starts)])
+        k += 1
+        steps += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds and steps >= min_steps:
+            break
+    return {"samples_per_s": steps * batch / elapsed, "steps": steps, "seconds": elapsed}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # Linux: KiB
+
+
+def blas_report() -> list[dict]:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keep = ("internal_api", "prefix", "version", "architecture", "num_threads", "threading_layer")
+    return [{k: info.get(k) for k in keep} for info in threadpool_info()]
+
+
+@dataclass
+class Result:
+    system: str
+    workload: str
+    samples_per_s: float
+    steps: int
+    seconds: float
+    maxrss_mb: float
+    extra: dict
+
+    def emit(self) -> None:
+        print("RESULT " + json.dumps(asdict(self)), flush=True)
+
+
+def fail(who: str, message: str) -> None:
+    print(f"{who}: {message}", file=sys.stderr)
+    raise SystemExit(2)

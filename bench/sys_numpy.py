@@ -1,0 +1,307 @@
+"""The plain-numpy reference: the same nets written as one hand-fused loop, as fast as numpy allows.
+
+This is the ceiling for any numpy library: every buffer is allocated once per batch size, every
+product is one BLAS call writing into its buffer (`out=`), elementwise work is in place, and the
+parameters and their gradients are one flat vector each in fbprop's pool order, so the SGD step is
+one vector operation. Choices a library cannot make for you are taken where they are free:
+−η is folded into the output gradient (so the update is w += g), the data's ∂E/∂x is never
+computed, at batch 1 the weight gradients are outer products (np.outer, not a K=1 matmul), and
+LeNet-5's activations stay NHWC so im2col needs no transposes and the 2×2 subsampling's backward
+is a plain strided assignment.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+A, S = 1.7159, 2.0 / 3.0                                         # LeNet's scaled tanh: A tanh(S u)
+
+
+class Flat:
+    """A flat parameter vector and its gradient, with views of the given shapes (fbprop's pool order)."""
+
+    def __init__(self, init: np.ndarray, shapes: list[tuple[int, ...]]) -> None:
+        self.w = init.copy()
+        self.g = np.zeros_like(self.w)
+        self.ws, self.gs, off = [], [], 0
+        for shape in shapes:
+            n = math.prod(shape)
+            self.ws.append(self.w[off:off + n].reshape(shape))
+            self.gs.append(self.g[off:off + n].reshape(shape))
+            off += n
+
+    def params(self) -> list[np.ndarray]:
+        return [w.copy() for w in self.ws]
+
+    def load(self, params: list[np.ndarray]) -> None:
+        for w, p in zip(self.ws, params):
+            w[...] = p
+
+
+class Buffers(dict):
+    """Named scratch arrays, allocated on first request and reused after."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+
+    def get(self, name: str, *shape: int) -> np.ndarray:
+        a = dict.get(self, name)
+        if a is None or a.shape != shape:
+            a = self[name] = np.empty(shape, self.dtype)
+        return a
+
+
+class Reference:
+    """What the two nets share: numpy arrays in, the flat vector's views out."""
+
+    name = "numpy-ref"
+    p: Flat
+
+    def native(self, x, y):
+        return x, y
+
+    def params(self) -> list[np.ndarray]:
+        return self.p.params()
+
+    def load(self, params: list[np.ndarray]) -> None:
+        self.p.load(params)
+
+
+class NumpyMLP(Reference):
+    """784-300-100-10: tanh(W1 x + b1), tanh(W2 · + b2), W3 · + b3, softmax cross-entropy."""
+
+    def __init__(self, init: np.ndarray, shapes, lr: float, **_) -> None:
+        self.p = Flat(init, shapes)
+        self.lr = lr
+        self.buf = Buffers(init.dtype)
+        self._rows: dict[int, np.ndarray] = {}
+
+    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w1, b1, w2, b2, w3, b3 = self.p.ws
+        n, get = x.shape[0], self.buf.get
+        h1, h2, s = get("h1", n, 300), get("h2", n, 100), get("s", n, 10)
+        np.matmul(x, w1.T, out=h1)
+        h1 += b1
+        np.tanh(h1, out=h1)
+        np.matmul(h1, w2.T, out=h2)
+        h2 += b2
+        np.tanh(h2, out=h2)
+        np.matmul(h2, w3.T, out=s)
+        s += b3
+        return h1, h2, s
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> None:
+        n, get = x.shape[0], self.buf.get
+        x = x.reshape(n, 784)
+        w1, b1, w2, b2, w3, b3 = self.p.ws
+        g1, gb1, g2, gb2, g3, gb3 = self.p.gs
+        h1, h2, s = self._forward(x)
+        m, z = get("m", n, 1), get("z", n, 1)
+        np.max(s, axis=1, keepdims=True, out=m)
+        s -= m
+        np.exp(s, out=s)
+        np.sum(s, axis=1, keepdims=True, out=z)
+        z *= n / -self.lr
+        s /= z                                                   # −η (p − onehot) / n, onehot below
+        rows = self._rows.get(n)
+        if rows is None:
+            rows = self._rows[n] = np.arange(n)
+        s[rows, y] += self.lr / n
+        d2, d1, t2, t1 = get("d2", n, 100), get("d1", n, 300), get("t2", n, 100), get("t1", n, 300)
+        outer = n == 1
+        np.sum(s, axis=0, out=gb3)
+        (np.outer(s[0], h2[0], out=g3) if outer else np.matmul(s.T, h2, out=g3))
+        np.matmul(s, w3, out=d2)
+        np.multiply(h2, h2, out=t2)
+        np.subtract(1, t2, out=t2)
+        d2 *= t2                                                 # tanh' = 1 − y²
+        np.sum(d2, axis=0, out=gb2)
+        (np.outer(d2[0], h1[0], out=g2) if outer else np.matmul(d2.T, h1, out=g2))
+        np.matmul(d2, w2, out=d1)
+        np.multiply(h1, h1, out=t1)
+        np.subtract(1, t1, out=t1)
+        d1 *= t1
+        np.sum(d1, axis=0, out=gb1)
+        (np.outer(d1[0], x[0], out=g1) if outer else np.matmul(d1.T, x, out=g1))
+        self.p.w += self.p.g                                     # w ← w − η ∂L/∂w (η folded in)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.argmax(self._forward(x.reshape(x.shape[0], 784))[2], axis=1)
+
+
+class NumpyLeNet5(Reference):
+    """fbprop's LeNet-5 (pad 2, C1, S2, C3 with Table I, S4, C5, F6, RBF to fixed codes, NLL with β),
+    NHWC inside, parameters in fbprop's layout and order."""
+
+    def __init__(self, init: np.ndarray, shapes, lr: float, codes: np.ndarray, table: np.ndarray,
+                 beta: float = 0.1, **_) -> None:
+        self.p = Flat(init, shapes)
+        self.lr, self.beta = lr, beta
+        dt = init.dtype
+        self.codes = np.ascontiguousarray(codes, dtype=dt)                          # (10, 84)
+        self.half_t2 = 0.5 * np.einsum("ij,ij->i", self.codes, self.codes).astype(dt)
+        self.mask = np.ascontiguousarray(table.T[:, :, None, None], dtype=dt)       # (16, 6, 1, 1)
+        self.buf = Buffers(dt)
+        self._rows: dict[int, np.ndarray] = {}
+
+    # pieces ----------------------------------------------------------------------------------
+    def _im2col(self, name: str, x: np.ndarray, k: int) -> np.ndarray:
+        """(n, h, w, c) -> (n·h'·w', c·k·k), rows ordered (c, a, b) like fbprop's weights."""
+        n, h, w, c = x.shape
+        ho, wo = h - k + 1, w - k + 1
+        col = self.buf.get(name, n, ho, wo, c, k, k)
+        np.copyto(col, sliding_window_view(x, (k, k), axis=(1, 2)))
+        return col.reshape(n * ho * wo, c * k * k)
+
+    def _squash(self, u: np.ndarray, b: np.ndarray | None = None) -> None:
+        if b is not None:
+            u += b
+        u *= S
+        np.tanh(u, out=u)
+        u *= A                                                   # y = A tanh(S (u + b))
+
+    def _dsquash(self, y: np.ndarray, d: np.ndarray, tmp: np.ndarray) -> None:
+        np.multiply(y, y, out=tmp)
+        np.subtract(A * A, tmp, out=tmp)
+        tmp *= S / A
+        d *= tmp                                                 # f' = (S/A)(A² − y²)
+
+    def _pool(self, x: np.ndarray, m: np.ndarray) -> None:
+        np.add(x[:, 0::2, 0::2], x[:, 0::2, 1::2], out=m)
+        m += x[:, 1::2, 0::2]
+        m += x[:, 1::2, 1::2]
+        m *= 0.25                                                # 2×2 mean
+
+    def _forward(self, x: np.ndarray) -> dict:
+        (c1, b1, a2, bb2, c3, b3, a4, bb4, c5, b5, f6, b6) = self.p.ws
+        n, get = x.shape[0], self.buf.get
+        xp = get("xp", n, 32, 32, 1)
+        if getattr(self, "_zeroed", None) is not xp:             # the border stays 0
+            xp.fill(0)
+            self._zeroed = xp
+        xp[:, 2:30, 2:30, 0] = x.reshape(n, 28, 28)
+        col1 = self._im2col("col1", xp, 5)                       # (n·784, 25)
+        y1 = get("y1", n, 28, 28, 6)
+        np.matmul(col1, c1.reshape(6, 25).T, out=y1.reshape(-1, 6))
+        self._squash(y1, b1.reshape(6))
+        m2, y2 = get("m2", n, 14, 14, 6), get("y2", n, 14, 14, 6)
+        self._pool(y1, m2)
+        np.multiply(m2, a2.reshape(6), out=y2)
+        y2 += bb2.reshape(6)
+        self._squash(y2)
+        col3 = self._im2col("col3", y2, 5)                       # (n·100, 150)
+        w3 = get("w3", 16, 6, 5, 5)
+        np.multiply(c3, self.mask, out=w3)
+        y3 = get("y3", n, 10, 10, 16)
+        np.matmul(col3, w3.reshape(16, 150).T, out=y3.reshape(-1, 16))
+        self._squash(y3, b3.reshape(16))
+        m4, y4 = get("m4", n, 5, 5, 16), get("y4", n, 5, 5, 16)
+        self._pool(y3, m4)
+        np.multiply(m4, a4.reshape(16), out=y4)
+        y4 += bb4.reshape(16)
+        self._squash(y4)
+        x5 = get("x5", n, 16, 5, 5)
+        np.copyto(x5, y4.transpose(0, 3, 1, 2))                  # NCHW for C5: one (n, 400) product
+        y5 = get("y5", n, 120)
+        np.matmul(x5.reshape(n, 400), c5.reshape(120, 400).T, out=y5)
+        self._squash(y5, b5.reshape(120))
+        y6 = get("y6", n, 84)
+        np.matmul(y5, f6.T, out=y6)
+        self._squash(y6, b6)
+        e, sq = get("e", n, 10), get("sq", n, 1)
+        np.matmul(y6, self.codes.T, out=e)
+        np.einsum("ij,ij->i", y6, y6, out=sq[:, 0])
+        sq *= 0.5
+        np.subtract(sq, e, out=e)
+        e += self.half_t2                                        # E = ½‖x‖² − x·t + ½‖t‖²
+        return dict(xp=xp, col1=col1, y1=y1, m2=m2, y2=y2, col3=col3, w3=w3, y3=y3, m4=m4, y4=y4,
+                    x5=x5, y5=y5, y6=y6, e=e)
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> None:
+        (c1, b1, a2, bb2, c3, b3, a4, bb4, c5, b5, f6, b6) = self.p.ws
+        (gc1, gb1, ga2, gbb2, gc3, gb3, ga4, gbb4, gc5, gb5, gf6, gb6) = self.p.gs
+        f = self._forward(x)
+        n, get, beta = x.shape[0], self.buf.get, self.beta
+        # NLL: ∂L/∂E_k = δ_ky − p_k, p = softmax(−βE); −η/n folded in
+        e, m, z = f["e"], get("m", n, 1), get("z", n, 1)
+        g = get("g", n, 10)
+        np.min(e, axis=1, keepdims=True, out=m)
+        np.subtract(m, e, out=g)
+        g *= beta
+        np.exp(g, out=g)
+        np.sum(g, axis=1, keepdims=True, out=z)
+        z *= n / self.lr
+        g /= z
+        rows = self._rows.get(n)
+        if rows is None:
+            rows = self._rows[n] = np.arange(n)
+        g[rows, y] -= self.lr / n                                # g = −(η/n) ∂L/∂E = (η/n)(p − δ_y)
+        # RBF: ∂E/∂x = Σ_k g_k (x − t_k)
+        y6 = f["y6"]
+        d6, gs = get("d6", n, 84), get("gs", n, 1)
+        np.sum(g, axis=1, keepdims=True, out=gs)
+        np.matmul(g, self.codes, out=d6)
+        t6 = get("t6", n, 84)
+        np.multiply(y6, gs, out=t6)
+        np.subtract(t6, d6, out=d6)
+        self._dsquash(y6, d6, t6)
+        np.sum(d6, axis=0, out=gb6)
+        np.matmul(d6.T, f["y5"], out=gf6)
+        d5 = get("d5", n, 120)
+        np.matmul(d6, f6, out=d5)
+        self._dsquash(f["y5"], d5, get("t5", n, 120))
+        np.sum(d5, axis=0, out=gb5.reshape(120))
+        np.matmul(d5.T, f["x5"].reshape(n, 400), out=gc5.reshape(120, 400))
+        dx5 = get("dx5", n, 16, 5, 5)
+        np.matmul(d5, c5.reshape(120, 400), out=dx5.reshape(n, 400))
+        d4 = get("d4", n, 5, 5, 16)
+        np.copyto(d4, dx5.transpose(0, 2, 3, 1))
+        self._dsquash(f["y4"], d4, get("t4", n, 5, 5, 16))    # S4's squash has no bias
+        t = get("t4b", n, 5, 5, 16)
+        np.multiply(d4, f["m4"], out=t)
+        np.sum(t, axis=(0, 1, 2), out=ga4.reshape(16))
+        np.sum(d4, axis=(0, 1, 2), out=gbb4.reshape(16))
+        d4 *= a4.reshape(16) * 0.25                              # ∂E/∂x = (a/4) ∂E/∂y on each window
+        d3 = get("d3", n, 10, 10, 16)
+        for i in (0, 1):
+            for j in (0, 1):
+                d3[:, i::2, j::2] = d4                           # windows do not overlap: assign
+        self._dsquash(f["y3"], d3, get("t3", n, 10, 10, 16))
+        np.sum(d3, axis=(0, 1, 2), out=gb3.reshape(16))
+        d3m = d3.reshape(-1, 16)
+        np.matmul(d3m.T, f["col3"], out=gc3.reshape(16, 150))
+        gc3 *= self.mask
+        dcol = get("dcol3", n * 100, 150)
+        np.matmul(d3m, f["w3"].reshape(16, 150), out=dcol)
+        dcol6 = dcol.reshape(n, 10, 10, 6, 5, 5)
+        d2 = get("d2", n, 14, 14, 6)
+        d2.fill(0)
+        for a in range(5):
+            for b in range(5):                                   # col2im
+                d2[:, a:a + 10, b:b + 10] += dcol6[:, :, :, :, a, b]
+        self._dsquash(f["y2"], d2, get("t2", n, 14, 14, 6))
+        t = get("t2b", n, 14, 14, 6)
+        np.multiply(d2, f["m2"], out=t)
+        np.sum(t, axis=(0, 1, 2), out=ga2.reshape(6))
+        np.sum(d2, axis=(0, 1, 2), out=gbb2.reshape(6))
+        d2 *= a2.reshape(6) * 0.25
+        d1 = get("d1", n, 28, 28, 6)
+        for i in (0, 1):
+            for j in (0, 1):
+                d1[:, i::2, j::2] = d2
+        self._dsquash(f["y1"], d1, get("t1", n, 28, 28, 6))
+        d1m = d1.reshape(-1, 6)
+        np.sum(d1m, axis=0, out=gb1.reshape(6))
+        np.matmul(d1m.T, f["col1"], out=gc1.reshape(6, 25))
+        self.p.w += self.p.g                                     # w ← w − η ∂L/∂w (η folded in)
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        return np.argmin(self._forward(x)["e"], axis=1)
+
+
+def make(model: str, **kw):
+    return (NumpyMLP if model == "mlp" else NumpyLeNet5)(**kw)

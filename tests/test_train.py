@@ -1,0 +1,231 @@
+"""Trainer: meters, evaluate, schedules, early stopping, divergence, every optimizer, on-line learning."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+import fbprop as fb
+from fbprop.checkpoint import load_checkpoint
+from fbprop.data import load_dataset
+from fbprop.machine import _leaves
+from fbprop.train import LENET_FACTORS, OPTIMIZERS, Meter, Trainer, TrainingDiverged, evaluate, schedule_factor
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", limit=500)
+
+
+def small_machine(seed: int = 0, **spec) -> fb.Machine:
+    return fb.build_machine({"model": "mlp", "hidden": [16], "input_shape": [1, 8, 8], "n_classes": 10,
+                             "seed": seed, **spec})
+
+
+def trainer(data, machine=None, **options) -> Trainer:
+    return Trainer(machine or small_machine(), data, log=io.StringIO(), **options)
+
+
+# meters ---------------------------------------------------------------------------------------
+def test_meter_mean_loss_error_rate_and_confusion_match_hand_counts():
+    meter = Meter(3)
+    meter.add(3.0, np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2]))
+    meter.add(1.0, np.array([0]), np.array([2]))
+    assert meter.loss == pytest.approx(4.0 / 5)
+    np.testing.assert_array_equal(meter.confusion, [[1, 0, 0],
+                                                    [0, 1, 1],                 # rows: true class
+                                                    [1, 0, 1]])                # columns: answer
+    assert meter.error == pytest.approx(2 / 5)
+
+
+def test_meter_with_regression_targets_keeps_the_mean_loss_and_has_no_error_rate():
+    meter = Meter(0)
+    meter.add(2.0, None, np.zeros((4, 3)))                 # (n, d) float targets, no answers
+    meter.add(1.0, None, np.zeros((2, 3)))
+    assert meter.loss == pytest.approx(3.0 / 6)
+    assert math.isnan(meter.error) and meter.confusion.sum() == 0
+
+
+def test_empty_meter_has_zero_loss_and_nan_error():
+    meter = Meter(10)
+    assert meter.loss == 0.0 and math.isnan(meter.error)
+
+
+def test_evaluate_equals_one_full_batch_pass_and_leaves_parameters_alone(digits):
+    machine, split = small_machine(), digits.test
+    params = machine.pool.x.copy()
+    meter = evaluate(machine, split, 10, batch_size=64)   # 500 = 7 × 64 + a partial batch
+    machine._fprop(split.x, split.y)
+    answers = np.argmin(machine.energies.x, axis=1)
+    assert meter.count == len(split)
+    assert meter.loss == pytest.approx(machine.losses.x.mean(), rel=1e-5)
+    assert meter.error == pytest.approx(np.mean(answers != split.y))
+    np.testing.assert_array_equal(meter.confusion.sum(axis=1), np.bincount(split.y, minlength=10))
+    np.testing.assert_array_equal(np.diag(meter.confusion), np.bincount(split.y[answers == split.y], minlength=10))
+    np.testing.assert_array_equal(machine.pool.x, params)
+
+
+# schedules ------------------------------------------------------------------------------------
+def test_lenet_schedule_follows_the_1998_paper_then_stays_at_one_fiftieth():
+    factors = [schedule_factor("lenet", e, 20) for e in range(14)]
+    assert factors == [1, 1, 0.4, 0.4, 0.4, 0.2, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1, 0.02, 0.02]
+    assert len(LENET_FACTORS) == 12
+
+
+def test_cosine_schedule_starts_at_one_halves_midway_and_ends_at_zero():
+    assert schedule_factor("cosine", 0, 10) == 1.0
+    assert schedule_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert schedule_factor("cosine", 10, 10) == pytest.approx(0.0, abs=1e-15)
+    factors = [schedule_factor("cosine", e, 10) for e in range(10)]
+    assert all(a > b > 0 for a, b in zip(factors, factors[1:]))
+    assert schedule_factor("constant", 7, 10) == 1.0
+
+
+def test_unknown_schedule_is_a_value_error_naming_it():
+    with pytest.raises(ValueError, match="unknown schedule 'step'.*constant, lenet, cosine"):
+        schedule_factor("step", 0, 10)
+
+
+def test_trainer_applies_the_schedule_to_each_epochs_learning_rate(digits):
+    history = trainer(digits, lr=0.1, epochs=3, schedule="lenet").fit()
+    assert [r["lr"] for r in history] == pytest.approx([0.1, 0.1, 0.04])
+
+
+# the epoch loop -------------------------------------------------------------------------------
+def test_fit_logs_one_line_per_epoch_with_errors_and_no_progress_bar(digits):
+    t = trainer(digits, lr=0.05, epochs=3)
+    t.fit()
+    lines = t.log.getvalue().splitlines()
+    assert len(lines) == 3 and "\r" not in t.log.getvalue()
+    for i, line in enumerate(lines, 1):
+        assert line.startswith(f"epoch {i:3d} | lr 0.05 | train loss ")
+        assert "val err" in line and "test err" in line
+
+
+def test_progress_bar_names_the_epoch_out_of_all(digits):
+    t = trainer(digits, lr=0.05, epochs=2, progress=True)
+    t.fit()
+    assert "epoch 1/2" in t.log.getvalue() and "epoch 2/2" in t.log.getvalue()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 0}, "expected batch_size >= 1, got 0"),
+    ({"epochs": -1}, "expected epochs >= 0, got -1"),
+    ({"patience": 0}, "expected patience None or >= 1, got 0"),
+    ({"optimizer": "adam"}, "unknown optimizer 'adam'"),
+    ({"schedule": "step"}, "unknown schedule 'step'"),
+])
+def test_trainer_rejects_bad_options_with_a_message_naming_them(digits, options, message):
+    with pytest.raises(ValueError, match=message):
+        trainer(digits, **options)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_a_better_val_error(digits):
+    # With η = 1e-9 the answers never change: epoch 1 sets the best error, no later one beats it.
+    t = trainer(digits, lr=1e-9, epochs=10, patience=2)
+    history = t.fit()
+    assert [r["val_error"] for r in history] == [history[0]["val_error"]] * 3
+    assert len(history) == 3 and t.epoch == 3
+    assert t.log.getvalue().splitlines()[-1] == "early stopping: no better validation error for 2 epochs"
+
+
+def test_training_without_patience_runs_every_epoch(digits):
+    assert len(trainer(digits, lr=1e-9, epochs=4).fit()) == 4
+
+
+def test_best_params_are_those_of_the_best_val_error_and_restore_best_puts_them_back(digits):
+    snapshots = []
+    t = trainer(digits, lr=0.05, epochs=4, callbacks=[lambda tr, r: snapshots.append(tr.machine.pool.x.copy())])
+    history = t.fit()
+    best = int(np.argmin([r["val_error"] for r in history]))   # the first of equal minima
+    assert t.best_error == history[best]["val_error"]
+    t.restore_best()
+    np.testing.assert_array_equal(t.machine.pool.x, snapshots[best])
+
+
+# divergence -----------------------------------------------------------------------------------
+def test_nan_weight_raises_training_diverged_naming_epoch_steps_and_module_and_keeps_last_good_checkpoint(
+        digits, tmp_path):
+    machine = small_machine()
+    second_linear = _leaves(machine.net)[3]
+    assert repr(second_linear) == "Linear(16 -> 10)"
+    good = {}
+
+    def poison_after_epoch_2(tr, record):
+        if record["epoch"] == 2:
+            good["params"] = tr.machine.pool.x.copy()
+            second_linear.w.x[3, 5] = np.nan                  # a view into pool.x
+
+    t = trainer(digits, machine, lr=0.05, epochs=5, out_dir=tmp_path, callbacks=[poison_after_epoch_2])
+    with pytest.raises(TrainingDiverged) as caught:
+        t.fit()
+    steps = 2 * math.ceil(len(digits.train) / 32)
+    message = str(caught.value)
+    assert f"epoch 3 after {steps} steps" in message
+    assert "first non-finite output: Linear(16 -> 10)" in message
+    _, params, _, state = load_checkpoint(tmp_path / "checkpoint.npz")
+    np.testing.assert_array_equal(params, good["params"])
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "checkpoint.npz", "metrics.csv",
+                                                         "metrics.json"]
+
+
+def test_huge_learning_rate_raises_training_diverged_naming_the_module(digits):
+    t = trainer(digits, small_machine(squash="relu"), lr=1e20, epochs=2)
+    with pytest.raises(TrainingDiverged, match=r"epoch 1 after \d+ steps \(mini-batch loss\); "
+                                               r"first non-finite output: Linear\(16 -> 10\)"):
+        t.fit()
+
+
+def test_parameters_going_non_finite_in_the_last_step_are_caught_at_the_end_of_the_epoch(digits, tmp_path):
+    t = trainer(digits, lr=0.05, epochs=2, out_dir=tmp_path)
+    steps = math.ceil(len(digits.train) / 32)
+    step = t.optimizer.step
+
+    def poisoned_step():
+        step()
+        if t.step == steps - 1:                                # the epoch's last step (counted after it)
+            t.machine.pool.x[0] = np.inf                       # Linear(64 -> 16)'s first weight
+    t.optimizer.step = poisoned_step
+    with pytest.raises(TrainingDiverged, match=rf"epoch 1 after {steps} steps \(end of epoch\); "
+                                               r"first non-finite output: Linear\(64 -> 16\)"):
+        t.fit()
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+# optimizers -----------------------------------------------------------------------------------
+SETTINGS = {
+    "sgd": {"lr": 0.05, "epochs": 4},
+    "momentum": {"lr": 0.01, "epochs": 4},
+    "sdlm": {"lr": 0.02, "epochs": 4, "hessian_samples": 200},
+    "batch": {"lr": 1.0, "epochs": 20},
+    "lbfgs": {"epochs": 2, "lbfgs_iters": 10},
+}
+
+
+def test_every_optimizer_has_a_training_case():
+    assert set(SETTINGS) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_trains_digits_far_below_chance(digits, name):
+    history = trainer(digits, optimizer=name, **SETTINGS[name]).fit()
+    assert history[-1]["val_error"] < 0.2 and history[-1]["test_error"] < 0.2   # chance: 0.9
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_online_learning_takes_one_step_per_sample_and_learns(digits):
+    t = trainer(digits, lr=0.01, batch_size=1, epochs=1)
+    history = t.fit()
+    assert t.step == len(digits.train)
+    assert history[0]["test_error"] < 0.3
+
+
+def test_machine_predicts_regression_outputs_without_targets():
+    pool = fb.ParamPool(np.float64, seed=0)
+    machine = fb.Machine(fb.Linear(3, 2, pool), fb.Euclidean(), fb.EnergyLoss(), pool)
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    np.testing.assert_allclose(machine.predict(x, batch_size=2), x @ machine.net.w.x.T)
