@@ -19,16 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tol", type=float, default=1e-10)
     ap.add_argument("--workspace", help="data from this run.py workspace (.npz); default: load Fashion-MNIST")
     ap.add_argument("--data", choices=("fashion-mnist", "random"), default="fashion-mnist")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1: the check is not timed)")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))
+        os.environ[var] = str(args.threads)
 
     import numpy as np
-
-    import fbprop
     import systems
     from common import LR, SPECS, load_data, read_workspace
+
+    import fbprop
 
     cases = [("mlp", 1), ("mlp", 32), ("lenet5", 32)]
     need = args.steps * max(b for _, b in cases)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -50,12 +49,6 @@ WORKLOADS = (
 def parse_workload(name: str) -> Workload:
     model, mode, batch = name.split("-")
     return Workload(model, mode, int(batch.removeprefix("b")))
-
-
-def set_threads(threads: int) -> None:
-    """Pin every BLAS/OpenMP pool to `threads`; must run before numpy is first imported."""
-    for var in THREAD_VARS:
-        os.environ[var] = str(threads)
 
 
 def mlp_flops(batch: int) -> int:
@@ -148,7 +141,21 @@ def measure(step: Callable[[int], None], starts: list[int], batch: int, seconds:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024          # Linux: KiB
+    """This process's peak resident memory in MiB: VmHWM, else ru_maxrss.
+
+    On Linux ru_maxrss(RUSAGE_SELF) survives execve, so a worker started by a 100 MB parent
+    reports at least 100 MB; VmHWM is the high-water mark of the process's own address space,
+    which starts afresh at exec. Where /proc is missing, ru_maxrss is the best there is.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024                       # kB
+    except OSError:
+        pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024                 # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def blas_report() -> list[dict]:

@@ -50,12 +50,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--torch-python", help="interpreter with torch (default: bench/.venv/bin/python, else this one)")
     ap.add_argument("--check", action="store_true", help="run only the like-with-like check")
     ap.add_argument("--no-check", action="store_true", help="skip the like-with-like check")
+    ap.add_argument("--per-process", choices=("workload", "system"), default="workload",
+                    help="one process per (repeat, workload, system) (default), or per (repeat, system) running "
+                         "all its workloads (faster; peak memory is then the largest workload's)")
     ap.add_argument("--quick", action="store_true",
-                    help="tiny sizes for a smoke test: 1 repeat, 0.05 s, 512 samples, inference at batch 256")
+                    help="tiny sizes for a smoke test: 1 repeat, 0.05 s, 512 samples, inference at batch 256, "
+                         "one process per system, 3 check steps")
     ap.add_argument("--json", help="also write every raw result to this file")
     args = ap.parse_args(argv)
     if args.quick:
-        args.repeats, args.seconds, args.warmup, args.samples = 1, 0.05, 1, 512
+        args.repeats, args.seconds, args.warmup, args.samples, args.per_process = 1, 0.05, 1, 512, "system"
         args.workloads = ",".join(w.name.replace("-b1024", "-b256") for w in map(_parse, args.workloads.split(",")))
     return args
 
@@ -76,17 +80,20 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def find_torch_python(args: argparse.Namespace, env: dict[str, str]) -> tuple[str | None, str]:
-    candidates = [args.torch_python] if args.torch_python else [str(HERE / ".venv" / "bin" / "python"), sys.executable]
+    venv = str(HERE / ".venv" / "bin" / "python")
+    candidates = [args.torch_python] if args.torch_python else [venv, sys.executable]
+    probe_code = ("import importlib.metadata as m, importlib.util as u; "
+                  "assert u.find_spec('torch'); print(m.version('torch'))")
     for python in candidates:
         if python and Path(python).exists():
-            probe = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], env=env,
-                                   capture_output=True, text=True)
+            probe = subprocess.run([python, "-c", probe_code], env=env, capture_output=True, text=True)
             if probe.returncode == 0:
                 return python, probe.stdout.strip()
     return None, "PyTorch not found (run `bash bench/setup.sh` to create bench/.venv with torch==2.13.0)"
 
 
-def run_worker(python: str, system: str, workload: str, workspace: str, args, env) -> tuple[list[dict], dict | None, str]:
+def run_worker(python: str, system: str, workload: str, workspace: str, args,
+               env) -> tuple[list[dict], dict | None, str]:
     cmd = [python, str(HERE / "worker.py"), "--system", system, "--workloads", workload, "--workspace", workspace,
            "--seconds", str(args.seconds), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     try:
@@ -187,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"check: crashed: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}")
             if args.check:
                 return p.returncode
+            check_failed = p.returncode != 0
+        else:
+            check_failed = False
 
         order = systems + (["gemm"] if "gemm" in pythons else [])
         samples: dict[tuple[str, str], list[float]] = defaultdict(list)
@@ -196,35 +206,36 @@ def main(argv: list[str] | None = None) -> int:
         errors: list[str] = []
         raw: list[dict] = []
         print()
+        groups = [[wl] for wl in workloads] if args.per_process == "workload" else [workloads]
         for rep in range(args.repeats):
-            for wl in workloads:
+            for group in groups:
                 line = []
                 for s in order:
-                    if not supports(s, wl.model, wl.mode):
+                    todo = [wl.name for wl in group if supports(s, wl.model, wl.mode)]
+                    if not todo:
                         continue
-                    results, info, error = run_worker(pythons[s], s, wl.name, workspace, args, env)
+                    results, info, error = run_worker(pythons[s], s, ",".join(todo), workspace, args, env)
                     if info and s not in infos:
                         infos[s] = info
                     if error:
-                        errors.append(f"{s} {wl.name} (repeat {rep + 1}): {error}")
+                        errors.append(f"{s} {','.join(todo)} (repeat {rep + 1}): {error}")
                     for r in results:
-                        samples[(wl.name, s)].append(r["samples_per_s"])
-                        rss[(wl.name, s)].append(r["maxrss_mb"])
-                        per_rep[(wl.name, s, rep)] = r["samples_per_s"]
+                        samples[(r["workload"], s)].append(r["samples_per_s"])
+                        rss[(r["workload"], s)].append(r["maxrss_mb"])
+                        per_rep[(r["workload"], s, rep)] = r["samples_per_s"]
                         raw.append({**r, "repeat": rep})
-                        line.append(f"{s} {fmt(r['samples_per_s'])}")
-                print(f"[{rep + 1}/{args.repeats}] {wl.name}: {', '.join(line) or 'no result'}", file=sys.stderr,
-                      flush=True)
+                        line.append(f"{s} {r['workload']} {fmt(r['samples_per_s'])}")
+                print(f"[{rep + 1}/{args.repeats}] {'; '.join(line) or 'no result'}", file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - t0
 
     print_table(workloads, order, samples, rss, per_rep, args)
     if "gemm" in order:
         print_gemm(workloads, order, samples, per_rep, args)
     print()
-    blas = infos.get("fbprop", next(iter(infos.values()), {})).get("blas") or []
-    for b in blas:
-        print(f"BLAS (threadpoolctl, numpy's): {b.get('internal_api')} {b.get('version')}, kernel "
-              f"{b.get('architecture')}, {b.get('num_threads')} threads, {b.get('threading_layer')}")
+    for who in [s for s in ("fbprop", "numpy-ref") if s in infos]:
+        for b in infos[who].get("blas") or []:
+            print(f"BLAS in the {who} process (threadpoolctl): {b.get('prefix')} {b.get('version')}, kernel "
+                  f"{b.get('architecture')}, {b.get('num_threads')} threads, {b.get('threading_layer')}")
     if "pytorch" in infos:
         t = infos["pytorch"]
         libs = ", ".join(f"{b.get('internal_api')}({b.get('num_threads')})" for b in t.get("blas") or [])
@@ -234,15 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at end: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}; wall time {elapsed:.0f} s")
     for e in errors:
         print(f"error: {e}")
+    if check_failed:
+        print("error: the like-with-like check failed (see above): the systems do not compute the same thing")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": raw, "info": infos}, indent=1))
-    return 1 if errors else 0
+    return 1 if errors or check_failed else 0
 
 
 def print_table(workloads, order, samples, rss, per_rep, args) -> None:
-    print(f"samples/s: median (min–max) over {args.repeats} interleaved repeats; peak RSS: median ru_maxrss of "
-          f"the system's process; fbprop÷system: median (min–max) of the per-repeat ratios")
-    head = f"{'workload':20} {'system':10} {'samples/s':>10} {'(min–max)':>22} {'peak RSS MiB':>13}  {'fbprop÷system':>22}"
+    print(f"samples/s: median (min–max) over {args.repeats} interleaved repeats; peak RSS: median of the "
+          f"system's process's own peak (VmHWM); fbprop÷system: median (min–max) of the per-repeat ratios")
+    head = (f"{'workload':20} {'system':10} {'samples/s':>10} {'(min–max)':>22} {'peak RSS MiB':>13}  "
+            f"{'fbprop÷system':>22}")
     print(head)
     print("-" * len(head))
     for wl in workloads:
@@ -282,7 +296,7 @@ def print_gemm(workloads, order, samples, per_rep, args) -> None:
             continue
         flops = mlp_flops(wl.batch)
 
-        def gflops(s):
+        def gflops(s, wl=wl, flops=flops):
             return statistics.median(samples[(wl.name, s)]) / wl.batch * flops / 1e9
 
         ceiling = gflops("gemm")

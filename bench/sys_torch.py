@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import split
+from torch import nn
 
 A, S = 1.7159, 2.0 / 3.0
 

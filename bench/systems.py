@@ -11,7 +11,6 @@ system that needs them, so each process carries only its own system's footprint.
 from __future__ import annotations
 
 import numpy as np
-
 from common import MLP_SIZES, split
 
 SYSTEMS = ("fbprop", "pytorch", "sklearn", "numpy-ref")
@@ -24,8 +23,9 @@ class FbpropSystem:
     name = "fbprop"
 
     def __init__(self, model: str, init: np.ndarray, shapes, lr: float, **_) -> None:
-        import fbprop
         from common import SPECS
+
+        import fbprop
         self.machine = fbprop.build_machine({**SPECS[model], "dtype": str(init.dtype)})
         got = [shape for _, _, shape in self.machine.pool.handles]
         if got != [tuple(s) for s in shapes]:

@@ -25,10 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(args.threads))           # before numpy is imported
+        os.environ[var] = str(args.threads)           # before numpy is imported
 
     import numpy as np
-
     import systems
     from common import LR, Result, batch_starts, blas_report, measure, parse_workload, peak_rss_mb, read_workspace
 
@@ -44,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         per_call = wl.batch * (getattr(sut, "steps_per_call", 1) if wl.mode == "train" else 1)
         starts = batch_starts(len(ws["y"]), per_call)
         if wl.mode == "train":
-            def step(i, sut=sut, n=per_call):
+            def step(i, sut=sut, x=x, y=y, n=per_call):
                 sut.train_step(x[i:i + n], y[i:i + n])
         else:
-            def step(i, sut=sut, n=per_call):
+            def step(i, sut=sut, x=x, n=per_call):
                 sut.infer(x[i:i + n])
         m = measure(step, starts, per_call, args.seconds, warmup=max(1, args.warmup // (per_call // wl.batch)))
         if info["blas"] is None:

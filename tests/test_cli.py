@@ -36,7 +36,7 @@ def call(*argv, debug: bool) -> tuple[int, str, str]:
             redirect_stderr(err):
         try:
             code = cli.main([str(a) for a in argv])
-        except SystemExit as e:                                  # argparse's usage errors
+        except SystemExit as e:                                  # argparse: usage errors, --help
             code = e.code
     return code, out.getvalue(), err.getvalue()
 
@@ -200,6 +200,12 @@ def test_predict_rejects_images_of_the_wrong_size_in_one_line(run, tmp_path):
     np.save(tmp_path / "big.npy", np.zeros((2, 28, 28), np.uint8))
     err = one_line(fail("predict", d, tmp_path / "big.npy"))
     assert err == f"fbprop predict: error: {tmp_path / 'big.npy'}: expected images of shape (n, 8, 8), got (2, 28, 28)"
+
+
+def test_train_help_states_each_default_once():
+    out, _ = ok("train", "--help")
+    assert "(default: None)" not in out
+    assert "(default 300,100)" in out and "(default: 32)" in out
 
 
 # gradcheck ------------------------------------------------------------------------------------

@@ -33,6 +33,13 @@ class CommandError(Exception):
     """A user error, reported as one line on stderr."""
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None, where the help text says what happens."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
@@ -64,11 +71,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fbprop", description="Gradient-based learning in multi-module systems.")
+    parser = argparse.ArgumentParser(prog="fbprop", description="Gradient-based learning in multi-module systems.",
+                                     epilog="Errors are one line on stderr; set FBPROP_DEBUG=1 for a traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and write checkpoint, metrics and plots",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_DefaultsFormatter)
     _data_args(t)
     t.add_argument("--model", default="mlp", choices=MODELS)
     t.add_argument("--hidden", type=_sizes, default=None, help="hidden layer sizes of mlp (default 300,100)")
@@ -78,7 +86,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--loss", default=None, choices=list(LOSSES), help="energy-based loss (default nll)")
     t.add_argument("--beta", type=_positive(float), default=None, help="inverse temperature of the nll loss")
     t.add_argument("--margin", type=_positive(float), default=None, help="margin of hinge / square-square")
-    t.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="(default sgd)")
+    t.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="update rule (default sgd)")
     t.add_argument("--lr", type=_positive(float), default=None,
                    help="learning rate η (default per optimizer: "
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
@@ -157,7 +165,7 @@ def _run_data(path: Path, spec: dict, args, limit: int | None):
         raise CommandError(f"{path}: the model expects images {tuple(spec['input_shape'])} in {spec['n_classes']} "
                            f"classes, dataset {data.name} has {data.image_shape} in {data.n_classes}")
     norm = spec["normalisation"]
-    if (data.mean, data.std) != (norm["mean"], norm["std"]):    # another train subset: x' = (x − mean) / std
+    if (data.mean, data.std) != (norm["mean"], norm["std"]):    # the model's x' = (x − mean) / std, not this split's
         for split in (data.train, data.val, data.test):
             split.x *= split.x.dtype.type(data.std / norm["std"])
             split.x += split.x.dtype.type((data.mean - norm["mean"]) / norm["std"])

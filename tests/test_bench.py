@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end on tiny sizes (no timing is asserted: timing lives in bench/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_mlp_script_prints_samples_per_second_for_each_batch_size():
+    p = _run(str(BENCH / "mlp.py"), "--seconds", "0.05", "--samples", "256", "--data", "random", "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    assert "batch    samples/s" in p.stdout
+    rows = [line.split()[0] for line in p.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == ["1", "32", "128"], p.stdout
+
+
+def test_run_quick_prints_the_check_and_the_table_for_the_available_systems():
+    pytest.importorskip("sklearn")
+    p = _run(str(BENCH / "run.py"), "--quick", "--data", "random", "--threads", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    out = p.stdout
+    assert "like-with-like check" in out and "check: passed" in out
+    assert "workload             system      samples/s" in out
+    assert "GEMM ceiling" in out
+    for system in ("fbprop", "numpy-ref", "sklearn"):
+        assert f" {system} " in out, out
+    torch_here = "skipping pytorch" not in out
+    assert (" pytorch " in out) == torch_here
