@@ -10,40 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from fbprop.files import atomic_write  # noqa: F401  (re-exported: checkpoint users write other files too)
 
 FORMAT = "fbprop-checkpoint-1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read as one."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it onto `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())                         # as open() would make it, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)                                           # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, spec: dict, params: np.ndarray,

@@ -12,11 +12,12 @@ import gzip
 import math
 import os
 import struct
-import uuid
 import zlib
 from typing import BinaryIO
 
 import numpy as np
+
+from fbprop.files import atomic_write
 
 __all__ = ["IdxError", "read_idx", "write_idx"]
 
@@ -140,26 +141,14 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     big_endian = np.ascontiguousarray(array, dtype=DTYPES[code])
     payload = memoryview(big_endian.reshape(-1).view(np.uint8))
 
-    directory, name = os.path.split(os.path.abspath(path))
-    temp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-    # O_EXCL: never write through a file or link that is already there; 0o666 lets umask decide.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.endswith(".gz"):
-                # mtime=0 and no stored name: the same array always gives the same bytes.
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
-                    stream.write(header)
-                    stream.write(payload)
-            else:
-                raw.write(header)
-                raw.write(payload)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    def write(raw) -> None:
+        if path.endswith(".gz"):
+            # mtime=0 and no stored name: the same array always gives the same bytes.
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
+                stream.write(header)
+                stream.write(payload)
+        else:
+            raw.write(header)
+            raw.write(payload)
+
+    atomic_write(path, write)

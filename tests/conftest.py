@@ -1,0 +1,20 @@
+"""Test-session settings: one BLAS thread.
+
+The suite's matrices are small, where a second OpenBLAS thread buys nothing and, on a machine
+whose two cores are shared, costs a spin-wait per product; subprocesses get the same through
+OPENBLAS_NUM_THREADS. Benchmarks in bench/ set their own thread counts.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+try:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+except ImportError:  # threadpoolctl comes with scikit-learn; without it numpy keeps its default
+    pass
