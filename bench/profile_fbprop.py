@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
 
-    import fbprop
     from common import LR, SPECS, batch_starts, load_data, parse_workload
+
+    import fbprop
 
     wl = parse_workload(args.workload)
     x, y, note = load_data(max(4096, wl.batch), args.data)
@@ -70,12 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return wrapper
 
     leaves = fbprop.machine._leaves(machine.net)
-    for i, m in enumerate(leaves):
+    for label, m in [(f"{i:2}", m) for i, m in enumerate(leaves)] + [("  ", machine.energy), ("  ", machine.loss)]:
+        who = repr(m)                                            # before the wrappers join vars(m)
         for method in ("fprop", "bprop"):
-            setattr(m, method, timed(f"{i:2} {m!r}.{method}", getattr(m, method)))
-    for name, m in (("energy", machine.energy), ("loss", machine.loss)):
-        for method in ("fprop", "bprop"):
-            setattr(m, method, timed(f"   {name} {m!r}.{method}", getattr(m, method)))
+            setattr(m, method, timed(f"{label} {who}.{method}", getattr(m, method)))
     machine.pool.clear_dx = timed("   pool.clear_dx", machine.pool.clear_dx)
     opt.step = timed("   SGD.step", opt.step)
     t0 = time.perf_counter()

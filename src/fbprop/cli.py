@@ -2,6 +2,11 @@
 
 User errors (bad options, missing data, unreadable files, divergence) are one line on stderr and
 exit status 2. Set FBPROP_DEBUG=1 to get the traceback of any error instead.
+
+`mpiexec -n K fbprop train ...` trains one model on K processes (fbprop.distributed): MPI is used
+when the launcher's environment says this process is one of several (PMI_SIZE,
+OMPI_COMM_WORLD_SIZE, MV2_COMM_WORLD_SIZE), or with --mpi. Rank 0 alone prints and writes the
+run's files; an error on any rank ends the job with one line naming the rank.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 from fbprop.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from fbprop.data.datasets import DATASETS, load_dataset
 from fbprop.data.idx import IdxError, read_idx
+from fbprop.distributed import DataParallel, MPIUnavailable, world
 from fbprop.losses import LOSSES
 from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec
 from fbprop.train import OPTIMIZERS, SCHEDULES, Trainer, TrainingDiverged, evaluate
@@ -31,6 +37,13 @@ CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", 
 
 class CommandError(Exception):
     """A user error, reported as one line on stderr."""
+
+
+class CollectiveError(CommandError):
+    """A user error that every process of an MPI job raises at the same point: rank 0 reports it."""
+
+
+USER_ERRORS = (CommandError, CheckpointError, IdxError, OSError, ValueError)
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -110,6 +123,9 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
+    t.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=None,
+                   help="data-parallel training over the MPI processes of `mpiexec -n K fbprop train ...` "
+                        "(default: when an MPI launcher started several processes)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
     e.add_argument("checkpoint", help="a checkpoint .npz or a run directory (uses best.npz there)")
@@ -177,16 +193,30 @@ def _refuse_existing_run(out: Path) -> None:
         raise CommandError(f"{out} already holds a run; pass --resume {out / 'checkpoint.npz'} or another --out")
 
 
+def _parallel(use_mpi: bool | None) -> DataParallel | None:
+    try:
+        comm = world(use_mpi)
+    except MPIUnavailable as e:
+        raise CommandError(str(e)) from None
+    return DataParallel(comm) if comm is not None else None
+
+
 def cmd_train(args) -> int:
+    parallel = getattr(args, "parallel", None)
+    root = parallel is None or parallel.is_root
     if args.epochs < 0:
         raise CommandError(f"--epochs: expected a count >= 0, got {args.epochs}")
     if args.resume:
         resume = Path(args.resume)
         resume = resume / "checkpoint.npz" if resume.is_dir() else resume
-        spec, _, _, state = load_checkpoint(resume)
+        spec, state = None, None
+        if root:                                                 # rank 0 reads, the others hear
+            spec, _, _, state = load_checkpoint(resume)
+        if parallel is not None:
+            spec, state = parallel.share((spec, state))
         data = _run_data(resume, spec, args, spec.get("limit"))
         out = Path(args.out) if args.out else resume.parent
-        if out != resume.parent:
+        if out != resume.parent and root:
             _refuse_existing_run(out)
         optimizer = args.optimizer or state.get("optimizer", "sgd")
         lr = args.lr or (state.get("lr") if optimizer == state.get("optimizer") else None)
@@ -197,28 +227,36 @@ def cmd_train(args) -> int:
         spec = _spec(args, data)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = Path(args.out) if args.out else Path("runs") / f"{data.name}-{args.model}-{stamp}"
-        _refuse_existing_run(out)
+        if parallel is not None:
+            out = parallel.share(out)                            # rank 0's clock names the run
+        if root:
+            _refuse_existing_run(out)
         optimizer, lr = args.optimizer or "sgd", args.lr
     lr = lr or DEFAULT_LR[optimizer]
     machine = _build(spec)
     trainer = Trainer(machine, data, optimizer=optimizer, lr=lr, batch_size=args.batch_size, epochs=args.epochs,
                       momentum=args.momentum, mu=args.mu, schedule=args.schedule, patience=args.patience,
-                      seed=spec["seed"], hessian_samples=args.hessian_samples, out_dir=out, progress=args.progress)
+                      seed=spec["seed"], hessian_samples=args.hessian_samples, out_dir=out, progress=args.progress,
+                      comm=parallel.comm if parallel is not None else None)
     if args.resume:
         trainer.resume(resume)
-    print(f"fbprop train: {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test), "
-          f"{machine.pool.size} parameters, {optimizer} lr {lr:g}, batch {args.batch_size}, -> {out}",
-          file=sys.stderr)
+    if root:
+        where = f" on {parallel.size} processes" if parallel is not None else ""
+        print(f"fbprop train: {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test), "
+              f"{machine.pool.size} parameters, {optimizer} lr {lr:g}, batch {args.batch_size}{where}, -> {out}",
+              file=sys.stderr)
     start = time.perf_counter()
     try:
         trainer.fit()
-    except TrainingDiverged as e:
+    except TrainingDiverged as e:                                # every rank diverges at the same step
         last = out / "checkpoint.npz"
-        kept = f"; the last good checkpoint is {last}" if last.exists() else ""
-        raise CommandError(f"{e}{kept}") from None
+        kept = f"; the last good checkpoint is {last}" if root and last.exists() else ""
+        raise CollectiveError(f"{e}{kept}") from None
     seconds = time.perf_counter() - start
     trainer.restore_best()
-    test = evaluate(machine, data.test, data.n_classes)
+    test = trainer.evaluate(data.test)
+    if not root:
+        return 0
     best = trainer.best_error if len(data.val) and math.isfinite(trainer.best_error) else None   # strict JSON
     summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
                "epochs": trainer.epoch, "best_val_error": best,
@@ -308,12 +346,19 @@ def cmd_gradcheck(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck}
+    parallel = None
     try:
-        return command[args.command](args)
-    except (CommandError, CheckpointError, IdxError, OSError, ValueError) as e:
+        if args.command == "train":
+            args.parallel = parallel = _parallel(args.mpi)
+        if parallel is None:
+            return command[args.command](args)
+        with parallel.abort_on_error(f"fbprop {args.command}", USER_ERRORS, collective=(CollectiveError,)):
+            return command[args.command](args)
+    except USER_ERRORS as e:
         if os.environ.get("FBPROP_DEBUG", "0") not in ("", "0"):
             raise
-        print(f"fbprop {args.command}: error: {e}", file=sys.stderr)
+        if parallel is None or parallel.is_root:
+            print(f"fbprop {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"fbprop {args.command}: interrupted", file=sys.stderr)

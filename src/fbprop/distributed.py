@@ -19,13 +19,17 @@ import math
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fbprop.machine import Machine
 from fbprop.optim import lbfgs
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 # The world size that MPI launchers put in each process's environment: MPICH and Intel MPI
 # (hydra; also Slurm's PMI-2), Open MPI, MVAPICH2.
@@ -45,7 +49,7 @@ def launched_size() -> int:
     return 1
 
 
-def world(use_mpi: bool | None = None):
+def world(use_mpi: bool | None = None) -> MPI.Intracomm | None:
     """MPI.COMM_WORLD when training should be data-parallel, else None.
 
     use_mpi None: when an MPI launcher started this process as one of several (LAUNCHER_VARS);
@@ -58,7 +62,8 @@ def world(use_mpi: bool | None = None):
     try:
         from mpi4py import MPI
     except ImportError as e:
-        raise MPIUnavailable(f"started as one of {size} MPI processes but mpi4py cannot be imported ({e}); "
+        why = f"started as one of {size} MPI processes" if size > 1 else "asked to use MPI"
+        raise MPIUnavailable(f"{why} but mpi4py cannot be imported ({e}); "
                              "install it with `pip install 'fbprop[mpi]'`") from None
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
 
@@ -78,6 +83,9 @@ def checksum(*arrays: np.ndarray) -> str:
     return f"{crc:08x}"
 
 
+_guards = [0]                                                    # abort_on_error blocks entered, nested
+
+
 class DataParallel:
     """One process of K training one model over an mpi4py communicator `comm`.
 
@@ -85,7 +93,7 @@ class DataParallel:
     job (`abort_on_error`), or the others wait for it for ever.
     """
 
-    def __init__(self, comm) -> None:
+    def __init__(self, comm: MPI.Comm) -> None:
         from mpi4py import MPI
         self.comm, self._mpi = comm, MPI
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
@@ -109,14 +117,15 @@ class DataParallel:
         return a
 
     def share(self, obj):
-        """Rank 0's `obj` on every rank (pickled: small objects only)."""
+        """Rank 0's `obj` on every rank (pickled by mpi4py: for settings and checkpoint contents)."""
         return self.comm.bcast(obj, root=0)
 
-    def agree(self, what: str, value) -> None:
-        """Raise ValueError on every rank whose `value` differs from rank 0's."""
-        root = self.share(value)
-        if value != root:
-            raise ValueError(f"{what} differ from rank 0's: {value} here, {root} on rank 0")
+    def agree(self, what: str, values: dict, hint: str = "") -> None:
+        """Raise ValueError on every rank where one of `values` differs from rank 0's."""
+        root = self.share(values)
+        differ = [f"{k} {v} here, {root.get(k)} on rank 0" for k, v in values.items() if v != root.get(k)]
+        if differ:
+            raise ValueError(f"{what} differ from rank 0's: {'; '.join(differ)}{hint}")
 
     @contextmanager
     def abort_on_error(self, who: str = "fbprop", user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),
@@ -125,13 +134,17 @@ class DataParallel:
 
         Exceptions in `collective` are raised by every rank at the same point: they pass through.
         User errors get exit status 2 and their message; anything else status 1 and its type
-        (FBPROP_DEBUG=1 prints the traceback too); KeyboardInterrupt 130.
+        (FBPROP_DEBUG=1 prints the traceback too); KeyboardInterrupt 130. Within another such
+        block (the command line's around the Trainer's), the outermost one reports.
         """
+        _guards[0] += 1
         try:
             yield
         except collective:
             raise
         except BaseException as e:                              # noqa: B036 (any rank's end ends the job)
+            if _guards[0] > 1:
+                raise
             if os.environ.get("FBPROP_DEBUG", "0") not in ("", "0"):
                 import traceback
                 traceback.print_exc()
@@ -143,6 +156,8 @@ class DataParallel:
                 code, text = 1, f"{type(e).__name__}: {e} (set FBPROP_DEBUG=1 for the traceback)"
             print(f"{who}: error on rank {self.rank} of {self.size}: {text}", file=sys.stderr, flush=True)
             self.comm.Abort(code)
+        finally:
+            _guards[0] -= 1
 
     # gradients --------------------------------------------------------------------------------
     def gradient(self, machine: Machine, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -193,7 +208,7 @@ class DataParallel:
         if machine.regularizer is not None:
             machine.regularizer.bbprop(pool, 1.0 / machine.n_train)
 
-    def lbfgs(self, machine: Machine, objective, max_iter: int) -> None:
+    def lbfgs(self, machine: Machine, objective: Callable[[], float], max_iter: int) -> None:
         """L-BFGS driven by rank 0 alone; the others evaluate `objective` at the points it sends.
 
         `objective()` is collective (it sums over ranks). Only one scipy runs, so no difference

@@ -9,15 +9,20 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
 from fbprop.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from fbprop.data.datasets import Dataset, Split, batches
+from fbprop.distributed import DataParallel, checksum
 from fbprop.machine import Machine
 from fbprop.optim import SDLM, SGD, Optimizer, lbfgs
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 OPTIMIZERS = ("sgd", "momentum", "sdlm", "batch", "lbfgs")
 SCHEDULES = ("constant", "lenet", "cosine")
@@ -99,6 +104,16 @@ class Trainer:
     epochs without a strictly lower validation error. With `out_dir`, the trainer writes there after
     every epoch: checkpoint.npz (resumable), best.npz (best validation error), metrics.json and
     metrics.csv; `callbacks` are called as callback(trainer, record) after each epoch.
+
+    With `comm`, an mpi4py communicator of K > 1 processes, the K trainers train one model
+    (fbprop.distributed): rank 0's parameters and optimizer state are broadcast when `fit` starts,
+    each rank computes the gradient of its shard of every global mini-batch, one allreduce of
+    `pool.dx` a step gives every rank the single-process gradient, meters and evaluations are
+    summed over ranks, so every rank takes the same early-stopping decision. Only rank 0 logs and
+    writes files; callbacks run on every rank (`trainer.is_root` tells rank 0). Every rank must
+    hold the same data: `fit` checks it. An exception on one rank ends the whole job with one line
+    naming the rank (comm.Abort) rather than leaving the others waiting; TrainingDiverged, which
+    every rank raises at the same step, is raised as usual.
     """
 
     def __init__(self, machine: Machine, data: Dataset, *, optimizer: str = "sgd", lr: float = 0.01,
@@ -106,7 +121,7 @@ class Trainer:
                  schedule: str = "constant", patience: int | None = None, seed: int = 0,
                  hessian_samples: int = 500, lbfgs_iters: int = 20, out_dir: str | Path | None = None,
                  callbacks: Sequence[Callable] = (), progress: bool | None = None,
-                 log: TextIO | None = None) -> None:
+                 log: TextIO | None = None, comm: MPI.Comm | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"Trainer: expected batch_size >= 1, got {batch_size}")
         if epochs < 0:
@@ -121,8 +136,10 @@ class Trainer:
         self.hessian_samples, self.lbfgs_iters = hessian_samples, lbfgs_iters
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.callbacks = list(callbacks)
+        self.parallel = DataParallel(comm) if comm is not None and comm.Get_size() > 1 else None
+        self.is_root = self.parallel is None or self.parallel.is_root
         self.log = log if log is not None else sys.stderr
-        self.progress = self.log.isatty() if progress is None else progress
+        self.progress = (self.log.isatty() if progress is None else progress) and self.is_root
         self.history: list[dict] = []
         self.epoch = 0
         self.step = 0
@@ -141,19 +158,50 @@ class Trainer:
         save_checkpoint(path, self.machine.spec, self.machine.pool.x, opt, self.state())
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint: parameters, optimizer state, epoch and history."""
+        """Continue from a checkpoint: parameters, optimizer state, epoch and history.
+
+        With several ranks, rank 0 reads the files and sends what they hold to the others.
+        """
+        if self.parallel is None:
+            return self._restore(*self._read_run(path))
+        with self.parallel.abort_on_error():
+            self._restore(*self.parallel.share(self._read_run(path) if self.is_root else None))
+
+    @staticmethod
+    def _read_run(path: str | Path) -> tuple:
         spec, params, opt, state = load_checkpoint(path)
         if "history" not in state:                               # best.npz: resuming would lose the history
             raise CheckpointError(f"{path}: holds parameters but no training state; resume from checkpoint.npz")
+        best = Path(path).parent / "best.npz" if not Path(path).is_dir() else Path(path) / "best.npz"
+        return params, opt, state, load_checkpoint(best)[1] if best.exists() else None
+
+    def _restore(self, params: np.ndarray, opt: dict, state: dict, best: np.ndarray | None) -> None:
         self.machine.pool.load(params)
         if self.optimizer is not None and state.get("optimizer") == self.optimizer_name:
             self.optimizer.load_state(opt)
         self.epoch, self.step = int(state.get("epoch", 0)), int(state.get("step", 0))
         self.history = list(state.get("history", []))
         self.best_error, self.stale = float(state.get("best_error", math.inf)), int(state.get("stale", 0))
-        best = Path(path).parent / "best.npz" if not Path(path).is_dir() else Path(path) / "best.npz"
-        if best.exists():
-            self.best_params = load_checkpoint(best)[1].astype(self.machine.pool.dtype)
+        if best is not None:
+            self.best_params = best.astype(self.machine.pool.dtype)
+
+    # evaluation ---------------------------------------------------------------------------
+    def evaluate(self, split: Split) -> Meter:
+        """`evaluate` of the machine on a split; with several ranks, each takes a shard and the meters are summed."""
+        if self.parallel is None:
+            return evaluate(self.machine, split, self.data.n_classes)
+        part = self.parallel.part(len(split))
+        return self._summed(evaluate(self.machine, Split(split.x[part], split.y[part]), self.data.n_classes))
+
+    def _summed(self, meter: Meter) -> Meter:
+        """The meter of all ranks together: loss sums, counts and confusion matrices added."""
+        if self.parallel is None:
+            return meter
+        buf = np.concatenate(([meter.loss_sum, meter.count], meter.confusion.ravel())).astype(np.float64)
+        self.parallel.sum(buf)                                   # counts stay exact below 2⁵³
+        meter.loss_sum, meter.count = float(buf[0]), int(buf[1])
+        meter.confusion[...] = np.rint(buf[2:]).reshape(meter.confusion.shape)
+        return meter
 
     # training -----------------------------------------------------------------------------
     def _diverged(self, where: str, x: np.ndarray) -> TrainingDiverged:
@@ -166,11 +214,14 @@ class Trainer:
     def _estimate_hessian(self, rng: np.random.Generator) -> None:
         train = self.data.train
         idx = rng.choice(len(train), size=min(self.hessian_samples, len(train)), replace=False)
-        self.machine.curvature(train.x[idx], train.y[idx])
+        if self.parallel is None:
+            self.machine.curvature(train.x[idx], train.y[idx])
+        else:
+            self.parallel.curvature(self.machine, train.x[idx], train.y[idx])
         self.optimizer.update_hessian(gamma=1.0)                 # h_kk from this pass's sample
 
     def _epoch(self, lr: float) -> Meter:
-        m, train = self.machine, self.data.train
+        m, train, par = self.machine, self.data.train, self.parallel
         rng = np.random.default_rng([self.seed, self.epoch])
         meter = Meter(self.data.n_classes)
         if self.optimizer is not None:
@@ -178,48 +229,78 @@ class Trainer:
         if self.optimizer_name == "sdlm":
             self.optimizer.set_lr(lr)
             self._estimate_hessian(rng)
+        full_gradient = m.full_gradient if par is None else partial(par.full_gradient, m)
         if self.optimizer_name == "lbfgs":
             def objective() -> float:
-                value = m.full_gradient(train.x, train.y)
+                value = full_gradient(train.x, train.y)
                 if not math.isfinite(value):
                     raise self._diverged("L-BFGS objective", train.x[:256])
                 return value
-            lbfgs(m.pool, objective, max_iter=self.lbfgs_iters)
+            if par is None:
+                lbfgs(m.pool, objective, max_iter=self.lbfgs_iters)
+            else:
+                par.lbfgs(m, objective, max_iter=self.lbfgs_iters)
             self.step += self.lbfgs_iters
-            return evaluate(m, train, self.data.n_classes)
+            return self.evaluate(train)
         if self.optimizer_name == "batch":
-            loss = m.full_gradient(train.x, train.y)
+            loss = full_gradient(train.x, train.y)
             if not math.isfinite(loss):
                 raise self._diverged("full-batch gradient", train.x[:256])
             self.optimizer.step()                                # W ← W − (η/P)[Σ∂L/∂W + λ∂H/∂W]
             self.step += 1
-            return evaluate(m, train, self.data.n_classes)
+            return self.evaluate(train)
         bar = None
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=len(train), desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="sample",
                        file=self.log, leave=False)
         for x, y in batches(train, self.batch_size, rng):
-            loss = m.gradient(x, y)
+            if par is None:
+                loss = m.gradient(x, y)
+            else:
+                loss, y = par.gradient(m, x, y)                  # y: this rank's shard of the batch x
             if not math.isfinite(loss):
                 raise self._diverged("mini-batch loss", x)
             self.optimizer.step()
             self.step += 1
-            answers = None if m.regression else np.argmin(m.energies.x, axis=1)
-            meter.add(loss * len(y), answers, y)
+            if len(y):
+                answers = None if m.regression else np.argmin(m.energies.x, axis=1)
+                meter.add(loss * len(y), answers, y)
             if bar is not None:
-                bar.update(len(y))
+                bar.update(len(x))
         if bar is not None:
             bar.close()
         if not np.isfinite(m.pool.x).all():
             raise self._diverged("end of epoch", train.x[:256])
-        return meter
+        return self._summed(meter)
 
     def fit(self) -> list[dict]:
         """Train from the current epoch to `epochs`; returns the history (one record per epoch)."""
-        if self.out_dir is not None:
+        if self.parallel is None:
+            return self._fit()
+        with self.parallel.abort_on_error(collective=(TrainingDiverged,)):
+            self._join()
+            return self._fit()
+
+    def _join(self) -> None:
+        """Check that every rank trains the same thing on the same data, then take rank 0's parameters."""
+        par, pool, d = self.parallel, self.machine.pool, self.data
+        settings = {"parameters": pool.size, "dtype": pool.dtype.name, "optimizer": self.optimizer_name, "lr": self.lr,
+                    "batch_size": self.batch_size, "epochs": self.epochs, "schedule": self.schedule,
+                    "patience": self.patience, "seed": self.seed, "hessian_samples": self.hessian_samples,
+                    "lbfgs_iters": self.lbfgs_iters, "epoch": self.epoch, "step": self.step}
+        par.agree("the training settings", settings)
+        par.agree("the data", {f"{name} checksum": checksum(s.x, s.y) for name, s in
+                               (("train", d.train), ("val", d.val), ("test", d.test))},
+                  "; every process must load the same data set")
+        par.broadcast(pool.x)
+        if self.optimizer is not None:
+            self.optimizer.load_state({k: par.broadcast(v) for k, v in self.optimizer.state().items()})
+
+    def _fit(self) -> list[dict]:
+        if self.out_dir is not None and self.is_root:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        d, k = self.data, self.data.n_classes
+        d = self.data
         while self.epoch < self.epochs:
             lr = self.lr * schedule_factor(self.schedule, self.epoch, self.epochs)
             start = time.perf_counter()
@@ -230,14 +311,15 @@ class Trainer:
                       "train_loss": train.loss, "train_error": train.error}
             for name, split in (("val", d.val), ("test", d.test)):
                 if len(split):
-                    meter = evaluate(self.machine, split, k)
+                    meter = self.evaluate(split)
                     record[f"{name}_loss"], record[f"{name}_error"] = meter.loss, meter.error
             self.epoch += 1
             self.history.append(record)
             improved = self._track_best(record)
-            self.log.write(self._line(record) + "\n")
-            self.log.flush()
-            if self.out_dir is not None:
+            if self.is_root:
+                self.log.write(self._line(record) + "\n")
+                self.log.flush()
+            if self.out_dir is not None and self.is_root:
                 self.save(self.out_dir / "checkpoint.npz")
                 if improved:
                     save_checkpoint(self.out_dir / "best.npz", self.machine.spec, self.machine.pool.x,
@@ -246,7 +328,8 @@ class Trainer:
             for callback in self.callbacks:
                 callback(self, record)
             if self.patience is not None and self.stale >= self.patience:
-                self.log.write(f"early stopping: no better validation error for {self.patience} epochs\n")
+                if self.is_root:
+                    self.log.write(f"early stopping: no better validation error for {self.patience} epochs\n")
                 break
         return self.history
 
