@@ -43,38 +43,41 @@ def _compare(report: GradcheckReport, what: str, analytic: np.ndarray, numeric: 
                                f"{index}: analytic {a[j]:.10g}, numeric {n[j]:.10g}")
 
 
+def _wiggle(module: Module, states: list[State], t: State, i: tuple, h: float) -> tuple[np.ndarray, np.ndarray]:
+    """F with t_i moved by +h and by −h (t is restored)."""
+    out, v = State(), t.x[i]
+    try:
+        t.x[i] = v + h
+        module.fprop(*states, out)
+        up = out.x.copy()
+        t.x[i] = v - h
+        module.fprop(*states, out)
+        return up, out.x.copy()
+    finally:
+        t.x[i] = v
+
+
 def _jacobian(module: Module, states: list[State], t: State, eps: float) -> np.ndarray:
     """∂F/∂t by central differences: an array of shape F.shape + t.shape."""
     out = State()
     module.fprop(*states, out)
     jac = np.empty(out.x.shape + t.x.shape)
     for i in np.ndindex(t.x.shape):
-        v = t.x[i]
-        t.x[i] = v + eps
-        module.fprop(*states, out)
-        fp = out.x.copy()
-        t.x[i] = v - eps
-        module.fprop(*states, out)
-        jac[(...,) + i] = (fp - out.x) / (2 * eps)
-        t.x[i] = v
+        up, down = _wiggle(module, states, t, i, eps)
+        jac[(...,) + i] = (up - down) / (2 * eps)
     return jac
 
 
-def _curvature(module: Module, states: list[State], t: State, r: np.ndarray, eps2: float) -> np.ndarray:
-    """Σ_p r_p ∂²F_p/∂t_i² for every entry i of t, by second differences."""
+def _curvature(module: Module, states: list[State], t: State, r: np.ndarray, eps2: float,
+               coords: list[tuple] | None = None) -> np.ndarray:
+    """Σ_p r_p ∂²F_p/∂t_i² by second differences, for every entry i of t (or those in coords)."""
     out = State()
     module.fprop(*states, out)
     f0 = out.x.copy()
     curv = np.zeros(t.x.shape)
-    for i in np.ndindex(t.x.shape):
-        v = t.x[i]
-        t.x[i] = v + eps2
-        module.fprop(*states, out)
-        fp = out.x.copy()
-        t.x[i] = v - eps2
-        module.fprop(*states, out)
-        curv[i] = np.sum(r * (fp - 2 * f0 + out.x)) / eps2**2
-        t.x[i] = v
+    for i in coords if coords is not None else np.ndindex(t.x.shape):
+        up, down = _wiggle(module, states, t, i, eps2)
+        curv[i] = np.sum(r * (up - 2 * f0 + down)) / eps2**2
     return curv
 
 
@@ -162,20 +165,11 @@ def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, ep
         picked[name] = tuple(np.array(coords, dtype=np.intp).reshape(len(coords), t.x.ndim).T)
         grad, gn = np.zeros(t.x.shape), np.zeros(t.x.shape)
         for i in coords:
-            v = t.x[i]
-            t.x[i] = v + eps
-            fp = forward()
-            t.x[i] = v - eps
-            fm = forward()
-            col = (fp - fm) / (2 * eps)                          # ∂F/∂t_i
+            up, down = _wiggle(module, states, t, i, eps)
+            col = (up - down) / (2 * eps)                        # ∂F/∂t_i
             grad[i], gn[i] = np.sum(r * col), np.sum(q * col * col)
-            if module.curvature:
-                t.x[i] = v + eps2
-                fp = forward()
-                t.x[i] = v - eps2
-                fm = forward()
-                gn[i] += np.sum(r_pos * (fp - 2 * f0 + fm)) / eps2**2   # + Σ_p r_p ∂²F_p/∂t_i²
-            t.x[i] = v
+        if module.curvature:
+            gn += _curvature(module, states, t, r_pos, eps2, coords)   # + Σ_p r_p ∂²F_p/∂t_i²
         numeric[name] = (grad, gn)
     if isinstance(module, Cascade) and len(states) == 1:
         # a chain's bbprop is the composition of its stages' diagonal approximations
