@@ -27,7 +27,9 @@ def test_mlp_script_prints_samples_per_second_for_each_batch_size():
 
 def test_run_quick_prints_the_check_and_the_table_for_the_available_systems():
     pytest.importorskip("sklearn")
-    p = _run(str(BENCH / "run.py"), "--quick", "--data", "random", "--threads", "1")
+    # PyTorch takes part only when this interpreter can import it (not bench/.venv's: it would
+    # add two torch start-ups, ~10 s, to the test)
+    p = _run(str(BENCH / "run.py"), "--quick", "--data", "random", "--threads", "1", "--torch-python", sys.executable)
     assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout
     assert "like-with-like check" in out and "check: passed" in out
