@@ -9,11 +9,14 @@ and LeCun, Chopra, Hadsell, Ranzato, Huang, "A Tutorial on Energy-Based Learning
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from fbprop.module import Module
 from fbprop.params import ParamPool
 from fbprop.state import State
+
+
+def _logistic(u: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0, -u))                          # σ(u) = 1/(1 + e^−u), exact in both tails
 
 
 def infer(energies: np.ndarray) -> np.ndarray:
@@ -26,7 +29,8 @@ class Loss(Module):
 
     Subclasses give `terms(E, Y) -> (L, ∂L/∂E, ∂²L/∂E²)`, the last the diagonal of the loss's
     own Hessian (None where it is zero or where the loss is not convex, whose Gauss-Newton
-    approximation keeps no curvature of its own).
+    approximation keeps no curvature of its own). fprop keeps the derivatives it computed for
+    the bprop and bbprop of the same sweep (recognised by the energies array they came from).
     """
 
     def terms(self, e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -46,16 +50,23 @@ class Loss(Module):
 
     def fprop(self, energies: State, labels: State | None, out: State) -> None:
         e, y = self._read(energies, labels)
-        loss, _, _ = self.terms(e, y)
+        loss, g, h = self.terms(e, y)
+        self._terms = (energies.x, g, h)                         # ∂L/∂E and ∂²L/∂E², for this sweep
         out.resize(e.shape[0], dtype=e.dtype)
         out.x[...] = loss
 
+    def _derivatives(self, energies: State, labels: State | None) -> tuple[np.ndarray, np.ndarray | None]:
+        cached = getattr(self, "_terms", None)
+        if cached is not None and cached[0] is energies.x:
+            return cached[1], cached[2]
+        return self.terms(*self._read(energies, labels))[1:]
+
     def bprop(self, energies: State, labels: State | None, out: State) -> None:
-        _, g, _ = self.terms(*self._read(energies, labels))
+        g, _ = self._derivatives(energies, labels)
         energies.dx += out.dx[:, None] * g                       # ∂L/∂E_k, scaled by ∂objective/∂L
 
     def bbprop(self, energies: State, labels: State | None, out: State) -> None:
-        _, g, h = self.terms(*self._read(energies, labels))
+        g, h = self._derivatives(energies, labels)
         energies.ddx += out.ddx[:, None] * g * g                 # (∂L/∂E_k)² ∂²obj/∂L²
         if h is not None:
             energies.ddx += np.maximum(out.dx, 0)[:, None] * h   # + ∂obj/∂L ∂²L/∂E_k²
@@ -173,7 +184,7 @@ class LogLoss(Loss):
     def terms(self, e, y):
         ybar = _offending(e, y)
         u = e[_rows(e), y] - e[_rows(e), ybar]
-        s = expit(u)
+        s = _logistic(u)
         c = s * (1 - s)
         return np.logaddexp(0, u), _pair(e, y, s, -s, ybar), _pair(e, y, c, c, ybar)
 
@@ -216,7 +227,7 @@ class MCELoss(Loss):
 
     def terms(self, e, y):
         ybar = _offending(e, y)
-        s = expit(e[_rows(e), y] - e[_rows(e), ybar])
+        s = _logistic(e[_rows(e), y] - e[_rows(e), ybar])
         c = s * (1 - s)
         return s, _pair(e, y, c, -c, ybar), None
 

@@ -91,10 +91,12 @@ class Pad(Module):
         y[self._interior(inp)] = inp.x                           # y = x inside
 
     def bprop(self, inp: State, out: State) -> None:
-        inp.dx += out.dx[self._interior(inp)]                    # ∂E/∂x = (∂E/∂y) inside
+        if inp.requires_dx:
+            inp.dx += out.dx[self._interior(inp)]                # ∂E/∂x = (∂E/∂y) inside
 
     def bbprop(self, inp: State, out: State) -> None:
-        inp.ddx += out.ddx[self._interior(inp)]                  # ∂²E/∂x² = (∂²E/∂y²) inside
+        if inp.requires_dx:
+            inp.ddx += out.ddx[self._interior(inp)]              # ∂²E/∂x² = (∂²E/∂y²) inside
 
     def __repr__(self) -> str:
         return f"Pad({self.p})"

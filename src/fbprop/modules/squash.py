@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 from fbprop.module import Module
 from fbprop.params import ParamPool
@@ -112,7 +111,10 @@ class Logistic(Squash):
     """y = 1 / (1 + exp(−(x + b)))."""
 
     def f(self, u):
-        expit(u, out=u)
+        np.negative(u, out=u)
+        np.logaddexp(0, u, out=u)
+        np.negative(u, out=u)
+        np.exp(u, out=u)                                         # σ(u) = exp(−log(1 + e^−u)): exact in both tails
 
     def df(self, y, g):
         np.subtract(1, y, out=g)
