@@ -29,7 +29,8 @@ class Loss(Module):
 
     Subclasses give `terms(E, Y) -> (L, ∂L/∂E, ∂²L/∂E²)`, the last the diagonal of the loss's
     own Hessian (None where it is zero or where the loss is not convex, whose Gauss-Newton
-    approximation keeps no curvature of its own). fprop keeps the derivatives it computed for
+    approximation keeps no curvature of its own), or a function that computes it, where that
+    costs more than a step that never calls bbprop should pay. fprop keeps the derivatives it computed for
     the bprop and bbprop of the same sweep (recognised by the energies array they came from).
     """
 
@@ -69,6 +70,7 @@ class Loss(Module):
         g, h = self._derivatives(energies, labels)
         energies.ddx += out.ddx[:, None] * g * g                 # (∂L/∂E_k)² ∂²obj/∂L²
         if h is not None:
+            h = h() if callable(h) else h
             energies.ddx += np.maximum(out.dx, 0)[:, None] * h   # + ∂obj/∂L ∂²L/∂E_k²
 
     def __repr__(self) -> str:
@@ -165,15 +167,17 @@ class NLLLoss(Loss):
         self.beta = float(beta)
 
     def terms(self, e, y):
-        b = self.beta
+        b, rows = self.beta, _rows(e)
         low = e.min(axis=1, keepdims=True)
-        p = np.exp(-b * (e - low))
+        p = e - low
+        p *= -b
+        np.exp(p, out=p)
         z = p.sum(axis=1, keepdims=True)
         p /= z                                                   # p_k = exp(−βE_k) / Σ exp(−βE)
         free = low[:, 0] - np.log(z[:, 0]) / b                   # −(1/β) log Σ exp(−βE)
         g = -p
-        g[_rows(e), y] += 1.0
-        return e[_rows(e), y] - free, g, b * p * (1.0 - p)
+        g[rows, y] += 1.0                                        # ∂L/∂E_k = δ_kY − p_k
+        return e[rows, y] - free, g, lambda: b * p * (1.0 - p)
 
 
 class LogLoss(Loss):

@@ -45,10 +45,12 @@ class Reshape(Module):
         out.x = inp.x.reshape(self._target(inp))                 # y = x, a view when possible
 
     def bprop(self, inp: State, out: State) -> None:
-        inp.dx += out.dx.reshape(inp.x.shape)                    # ∂E/∂x = ∂E/∂y, rearranged
+        if inp.requires_dx:
+            inp.dx += out.dx.reshape(inp.x.shape)                # ∂E/∂x = ∂E/∂y, rearranged
 
     def bbprop(self, inp: State, out: State) -> None:
-        inp.ddx += out.ddx.reshape(inp.x.shape)                  # ∂²E/∂x² = ∂²E/∂y², rearranged
+        if inp.requires_dx:
+            inp.ddx += out.ddx.reshape(inp.x.shape)              # ∂²E/∂x² = ∂²E/∂y², rearranged
 
     def __repr__(self) -> str:
         return f"Reshape({', '.join(map(str, self.shape))})"
