@@ -28,9 +28,9 @@ FILES: tuple[str, ...] = (
 SYSTEM_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 HOW_TO_GET = {
     "fashion-mnist": "install it with `apt-get install dataset-fashion-mnist`, "
-    "or pass root=DIR or set FBPROP_DATA to a directory holding the four files",
+    "or pass root=DIR (fbprop --data-dir DIR) or set FBPROP_DATA to a directory holding the four files",
     "mnist": "download the four MNIST files (train-images-idx3-ubyte.gz, ...) "
-    "and pass root=DIR or set FBPROP_DATA to a directory with them in DIR/mnist",
+    "and pass root=DIR (fbprop --data-dir DIR) or set FBPROP_DATA to a directory with them in DIR/mnist",
 }
 # The digits test set is the same for every ``seed``, so test scores stay comparable.
 TEST_SEED = 12345
