@@ -34,4 +34,5 @@ def test_fashion_mnist_lenet5_command_reaches_91_percent(tmp_path):
     assert _accuracy(tmp_path) >= 0.91
 
 
-LENET5_COMMAND = "--data fashion-mnist --model lenet5 --optimizer sdlm --lr 0.002 --val-size 0 --schedule cosine --epochs 20"
+LENET5_COMMAND = ("--data fashion-mnist --model lenet5 --optimizer sdlm --lr 0.002 --val-size 0 "
+                  "--schedule cosine --epochs 20")

@@ -61,28 +61,23 @@ class Machine:
         return np.concatenate(parts) if parts else np.zeros(0, np.intp)
 
     # backward -----------------------------------------------------------------------------
-    def _bprop(self) -> None:
-        self.energies.clear_dx()
-        self.out.clear_dx()
+    def _sweep(self, method: str, slot: str) -> None:
+        """One backward sweep (method "bprop" or "bbprop") from the losses down to the input."""
+        getattr(self.energies, f"clear_{slot}")()
+        getattr(self.out, f"clear_{slot}")()
+        if slot == "ddx":
+            self.losses.clear_ddx()                              # the objective is linear in each L_i
         labels = None if self.regression else self.labels
-        self.loss.bprop(self.energies, labels, self.losses)
-        if self.regression:
-            self.energy.bprop(self.out, self.target, self.energies)
-        else:
-            self.energy.bprop(self.out, self.energies)
-        self.net.bprop(self.inp, self.out)
+        getattr(self.loss, method)(self.energies, labels, self.losses)
+        inputs = (self.out, self.target) if self.regression else (self.out,)
+        getattr(self.energy, method)(*inputs, self.energies)
+        getattr(self.net, method)(self.inp, self.out)
+
+    def _bprop(self) -> None:
+        self._sweep("bprop", "dx")
 
     def _bbprop(self) -> None:
-        self.energies.clear_ddx()
-        self.out.clear_ddx()
-        labels = None if self.regression else self.labels
-        self.losses.clear_ddx()                                  # the objective is linear in each L_i
-        self.loss.bbprop(self.energies, labels, self.losses)
-        if self.regression:
-            self.energy.bbprop(self.out, self.target, self.energies)
-        else:
-            self.energy.bbprop(self.out, self.energies)
-        self.net.bbprop(self.inp, self.out)
+        self._sweep("bbprop", "ddx")
 
     def accumulate(self, x: np.ndarray, y: np.ndarray, weight: float) -> float:
         """fprop and bprop one batch, adding weight · Σ_i ∂L_i/∂W into pool.dx; returns Σ_i L_i."""
