@@ -59,3 +59,14 @@ def test_digits_classifier_reaches_four_percent_test_error(digits, name):
 
 def test_end_to_end_split_is_the_fixed_digits_test_set(digits):
     assert isinstance(digits.test, Split) and len(digits.test) == 360 and len(digits.val) == 0
+
+
+def test_fbprop_train_with_no_option_reaches_three_percent_on_digits(tmp_path, monkeypatch):
+    import json
+
+    from fbprop.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--no-plots"]) == 0
+    (result,) = tmp_path.glob("runs/digits-mlp-*/result.json")
+    assert json.loads(result.read_text())["test_error"] <= 0.03

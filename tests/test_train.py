@@ -229,3 +229,15 @@ def test_machine_predicts_regression_outputs_without_targets():
     machine = fb.Machine(fb.Linear(3, 2, pool), fb.Euclidean(), fb.EnergyLoss(), pool)
     x = np.random.default_rng(0).standard_normal((5, 3))
     np.testing.assert_allclose(machine.predict(x, batch_size=2), x @ machine.net.w.x.T)
+
+
+def test_best_params_break_validation_error_ties_by_the_lower_loss_and_ties_do_not_reset_patience(digits):
+    machine = fb.build_machine({"model": "mlp", "hidden": [8], "input_shape": list(digits.image_shape),
+                                "n_classes": 10, "dtype": "float64"})
+    trainer = fb.Trainer(machine, digits, epochs=1, progress=False, log=io.StringIO())
+    records = [(0.10, 0.50, True, 0), (0.10, 0.40, True, 1), (0.10, 0.60, False, 2), (0.05, 0.90, True, 0)]
+    for error, loss, improves, stale in records:
+        machine.pool.x[0] = loss                                  # marks which epoch's parameters were kept
+        assert trainer._track_best({"val_error": error, "val_loss": loss}) is improves
+        assert trainer.stale == stale
+    assert trainer.best_params[0] == 0.90 and trainer.best_error == 0.05

@@ -143,14 +143,15 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch = 0
         self.step = 0
-        self.best_error = math.inf
+        self.best_error = self.best_loss = math.inf
         self.best_params: np.ndarray | None = None
         self.stale = 0
         machine.n_train = len(data.train)
 
     # checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "history": self.history, "best_error": self.best_error,
+        return {"epoch": self.epoch, "step": self.step, "history": self.history,
+                "best_error": self.best_error, "best_loss": self.best_loss,
                 "stale": self.stale, "optimizer": self.optimizer_name, "lr": self.lr, "seed": self.seed}
 
     def save(self, path: str | Path) -> None:
@@ -182,6 +183,7 @@ class Trainer:
         self.epoch, self.step = int(state.get("epoch", 0)), int(state.get("step", 0))
         self.history = list(state.get("history", []))
         self.best_error, self.stale = float(state.get("best_error", math.inf)), int(state.get("stale", 0))
+        self.best_loss = float(state.get("best_loss", math.inf))
         if best is not None:
             self.best_params = best.astype(self.machine.pool.dtype)
 
@@ -334,11 +336,17 @@ class Trainer:
         return self.history
 
     def _track_best(self, record: dict) -> bool:
-        error = record.get("val_error", record.get("train_error"))
-        if error is None or not error < self.best_error:
+        """Keep the parameters of the lowest validation error, the lower loss breaking a tie (a
+        144-sample validation set ties often); only a strictly lower error resets patience."""
+        split = "val" if "val_error" in record else "train"
+        error, loss = record.get(f"{split}_error"), record.get(f"{split}_loss", math.inf)
+        if error is None or math.isnan(error):
             self.stale += 1
             return False
-        self.best_error, self.stale = error, 0
+        self.stale = 0 if error < self.best_error else self.stale + 1
+        if (error, loss) >= (self.best_error, self.best_loss):
+            return False
+        self.best_error, self.best_loss = error, loss
         self.best_params = self.machine.pool.x.copy()
         return True
 
