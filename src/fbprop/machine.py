@@ -47,17 +47,16 @@ class Machine:
             self.labels.x = y
             self.loss.fprop(self.energies, None if self.regression else self.labels, self.losses)
 
-    def energies_of(self, x: np.ndarray) -> np.ndarray:
-        """Energies of every answer for a batch (classification)."""
-        self._fprop(x, None)
-        return self.energies.x
+    def answers(self) -> np.ndarray | None:
+        """argmin_y E(W, y, X) for the batch of the last fprop; None for a regression."""
+        return None if self.regression else infer(self.energies.x)
 
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """argmin_y E(W, y, X) for each sample (classification) or G(X) (regression)."""
         parts = []
         for i in range(0, len(x), batch_size):
             self._fprop(x[i:i + batch_size], None)
-            parts.append(self.out.x.copy() if self.regression else infer(self.energies.x))
+            parts.append(self.out.x.copy() if self.regression else self.answers())
         return np.concatenate(parts) if parts else np.zeros(0, np.intp)
 
     # backward -----------------------------------------------------------------------------

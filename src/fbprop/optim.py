@@ -29,6 +29,9 @@ class Optimizer:
     def step(self) -> None:
         raise NotImplementedError
 
+    def set_lr(self, lr: float) -> None:
+        self.lr = float(lr)
+
     def state(self) -> dict[str, np.ndarray]:
         """The optimizer's flat vectors, for checkpoints."""
         return {}
@@ -87,7 +90,6 @@ class SDLM(Optimizer):
         self.mu, self.gamma = float(mu), float(gamma)
         self.h = pool.slot()
         self.rates = pool.slot()
-        self._fresh = False
         self._set_rates()
 
     def update_hessian(self, ddx: np.ndarray | None = None, gamma: float | None = None) -> None:

@@ -75,8 +75,7 @@ def evaluate(machine: Machine, split: Split, n_classes: int, batch_size: int = 1
     for i in range(0, len(split), batch_size):
         x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
         machine._fprop(x, y)
-        answers = None if machine.regression else np.argmin(machine.energies.x, axis=1)
-        meter.add(float(machine.losses.x.sum()), answers, y)
+        meter.add(float(machine.losses.x.sum()), machine.answers(), y)
     return meter
 
 
@@ -227,9 +226,8 @@ class Trainer:
         rng = np.random.default_rng([self.seed, self.epoch])
         meter = Meter(self.data.n_classes)
         if self.optimizer is not None:
-            self.optimizer.lr = lr
-        if self.optimizer_name == "sdlm":
             self.optimizer.set_lr(lr)
+        if self.optimizer_name == "sdlm":
             self._estimate_hessian(rng)
         full_gradient = m.full_gradient if par is None else partial(par.full_gradient, m)
         if self.optimizer_name == "lbfgs":
@@ -266,8 +264,7 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             if len(y):
-                answers = None if m.regression else np.argmin(m.energies.x, axis=1)
-                meter.add(loss * len(y), answers, y)
+                meter.add(loss * len(y), m.answers(), y)
             if bar is not None:
                 bar.update(len(x))
         if bar is not None:
