@@ -183,10 +183,8 @@ class DataParallel:
         """Machine.full_gradient over all of (x, y), each rank summing its shard of it."""
         pool, p = machine.pool, len(x)
         part = self.part(p)
-        xs, ys = x[part], y[part]
         pool.clear_dx()
-        total = np.array([sum(machine.accumulate(xs[i:i + batch_size], ys[i:i + batch_size], 1.0 / p)
-                              for i in range(0, len(xs), batch_size))], dtype=np.float64)
+        total = np.array([machine.accumulate_all(x[part], y[part], 1.0 / p, batch_size)], dtype=np.float64)
         self.sum(pool.dx)                                        # dx = (1/P) Σ_i ∂L_i/∂W
         self.sum(total)
         value = float(total[0])

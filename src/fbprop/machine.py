@@ -102,6 +102,11 @@ class Machine:
             self.regularizer.bbprop(self.pool, 1.0 / self.n_train)
         return loss
 
+    def accumulate_all(self, x: np.ndarray, y: np.ndarray, weight: float, batch_size: int = 1024) -> float:
+        """`accumulate` over all of (x, y) in batches of `batch_size`; returns Σ_i L_i."""
+        return sum(self.accumulate(x[i:i + batch_size], y[i:i + batch_size], weight)
+                   for i in range(0, len(x), batch_size))
+
     def full_gradient(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
         """The lecture's batch gradient: pool.dx ← (1/P)[Σ_i ∂L_i/∂W + λ ∂H/∂W] over all of x.
 
@@ -109,8 +114,7 @@ class Machine:
         """
         p = len(x)
         self.pool.clear_dx()
-        total = sum(self.accumulate(x[i:i + batch_size], y[i:i + batch_size], 1.0 / p)
-                    for i in range(0, p, batch_size))
+        total = self.accumulate_all(x, y, 1.0 / p, batch_size)
         if self.regularizer is not None:
             self.regularizer.bprop(self.pool, 1.0 / p)
             total += self.regularizer.fprop(self.pool)
