@@ -28,7 +28,7 @@ from fbprop.modules.distance import RBF, Euclidean, NegatedScores, onehot_codes,
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten, Pad, Reshape
 from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Squash, Tanh
-from fbprop.optim import SDLM, SGD, Optimizer, lbfgs
+from fbprop.optim import SDLM, SGD, Adam, AdamW, Optimizer, lbfgs
 from fbprop.params import Param, ParamPool
 from fbprop.state import State
 from fbprop.train import Meter, Trainer, TrainingDiverged, evaluate
@@ -36,7 +36,7 @@ from fbprop.train import Meter, Trainer, TrainingDiverged, evaluate
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bias", "build_machine", "Cascade", "Conv2d", "data", "EnergyLoss", "Euclidean", "evaluate",
+    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "EnergyLoss", "Euclidean", "evaluate",
     "Flatten", "gradcheck", "GradcheckError", "GradcheckReport", "HingeLoss", "infer", "L1", "L2",
     "lbfgs", "lenet5", "LENET5_BITMAPS", "LENET5_C3_TABLE", "lenet5_codes", "lenet5_energy",
     "lenet_modern", "Linear", "Logistic", "LogLoss", "Loss", "LOSSES", "LVQ2Loss", "Machine",
