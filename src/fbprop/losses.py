@@ -56,6 +56,11 @@ class Loss(Module):
         out.resize(e.shape[0], dtype=e.dtype)
         out.x[...] = loss
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_terms", None)                                # the last sweep's derivatives (a closure)
+        return state
+
     def _derivatives(self, energies: State, labels: State | None) -> tuple[np.ndarray, np.ndarray | None]:
         cached = getattr(self, "_terms", None)
         if cached is not None and cached[0] is energies.x:

@@ -10,9 +10,18 @@ from fbprop.state import State
 
 
 class Param(State):
-    """A parameter handle: a State whose arrays are views into a ParamPool."""
+    """A parameter handle: a State whose arrays are views into `pool`'s vectors, from `offset`.
 
-    __slots__ = ("offset",)
+    A copy or a pickle of a handle carries no arrays of its own, only its place in the pool; the
+    pool comes along (once per copy, however many handles point into it) and, when it is
+    restored, points every handle at its new vectors. So a copy of a module, a net or a machine
+    trains through its own pool, and the original is left alone.
+    """
+
+    __slots__ = ("offset", "pool")
+
+    def __getstate__(self) -> tuple[None, dict]:
+        return None, {"offset": self.offset, "pool": self.pool, "requires_dx": self.requires_dx}
 
 
 class ParamPool:
@@ -57,7 +66,7 @@ class ParamPool:
             new[:offset] = old
         self.x, self.dx, self.ddx = grown
         handle = Param(dtype=self.dtype)
-        handle.offset = offset
+        handle.offset, handle.pool = offset, self
         self.handles.append((handle, offset, shape))
         for h, off, shp in self.handles:
             self._bind(h, off, shp)
@@ -73,6 +82,12 @@ class ParamPool:
         handle.x = self.x[offset:end].reshape(shape)
         handle._dx = self.dx[offset:end].reshape(shape)
         handle._ddx = self.ddx[offset:end].reshape(shape)
+
+    def __setstate__(self, state: dict) -> None:
+        # a copy or an unpickled pool: its handles are re-pointed at its own new vectors
+        self.__dict__.update(state)
+        for h, off, shp in self.handles:
+            self._bind(h, off, shp)
 
     def clear_dx(self) -> None:
         self.dx.fill(0)
