@@ -142,6 +142,49 @@ class Machine:
         return (f"Machine(net={self.net!r},\n        energy={self.energy!r}, loss={self.loss!r}, "
                 f"regularizer={self.regularizer!r}, parameters={self.pool.size})")
 
+    # energies and probabilities of the answers --------------------------------------------
+    def energies_of(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """E(W, y, X) for every answer y of every sample: an (n, k) array (a classifier's).
+
+        `x` is converted to the pool's dtype (a list, integers or float64 are accepted as they are).
+        """
+        if self.regression:
+            raise ValueError("Machine.energies_of: a regression machine has one energy per (X, Y) pair and no "
+                             "answers to enumerate; use predict(x) for G(X), its answer of least energy")
+        x = np.asarray(x)
+        x = x if x.dtype == self.pool.dtype else x.astype(self.pool.dtype)
+        parts = []
+        for i in range(0, len(x), batch_size):
+            self._fprop(x[i:i + batch_size], None)
+            parts.append(self.energies.x.copy())
+        if not parts:                                            # k from the energy or the spec, as known
+            return np.zeros((0, getattr(self.energy, "k", None) or self.spec.get("n_classes", 0)), self.pool.dtype)
+        return np.concatenate(parts)
+
+    @property
+    def beta(self) -> float:
+        """The inverse temperature of `proba`: the NLL loss's β, or 1 for any other loss."""
+        return float(getattr(self.loss, "beta", 1.0))
+
+    def proba(self, x: np.ndarray, beta: float | None = None, batch_size: int = 1024) -> np.ndarray:
+        """The Gibbs distribution over answers, p(y | X) = exp(−β E(W, y, X)) / Σ_y' exp(−β E(W, y', X)).
+
+        (n, k), each row summing to 1; argmax p = argmin E, the machine's answer. For a machine
+        trained with the NLL loss this is the distribution the loss fits (−log p(Y | X) = β·L), at
+        that loss's β. Other losses (hinge, perceptron, square-square, …) shape only which energy is
+        lowest and by what margin: p still ranks the answers as inference does, but its sharpness
+        is set by `beta` (default 1), a choice to calibrate on held-out data, not a trained quantity.
+        """
+        beta = self.beta if beta is None else float(beta)
+        if not beta > 0:
+            raise ValueError(f"Machine.proba: expected beta > 0, got {beta}")
+        e = self.energies_of(x, batch_size)
+        p = e - e.min(axis=1, keepdims=True)                     # shift: exp never overflows
+        p *= -beta
+        np.exp(p, out=p)
+        p /= p.sum(axis=1, keepdims=True)                        # softmax(−βE)
+        return p
+
 
 def _leaves(m: Module) -> list[Module]:
     return [leaf for c in m.modules for leaf in _leaves(c)] if isinstance(m, Cascade) else [m]
