@@ -40,7 +40,7 @@ def _trained(spec: dict, x: np.ndarray, y: np.ndarray) -> fb.Machine:
 
 
 def _inputs(spec: dict, x: np.ndarray) -> np.ndarray:
-    return (x / 16.0).reshape(-1, *spec["input_shape"])
+    return (x[:600] / 16.0).reshape(-1, *spec["input_shape"])
 
 
 def _close(got: np.ndarray, want: np.ndarray) -> None:
@@ -69,7 +69,7 @@ def test_onnx_export_with_the_runs_normalisation_takes_raw_pixels(digits):
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     spec = SPECS["lenet5-rbf"]
-    raw = digits[0].reshape(-1, 1, 8, 8)
+    raw = digits[0][:600].reshape(-1, 1, 8, 8)
     norm = {"mean": 0.3, "std": 0.4, "pixel_scale": 16.0}
     machine = _trained(spec, (raw / 16.0 - 0.3) / 0.4, digits[1])
     model = export.to_onnx(machine, normalisation=norm)
