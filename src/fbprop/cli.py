@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from fbprop import __version__
 from fbprop.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from fbprop.data.datasets import DATASETS, load_dataset
 from fbprop.data.idx import IdxError, read_idx
@@ -76,17 +75,6 @@ def _positive(kind):
     return parse
 
 
-def _val_size(text: str) -> float:
-    """A fraction in [0, 1) of the training set, or a whole number of samples."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0 <= value < 1 or (value >= 1 and value == int(value))):
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or a whole number of samples, got {text!r}")
-    return value
-
-
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="NAME",
                    help=f"dataset: {', '.join(DATASETS)}, or a directory holding the four MNIST-format files "
@@ -98,7 +86,6 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fbprop", description="Gradient-based learning in multi-module systems.",
                                      epilog="Errors are one line on stderr; set FBPROP_DEBUG=1 for a traceback.")
-    parser.add_argument("--version", action="version", version=f"fbprop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model and write checkpoint, metrics and plots",
@@ -124,7 +111,7 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_positive(int), default=32, help="1 is on-line learning")
     t.add_argument("--l2", type=float, default=0.0, help="λ of the L2 regularizer ½‖W‖²")
     t.add_argument("--l1", type=float, default=0.0, help="λ of the L1 regularizer ‖W‖₁")
-    t.add_argument("--val-size", type=_val_size, default=0.1, help="validation fraction (or count) of the training set")
+    t.add_argument("--val-size", type=float, default=0.1, help="validation fraction (or count) of the training set")
     t.add_argument("--patience", type=_positive(int), default=None, help="early stopping after this many epochs "
                    "without a better validation error")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
