@@ -23,7 +23,7 @@ from fbprop.data import Split, load_dataset, write_idx
 from fbprop.models import build_machine
 from fbprop.train import evaluate
 
-RUN_FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "metrics.csv", "metrics.json",
+RUN_FILES = ["best.npz", "checkpoint.npz", "config.json", "confusion.png", "curves.png", "metrics.csv", "metrics.json",
              "result.json"]
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ("--hidden", "16", "--no-plots")

@@ -134,7 +134,7 @@ def train(optimizer, batch, l2, comm, lr=None, squash="tanh", data=data):
         spec["regularizer"] = {"kind": "l2", "lam": l2}
     m = fb.build_machine(spec)
     t = Trainer(m, data, optimizer=optimizer, lr=lr or LR[optimizer], batch_size=batch, epochs=2, seed=3,
-                hessian_samples=51, lbfgs_iters=5, log=io.StringIO(), comm=comm)
+                hessian_samples=51, log=io.StringIO(), comm=comm, **({"max_iter": 5} if optimizer == "lbfgs" else {}))
     t.fit()
     return m.pool.x.copy(), t.history
 

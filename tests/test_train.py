@@ -11,8 +11,9 @@ import pytest
 import fbprop as fb
 from fbprop.checkpoint import load_checkpoint
 from fbprop.data import load_dataset
-from fbprop.machine import _leaves
-from fbprop.train import LENET_FACTORS, OPTIMIZERS, Meter, Trainer, TrainingDiverged, evaluate, schedule_factor
+from fbprop.machine import leaves
+from fbprop.optim import OPTIMIZERS
+from fbprop.train import LENET_FACTORS, BestParams, Meter, Trainer, TrainingDiverged, evaluate, schedule_factor
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_evaluate_equals_one_full_batch_pass_and_leaves_parameters_alone(digits)
     machine, split = small_machine(), digits.test
     params = machine.pool.x.copy()
     meter = evaluate(machine, split, 10, batch_size=64)   # 500 = 7 × 64 + a partial batch
-    machine._fprop(split.x, split.y)
+    machine.fprop(split.x, split.y)
     answers = np.argmin(machine.energies.x, axis=1)
     assert meter.count == len(split)
     assert meter.loss == pytest.approx(machine.losses.x.mean(), rel=1e-5)
@@ -150,7 +151,7 @@ def test_best_params_are_those_of_the_best_val_error_and_restore_best_puts_them_
 def test_nan_weight_raises_training_diverged_naming_epoch_steps_and_module_and_keeps_last_good_checkpoint(
         digits, tmp_path):
     machine = small_machine()
-    second_linear = _leaves(machine.net)[3]
+    second_linear = leaves(machine.net)[3]
     assert repr(second_linear) == "Linear(16 -> 10)"
     good = {}
 
@@ -231,13 +232,18 @@ def test_machine_predicts_regression_outputs_without_targets():
     np.testing.assert_allclose(machine.predict(x, batch_size=2), x @ machine.net.w.x.T)
 
 
-def test_best_params_break_validation_error_ties_by_the_lower_loss_and_ties_do_not_reset_patience(digits):
-    machine = fb.build_machine({"model": "mlp", "hidden": [8], "input_shape": list(digits.image_shape),
-                                "n_classes": 10, "dtype": "float64"})
-    trainer = fb.Trainer(machine, digits, epochs=1, progress=False, log=io.StringIO())
+def test_best_params_break_validation_error_ties_by_the_lower_loss_and_ties_do_not_reset_patience():
+    best = BestParams()
     records = [(0.10, 0.50, True, 0), (0.10, 0.40, True, 1), (0.10, 0.60, False, 2), (0.05, 0.90, True, 0)]
     for error, loss, improves, stale in records:
-        machine.pool.x[0] = loss                                  # marks which epoch's parameters were kept
-        assert trainer._track_best({"val_error": error, "val_loss": loss}) is improves
-        assert trainer.stale == stale
-    assert trainer.best_params[0] == 0.90 and trainer.best_error == 0.05
+        params = np.array([loss])                                  # marks which epoch's parameters were kept
+        assert best.track({"val_error": error, "val_loss": loss}, params) is improves
+        assert best.stale == stale
+    assert best.params[0] == 0.90 and best.error == 0.05
+
+
+def test_best_params_of_a_machine_without_answers_follow_the_validation_loss():
+    best = BestParams()
+    assert best.track({"val_loss": 0.5}, np.array([1.0])) and best.track({"val_loss": 0.4}, np.array([2.0]))
+    assert not best.track({"val_loss": 0.45}, np.array([3.0]))
+    assert best.params[0] == 2.0 and best.stale == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fbprop.files import atomic_write  # noqa: F401  (re-exported: checkpoint users write other files too)
+from fbprop.files import atomic_write
 
 FORMAT = "fbprop-checkpoint-1"
 
@@ -25,15 +25,20 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | os.PathLike, spec: dict, params: np.ndarray,
-                    optimizer: dict[str, np.ndarray] | None = None, trainer: dict | None = None) -> None:
+                    optimizer: dict[str, np.ndarray] | None = None, trainer: dict | None = None,
+                    state_arrays: dict[str, np.ndarray] | None = None) -> None:
+    """Write a checkpoint atomically: the architecture `spec`, the flat `params`, the optimizer's
+    slots, the trainer's JSON state and its arrays (e.g. the best parameters)."""
     arrays = {"format": np.array(FORMAT), "architecture": np.array(json.dumps(spec)),
               "params": params, "trainer": np.array(json.dumps(trainer or {}))}
     arrays.update({f"optimizer/{k}": v for k, v in (optimizer or {}).items()})
+    arrays.update({f"state/{k}": v for k, v in (state_arrays or {}).items()})
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict, np.ndarray, dict[str, np.ndarray], dict]:
-    """(spec, params, optimizer slots, trainer state) from a checkpoint file (or a run directory)."""
+def load_checkpoint(path: str | os.PathLike, with_arrays: bool = False) -> tuple:
+    """(spec, params, optimizer slots, trainer state) from a checkpoint file (or a run directory),
+    and the trainer's arrays as a fifth item `with_arrays`."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.npz"
@@ -47,6 +52,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, np.ndarray, dict[str
             params = z["params"]
             trainer = json.loads(str(z["trainer"]))
             optimizer = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("optimizer/")}
+            arrays = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("state/")} if with_arrays else None
     except CheckpointError:
         raise
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
@@ -55,4 +61,4 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict, np.ndarray, dict[str
         raise CheckpointError(f"{path}: expected JSON objects for the architecture and the trainer state")
     if params.ndim != 1 or params.dtype.kind != "f":
         raise CheckpointError(f"{path}: expected a 1-D float parameter vector, got {params.dtype} {params.shape}")
-    return spec, params, optimizer, trainer
+    return (spec, params, optimizer, trainer, arrays) if with_arrays else (spec, params, optimizer, trainer)

@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 
 from .idx import read_idx
 
-__all__ = ["DATASETS", "Dataset", "Split", "batches", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "Normalisation", "Split", "batches", "load_dataset"]
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
 FILES: tuple[str, ...] = (
@@ -55,6 +55,40 @@ class Split:
         return len(self.y)
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """Raw pixels to a model's inputs: x' = (x / pixel_scale − mean) / std.
+
+    ``pixel_scale`` brings integer pixels to [0, 1] (255 for 8-bit images, 16 for the digits'
+    counts, 1 for float images taken as already in [0, 1]); ``mean`` and ``std`` are those of
+    the training split after that scaling. Training, evaluation and prediction all go through it.
+    """
+
+    mean: float
+    std: float
+    pixel_scale: float = 255.0
+
+    def __call__(self, x: np.ndarray, dtype: DTypeLike = np.float32, unit: bool = False) -> np.ndarray:
+        """Standardised float copy of raw images ``x`` (``unit``: already scaled to [0, 1])."""
+        dtype = np.dtype(dtype)
+        x = _to_unit(x, 1.0 if unit else 1.0 / self.pixel_scale, dtype)
+        x -= dtype.type(self.mean)
+        x /= dtype.type(self.std)
+        return x
+
+    def convert(self, x: np.ndarray, target: Normalisation) -> None:
+        """Re-standardise ``x`` (standardised by this) in place as ``target`` would have."""
+        x *= x.dtype.type(self.std / target.std)
+        x += x.dtype.type((self.mean - target.mean) / target.std)
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "pixel_scale": self.pixel_scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalisation:
+        return cls(float(d["mean"]), float(d["std"]), float(d.get("pixel_scale", 255.0)))
+
+
 @dataclass
 class Dataset:
     """Train/val/test splits standardised with the train split's pixel ``mean`` and ``std``."""
@@ -67,6 +101,18 @@ class Dataset:
     image_shape: tuple[int, int, int]
     mean: float
     std: float
+    pixel_scale: float = 255.0
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return Normalisation(self.mean, self.std, self.pixel_scale)
+
+    def standardise_as(self, target: Normalisation) -> None:
+        """Re-standardise every split in place as ``target`` would have (a model's own normalisation)."""
+        if (self.mean, self.std) != (target.mean, target.std):
+            for split in (self.train, self.val, self.test):
+                self.normalisation.convert(split.x, target)
+            self.mean, self.std = target.mean, target.std
 
 
 def load_dataset(
@@ -116,21 +162,18 @@ def load_dataset(
     mean, std = _centre(x_train)
     x_train /= dtype.type(std)
 
-    def standardised(x: np.ndarray) -> np.ndarray:
-        x = _to_unit(x, scale, dtype)
-        x -= dtype.type(mean)  # x' = (x - mean) / std
-        x /= dtype.type(std)
-        return x
+    normalisation = Normalisation(mean, std, 1 / scale)
 
     return Dataset(
         name=name,
         train=_split(x_train, y_all[train]),
-        val=_split(standardised(x_all[val]), y_all[val]),
-        test=_split(standardised(x_test[test]), y_test[test]),
+        val=_split(normalisation(x_all[val], dtype), y_all[val]),
+        test=_split(normalisation(x_test[test], dtype), y_test[test]),
         n_classes=n_classes,
         image_shape=(1, *x_train.shape[1:]),
         mean=mean,
         std=std,
+        pixel_scale=1 / scale,
     )
 
 
