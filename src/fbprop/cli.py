@@ -93,37 +93,44 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive(int), default=None, help="use at most this many training samples")
 
 
-# train's options: name -> (default, argparse keywords). Defaults are filled in after parsing, so
-# that a resumed run can tell the options given again from those left out.
-TRAIN_OPTIONS: dict[str, tuple] = {
-    "model": ("mlp", {"choices": list(MODELS), "help": "; ".join(f"{k}: {e.help}" for k, e in MODELS.items())}),
-    "hidden": (None, {"type": _sizes, "help": "hidden layer sizes of mlp (default 300,100)"}),
-    "squash": (None, {"choices": list(SQUASHES), "help": "mlp's sigmoid (default tanh)"}),
-    "energy": (None, {"choices": ENERGIES, "help": "scores: energies are negated outputs; rbf: distances to "
-                                                   "per-class target codes (default: the model's)"}),
-    "loss": (None, {"choices": list(LOSSES), "help": "energy-based loss (default: the model's, nll)"}),
-    "beta": (None, {"type": _positive(float), "help": "inverse temperature of the nll loss (--loss-arg beta=)"}),
-    "margin": (None, {"type": _positive(float), "help": "margin of hinge / square-square (--loss-arg margin=)"}),
-    "loss_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
-                        "help": "any argument of the loss, e.g. --loss-arg gamma=2 (repeatable)"}),
-    "optimizer": ("sgd", {"choices": list(OPTIMIZERS), "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())}),
-    "lr": (None, {"type": _positive(float), "help": "learning rate η (default per optimizer: " + ", ".join(
-        f"{k} {e.lr:g}" for k, e in OPTIMIZERS.items() if e.lr) + ")"}),
-    "momentum": (None, {"type": float, "help": "momentum's α (default 0.9)"}),
-    "mu": (None, {"type": _positive(float), "help": "SDLM's μ in η/(μ + h_kk) (default 0.02)"}),
-    "lbfgs_iters": (None, {"type": _positive(int), "help": "L-BFGS iterations per epoch (default 20)"}),
-    "hessian_samples": (500, {"type": _positive(int), "help": "samples for SDLM's Hessian estimate"}),
-    "schedule": ("constant", {"choices": list(SCHEDULES)}),
-    "epochs": (20, {"type": int}),
-    "batch_size": (32, {"type": _positive(int), "help": "1 is on-line learning"}),
-    "l2": (0.0, {"type": float, "help": "λ of the L2 regularizer ½‖W‖²"}),
-    "l1": (0.0, {"type": float, "help": "λ of the L1 regularizer ‖W‖₁"}),
-    "val_size": (0.1, {"type": float, "help": "validation fraction (or count) of the training set"}),
-    "patience": (None, {"type": _positive(int), "help": "early stopping after this many epochs without a better "
-                                                       "validation error (default: none)"}),
-    "dtype": ("float32", {"choices": ["float32", "float64"]}),
-    "seed": (0, {"type": int}),
-}
+def train_options() -> dict[str, tuple]:
+    """train's options: name -> (default, argparse keywords), from the registries as they are now.
+
+    The parser's defaults are None and the settings are filled in after parsing, so that a resumed
+    run can tell the options given again from those left out.
+    """
+    return {
+        "model": ("mlp", {"choices": list(MODELS), "help": "; ".join(f"{k}: {e.help}" for k, e in MODELS.items())}),
+        "hidden": (None, {"type": _sizes, "help": "hidden layer sizes of mlp (default 300,100)"}),
+        "squash": (None, {"choices": list(SQUASHES), "help": "mlp's sigmoid (default tanh)"}),
+        "energy": (None, {"choices": ENERGIES, "help": "scores: energies are negated outputs; rbf: distances to "
+                                                       "per-class target codes (default: the model's)"}),
+        "loss": (None, {"choices": list(LOSSES), "help": "energy-based loss (default: the model's, nll)"}),
+        "beta": (None, {"type": _positive(float), "help": "inverse temperature of the nll loss (--loss-arg beta=)"}),
+        "margin": (None, {"type": _positive(float), "help": "margin of hinge / square-square (--loss-arg margin=)"}),
+        "loss_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
+                            "help": "any argument of the loss, e.g. --loss-arg gamma=2 (repeatable)"}),
+        "optimizer": ("sgd", {"choices": list(OPTIMIZERS),
+                              "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())}),
+        "lr": (None, {"type": _positive(float), "help": "learning rate η (default per optimizer: " + ", ".join(
+            f"{k} {e.lr:g}" for k, e in OPTIMIZERS.items() if e.lr) + ")"}),
+        "optimizer_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
+                                 "help": "any option of the optimizer, e.g. --optimizer-arg momentum=0.5 (repeatable)"}),
+        "momentum": (None, {"type": float, "help": "momentum's α (default 0.9)"}),
+        "mu": (None, {"type": _positive(float), "help": "SDLM's μ in η/(μ + h_kk) (default 0.02)"}),
+        "lbfgs_iters": (None, {"type": _positive(int), "help": "L-BFGS iterations per epoch (default 20)"}),
+        "hessian_samples": (500, {"type": _positive(int), "help": "samples for SDLM's Hessian estimate"}),
+        "schedule": ("constant", {"choices": list(SCHEDULES)}),
+        "epochs": (20, {"type": int}),
+        "batch_size": (32, {"type": _positive(int), "help": "1 is on-line learning"}),
+        "l2": (0.0, {"type": float, "help": "λ of the L2 regularizer ½‖W‖²"}),
+        "l1": (0.0, {"type": float, "help": "λ of the L1 regularizer ‖W‖₁"}),
+        "val_size": (0.1, {"type": float, "help": "validation fraction (or count) of the training set"}),
+        "patience": (None, {"type": _positive(int), "help": "early stopping after this many epochs without a better "
+                                                           "validation error (default: none)"}),
+        "dtype": ("float32", {"choices": ["float32", "float64"]}),
+        "seed": (0, {"type": int}),
+    }
 # optimizer options of the command line -> the registry's names
 OPTIMIZER_FLAGS = {"momentum": "momentum", "mu": "mu", "lbfgs_iters": "max_iter"}
 
@@ -136,7 +143,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model and write checkpoint, metrics and plots")
     _data_args(t)
-    for name, (default, kwargs) in TRAIN_OPTIONS.items():
+    for name, (default, kwargs) in train_options().items():
         kwargs = dict(kwargs)
         if default is not None:
             kwargs["help"] = f"{kwargs.get('help', '')} (default: {default})".lstrip()
@@ -212,12 +219,14 @@ def _training_settings(args, base: dict) -> dict:
     if optimizer != settings["optimizer"]:                       # another optimizer: its own defaults
         settings = {**{k: v for k, v in settings.items() if k not in OPTIMIZERS[settings["optimizer"]].options},
                     "optimizer": optimizer, "lr": entry.lr, **entry.options}
-    for flag, option in OPTIMIZER_FLAGS.items():
-        if getattr(args, flag) is not None:
+    given = [(_flag(flag), option, getattr(args, flag)) for flag, option in OPTIMIZER_FLAGS.items()]
+    given += [(f"--optimizer-arg {k}", k, v) for k, v in args.optimizer_arg or []]
+    for flag, option, value in given:
+        if value is not None:
             if option not in entry.options:
-                owners = ", ".join(k for k, e in OPTIMIZERS.items() if option in e.options)
-                raise CommandError(f"{_flag(flag)} is an option of {owners}, not of {optimizer}")
-            settings[option] = getattr(args, flag)
+                owners = ", ".join(k for k, e in OPTIMIZERS.items() if option in e.options) or "no optimizer"
+                raise CommandError(f"{flag} is an option of {owners}, not of {optimizer}")
+            settings[option] = value
     if args.lr is not None:
         if entry.lr is None:
             raise CommandError(f"--lr: {optimizer} has no learning rate (its line search sets each step)")
@@ -238,7 +247,7 @@ def _defaults() -> dict:
 
 def _refuse_changes(what: str, run: dict, now: dict, allowed: tuple[str, ...] = ()) -> dict:
     """Raise CommandError naming the first setting given on resume that differs from the run's."""
-    for key in sorted(set(run) | set(now)):
+    for key in sorted(set(run) | set(now), key=lambda k: (k not in ("optimizer", "model"), k)):
         if key not in allowed and run.get(key) != now.get(key):
             raise CommandError(f"--resume: {what} {key} is {now.get(key)!r} here but {run.get(key)!r} in the run; "
                                f"a resumed run keeps its settings (only {', '.join(map(_flag, allowed))} may change)")
@@ -318,7 +327,8 @@ def cmd_train(args) -> int:
             claim(out, config)
     out = parallel.share(out)                                    # rank 0's clock names the run
     machine = build_machine(spec)
-    options = {OPTIMIZER_FLAGS.get(k, k): v for k, v in settings.items() if k in OPTIMIZERS[settings["optimizer"]].options}
+    takes = OPTIMIZERS[settings["optimizer"]].options
+    options = {k: v for k, v in settings.items() if k in takes}
     extensions = [] if args.no_plots else [Plots(out, f"{spec['model']} on {data.name}")]
     trainer = Trainer(machine, data, optimizer=settings["optimizer"], lr=settings["lr"],
                       batch_size=settings["batch_size"], epochs=settings["epochs"], schedule=settings["schedule"],

@@ -75,7 +75,8 @@ class LogLine(Extension):
 
     @staticmethod
     def line(r: dict) -> str:
-        parts = [f"epoch {r['epoch']:3d}", f"lr {r['lr']:.3g}" if r.get("lr") else "", f"train loss {r['train_loss']:.4f}"]
+        parts = [f"epoch {r['epoch']:3d}", f"lr {r['lr']:.3g}" if r.get("lr") else "",
+                 f"train loss {r['train_loss']:.4f}"]
         for split in ("train", "val", "test"):
             if f"{split}_error" in r and not math.isnan(r[f"{split}_error"]):
                 parts.append(f"{split} err {100 * r[f'{split}_error']:.2f}%")
