@@ -137,7 +137,7 @@ SETTINGS = {
     "momentum": {"lr": 0.01, "epochs": 4},
     "sdlm": {"lr": 0.02, "epochs": 4, "hessian_samples": 200},
     "batch": {"lr": 1.0, "epochs": 20},
-    "lbfgs": {"epochs": 2, "lbfgs_iters": 10},
+    "lbfgs": {"epochs": 2, "max_iter": 10},
 }
 
 

@@ -115,7 +115,7 @@ def train_options() -> dict[str, tuple]:
         "lr": (None, {"type": _positive(float), "help": "learning rate η (default per optimizer: " + ", ".join(
             f"{k} {e.lr:g}" for k, e in OPTIMIZERS.items() if e.lr) + ")"}),
         "optimizer_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
-                                 "help": "any option of the optimizer, e.g. --optimizer-arg momentum=0.5 (repeatable)"}),
+                                 "help": "any option of the optimizer, e.g. momentum=0.5 (repeatable)"}),
         "momentum": (None, {"type": float, "help": "momentum's α (default 0.9)"}),
         "mu": (None, {"type": _positive(float), "help": "SDLM's μ in η/(μ + h_kk) (default 0.02)"}),
         "lbfgs_iters": (None, {"type": _positive(int), "help": "L-BFGS iterations per epoch (default 20)"}),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from fbprop.checkpoint import save_checkpoint
+from fbprop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fbprop.files import atomic_write
 
 if TYPE_CHECKING:
@@ -224,3 +224,47 @@ def _finite_or_none(v: float) -> float | None:
 
 def _or_inf(v) -> float:
     return math.inf if v is None else float(v)
+
+
+def standard(log: TextIO, best: BestParams, out_dir: str | Path | None, progress: bool | None) -> list[Extension]:
+    """The Trainer's own extensions: a progress bar on a terminal (or when asked) and the log line,
+    best parameters and early stopping, and with `out_dir` checkpoints and metrics files."""
+    bar = log.isatty() if progress is None else progress
+    extensions = [ProgressBar(log)] if bar else []
+    extensions += [LogLine(log), best]
+    if out_dir is not None:
+        extensions += [Checkpoint(out_dir), MetricsFiles(out_dir)]
+    return extensions
+
+
+def save_run(trainer: Trainer, path: str | Path) -> None:
+    """checkpoint.npz: parameters, optimizer slots, epoch, step, history, settings and every
+    extension's state and arrays, in one atomic write."""
+    state = {"epoch": trainer.epoch, "step": trainer.step, "history": trainer.history,
+             "settings": trainer.settings(), "extensions": {e.name: e.state() for e in trainer.extensions if e.name}}
+    arrays = {f"{e.name}/{k}": v for e in trainer.extensions if e.name for k, v in e.arrays().items()}
+    save_checkpoint(path, trainer.machine.spec, trainer.machine.pool.x, trainer.optimizer.state(), state, arrays)
+
+
+def resume_run(trainer: Trainer, path: str | Path) -> None:
+    """Put a checkpoint's parameters, optimizer slots, loop state and extension states into `trainer`."""
+    r = trainer.machine.reducer
+    with r.guard():
+        params, opt, state, arrays = r.share(_read_run(path) if r.is_root else None)
+    trainer.machine.pool.load(params)
+    if state.get("settings", {}).get("optimizer") == trainer.optimizer_name:
+        trainer.optimizer.load_state(opt)
+    trainer.epoch, trainer.step = int(state["epoch"]), int(state["step"])
+    trainer.history = list(state["history"])
+    for e in trainer.extensions:
+        if e.name:
+            prefix = f"{e.name}/"
+            e.load(state.get("extensions", {}).get(e.name, {}),
+                   {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+
+
+def _read_run(path: str | Path) -> tuple:
+    _, params, opt, state, arrays = load_checkpoint(path, with_arrays=True)
+    if "history" not in state:                                   # best.npz: resuming would lose the history
+        raise CheckpointError(f"{path}: holds parameters but no training state; resume from checkpoint.npz")
+    return params, opt, state, arrays

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from fbprop.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fbprop.data.datasets import Dataset
 from fbprop.distributed import checksum, data_parallel
 from fbprop.machine import Machine
@@ -52,30 +51,22 @@ class Trainer:
             raise ValueError(f"Trainer: expected epochs >= 0, got {epochs}")
         schedule_factor(schedule, 0, epochs)
         self.machine, self.data = data_parallel(machine, comm), data
-        if "lbfgs_iters" in options:                             # the command line's name for max_iter
-            options["max_iter"] = options.pop("lbfgs_iters")
-        if isinstance(optimizer, Optimizer):
-            self.optimizer_name, self.optimizer, updater = type(optimizer).__name__, optimizer, "minibatch"
+        if isinstance(optimizer, Optimizer):                     # a user's own: stepped after each mini-batch
+            self.optimizer, updater, self.options = optimizer, "minibatch", {}
+            self.optimizer_name = type(optimizer).__name__
         else:
             self.optimizer = make_optimizer(optimizer, machine.pool, lr, **options)
-            self.optimizer_name, updater = optimizer, OPTIMIZERS[optimizer].updater
-        self.options = {**OPTIMIZERS[optimizer].options, **options} if isinstance(optimizer, str) else {}
+            entry = OPTIMIZERS[optimizer]
+            self.optimizer_name, updater, self.options = optimizer, entry.updater, {**entry.options, **options}
         self.lr = self.optimizer.lr
-        self.updater = UPDATERS[updater](batch_size, hessian_samples, transform) if updater == "minibatch" \
-            else UPDATERS[updater]()
+        self.updater = UPDATERS[updater](batch_size, hessian_samples, transform)
         self.batch_size, self.epochs, self.schedule, self.seed = batch_size, epochs, schedule, seed
         self.hessian_samples = hessian_samples
         self.log = log if log is not None else sys.stderr
         self.is_root = self.machine.reducer.is_root
         self.best = ext.BestParams(patience)
-        show_bar = self.log.isatty() if progress is None else progress
-        self.extensions: list[ext.Extension] = [ext.ProgressBar(self.log) if show_bar else ext.LogLine(self.log),
-                                                self.best]
-        if show_bar:
-            self.extensions.append(ext.LogLine(self.log))
-        if out_dir is not None:
-            self.extensions += [ext.Checkpoint(out_dir), ext.MetricsFiles(out_dir)]
-        self.extensions += [*map(ext.Callback, callbacks), *extensions]
+        self.extensions = [*ext.standard(self.log, self.best, out_dir, progress), *map(ext.Callback, callbacks),
+                           *extensions]
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.history: list[dict] = []
         self.epoch = self.step = 0
@@ -149,41 +140,15 @@ class Trainer:
         if self.best.params is not None:
             self.machine.pool.load(self.best.params)
 
-    # checkpoints --------------------------------------------------------------------------
-    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """(JSON state, arrays) of the loop and of every extension that keeps state."""
-        state = {"epoch": self.epoch, "step": self.step, "history": self.history, "settings": self.settings(),
-                 "extensions": {e.name: e.state() for e in self.extensions if e.name}}
-        arrays = {f"{e.name}/{k}": v for e in self.extensions if e.name for k, v in e.arrays().items()}
-        return state, arrays
-
+    # checkpoints (fbprop.train.extensions does the work) -----------------------------------
     def save(self, path: str | Path) -> None:
-        state, arrays = self.state()
-        save_checkpoint(path, self.machine.spec, self.machine.pool.x, self.optimizer.state(), state, arrays)
+        """Write everything a resume needs to a checkpoint file."""
+        ext.save_run(self, path)
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint.npz (or its run directory): parameters, optimizer slots, epoch,
         history and the extensions' state. With several processes the first reads and sends."""
-        r = self.machine.reducer
-        with r.guard():
-            params, opt, state, arrays = r.share(_read_run(path) if r.is_root else None)
-        self.machine.pool.load(params)
-        if state.get("settings", {}).get("optimizer") == self.optimizer_name:
-            self.optimizer.load_state(opt)
-        self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        self.history = list(state["history"])
-        for e in self.extensions:
-            if e.name:
-                prefix = f"{e.name}/"
-                e.load(state["extensions"].get(e.name, {}),
-                       {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-
-
-def _read_run(path: str | Path) -> tuple:
-    _, params, opt, state, arrays = load_checkpoint(path, with_arrays=True)
-    if "history" not in state:                                   # best.npz: resuming would lose the history
-        raise CheckpointError(f"{path}: holds parameters but no training state; resume from checkpoint.npz")
-    return params, opt, state, arrays
+        ext.resume_run(self, path)
 
 
 def _record(name: str, meter: Meter) -> dict:

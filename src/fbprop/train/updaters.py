@@ -29,7 +29,19 @@ class TrainingDiverged(RuntimeError):
 
 
 class Updater:
-    """One epoch of training of `trainer.machine` by `trainer.optimizer` on `trainer.data.train`."""
+    """One epoch of training of `trainer.machine` by `trainer.optimizer` on `trainer.data.train`.
+
+    `transform(x, rng)`, if given, returns each batch's inputs distorted (data augmentation);
+    `hessian_samples` training samples estimate the Gauss-Newton diagonal before each epoch for an
+    optimizer that `needs_curvature` (SDLM, as in LeCun et al. 1998).
+    """
+
+    def __init__(self, batch_size: int = 32, hessian_samples: int = 500, transform: Transform | None = None) -> None:
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
+            raise ValueError(f"Trainer: expected batch_size >= 1, got {batch_size}")
+        if not (isinstance(hessian_samples, (int, np.integer)) and hessian_samples >= 1):
+            raise ValueError(f"Trainer: expected hessian_samples >= 1, got {hessian_samples}")
+        self.batch_size, self.hessian_samples, self.transform = int(batch_size), int(hessian_samples), transform
 
     def epoch(self, trainer: Trainer, rng: np.random.Generator) -> Meter:
         meter = self.run(trainer, rng)
@@ -42,19 +54,7 @@ class Updater:
 
 
 class MiniBatch(Updater):
-    """A step after each mini-batch of `batch_size` samples drawn in a fresh seeded order each epoch.
-
-    `transform(x, rng)`, if given, returns each batch's inputs distorted (data augmentation).
-    `hessian_samples` training samples estimate the Gauss-Newton diagonal before each epoch for an
-    optimizer that needs it (SDLM, as in LeCun et al. 1998).
-    """
-
-    def __init__(self, batch_size: int = 32, hessian_samples: int = 500, transform: Transform | None = None) -> None:
-        if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
-            raise ValueError(f"Trainer: expected batch_size >= 1, got {batch_size}")
-        if not (isinstance(hessian_samples, (int, np.integer)) and hessian_samples >= 1):
-            raise ValueError(f"Trainer: expected hessian_samples >= 1, got {hessian_samples}")
-        self.batch_size, self.hessian_samples, self.transform = int(batch_size), int(hessian_samples), transform
+    """A step after each mini-batch of `batch_size` samples drawn in a fresh seeded order each epoch."""
 
     def run(self, trainer: Trainer, rng: np.random.Generator) -> Meter:
         m, opt, train = trainer.machine, trainer.optimizer, trainer.data.train
