@@ -396,18 +396,24 @@ def cmd_predict(args) -> int:
     path = Path(args.file)
     if not path.exists():
         raise CommandError(f"{path}: no such file")
-    x = np.load(path, allow_pickle=False) if path.suffix == ".npy" else read_idx(path)
-    if not isinstance(x, np.ndarray):
-        raise CommandError(f"{path}: expected one array in a .npy file, got an .npz archive")
+    if not path.is_file():
+        raise CommandError(f"{path}: expected a file of images, got a directory, device or FIFO")
+    x = _open_images(path)
     shape, given = tuple(spec["input_shape"]), x.shape
     if x.ndim == len(shape) and shape[0] == 1:                  # (n, h, w): one input plane
         x = x[:, None]
     if x.shape[1:] != shape:
         raise CommandError(f"{path}: expected images of shape (n, {', '.join(map(str, shape[1:]))}), got {given}")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise CommandError(f"{path}: the images hold NaN or infinite values")
-    x = Normalisation.from_dict(spec["normalisation"])(x, machine.pool.dtype, unit=x.dtype.kind == "f")
-    answers = machine.predict(x)
+    if x.dtype.kind not in "fiub":
+        raise CommandError(f"{path}: expected integer or float pixels, got {x.dtype}")
+    normalise = Normalisation.from_dict(spec["normalisation"])
+    answers = []
+    for i in range(0, len(x), PREDICT_BATCH):                   # one batch in memory at a time
+        batch = x[i:i + PREDICT_BATCH]
+        if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+            raise CommandError(f"{path}: the images hold NaN or infinite values (from image {i} on)")
+        answers.append(machine.predict(normalise(batch, machine.pool.dtype, unit=batch.dtype.kind == "f")))
+    answers = np.concatenate(answers) if answers else np.zeros(0, np.intp)
     if args.out:
         atomic_write(args.out, lambda f: np.save(f, answers))
         print(f"{len(answers)} answers written to {args.out}")
@@ -416,10 +422,33 @@ def cmd_predict(args) -> int:
     return 0
 
 
+PREDICT_BATCH = 4096
+MAX_GRADCHECK_INPUT = 1 << 16
+
+
+def _open_images(path: Path) -> np.ndarray:
+    """The images of an .npy file (memory-mapped: read as they are used) or of an IDX file."""
+    if path.suffix != ".npy":
+        return read_idx(path)
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        text = str(e).split(";")[0]
+        if "pickle" in text or "object" in text:
+            text = "it holds Python objects, which are refused: loading them could run code"
+        raise CommandError(f"{path}: not a readable .npy array ({text})") from None
+    if not isinstance(x, np.ndarray):
+        raise CommandError(f"{path}: expected one array in a .npy file, got an .npz archive")
+    return x
+
+
 def cmd_gradcheck(args) -> int:
     from fbprop.gradcheck import gradcheck
     from fbprop.state import State
 
+    if math.prod(args.input_shape) > MAX_GRADCHECK_INPUT:
+        raise CommandError(f"--input-shape: expected at most {MAX_GRADCHECK_INPUT} values a sample, "
+                           f"got {math.prod(args.input_shape)}")
     spec = {**default_spec(args.model), "input_shape": args.input_shape, "n_classes": 10, "dtype": "float64"}
     machine = build_machine(spec)
     state = State(np.random.default_rng(0).standard_normal((2, *args.input_shape)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,9 @@ class SingleProcess:
         return "SingleProcess()"
 
 
+# Seconds between the error line and Abort: Abort kills every process at once, and a launcher that
+# has not yet read the line from the failing process's pipe loses it.
+ABORT_GRACE = 1.0
 _guards = [0]                                                    # guard blocks entered, nested
 
 
@@ -178,6 +182,7 @@ class DataParallel(SingleProcess):
             else:
                 code, text = 1, f"{type(e).__name__}: {e} (set FBPROP_DEBUG=1 for the traceback)"
             print(f"{who}: error on rank {self.rank} of {self.size}: {text}", file=sys.stderr, flush=True)
+            time.sleep(ABORT_GRACE)                              # let the launcher forward the line before the kill
             self.comm.Abort(code)
         finally:
             _guards[0] -= 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -93,6 +94,7 @@ def _build_mlp(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
         raise ValueError(f"unknown squash {spec['squash']!r}: expected one of {', '.join(SQUASHES)}")
     hidden = spec.get("hidden", []) if spec["model"] == "mlp" else []
     sizes = [math.prod(spec["input_shape"]), *hidden, int(spec["n_classes"])]
+    check_size(spec, sum(a * b + b for a, b in zip(sizes, sizes[1:])))
     net = Cascade(Flatten(), mlp(sizes, pool, squash, squash_output=spec.get("energy") == "rbf"))
     return net, output_energy(spec, pool)
 
@@ -102,6 +104,22 @@ register_model("mlp", ModelEntry(_build_mlp, {"hidden": [300, 100], "squash": "t
                                  "the lecture's multi-layer net of nn-layers"))
 register_model("linear", ModelEntry(_build_mlp, {"energy": "scores", "loss": "nll"}, (),
                                     "one linear layer with bias"))
+
+
+MAX_PARAMETERS = 1 << 31
+
+
+def check_size(spec: dict, n_params: int) -> None:
+    """Refuse a net whose parameter vectors (x, dx, ddx and two optimizer slots) cannot fit in memory."""
+    itemsize = np.dtype(spec.get("dtype", "float32")).itemsize
+    need = 5 * n_params * itemsize
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):                # not every system says
+        memory = MAX_PARAMETERS * itemsize
+    if n_params > MAX_PARAMETERS or need > memory:
+        raise ValueError(f"{spec['model']}: {n_params:,} parameters need about {need / 2**30:.1f} GiB, more than "
+                         f"this machine's {memory / 2**30:.1f} GiB; choose smaller layers")
 
 
 def make_loss(name: str, args: dict | None = None) -> Loss:

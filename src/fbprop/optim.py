@@ -45,8 +45,16 @@ class Optimizer:
         return {}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy saved slots in; a slot this optimizer does not have, or of another length, is refused."""
+        mine = self.state()
         for k, v in state.items():
-            np.copyto(getattr(self, k), v)
+            if k not in mine:
+                raise ValueError(f"{self!r}: unknown optimizer slot {k!r} (expected {', '.join(mine) or 'none'})")
+            v = np.asarray(v)
+            if v.shape != mine[k].shape or v.dtype.kind not in "fiu":
+                raise ValueError(f"{self!r}: slot {k!r}: expected a real {mine[k].shape} vector, "
+                                 f"got {v.dtype} {v.shape}")
+            np.copyto(mine[k], v, casting="same_kind")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr:g})"

@@ -34,6 +34,7 @@ HOW_TO_GET = {
 }
 # The digits test set is the same for every ``seed``, so test scores stay comparable.
 TEST_SEED = 12345
+MAX_CLASSES = 65536
 DIGITS_TEST_FRACTION = 0.2
 
 
@@ -143,12 +144,18 @@ def load_dataset(
         raise ValueError(f"load_dataset: expected limit None or an int >= 1, got {limit!r}")
     if name == "digits":
         x_all, y_all, x_test, y_test = _digits()
-        scale, n_classes = 1 / 16, 10  # digits pixels are counts 0..16
+        pixel_scale, n_classes = 16.0, 10  # digits pixels are counts 0..16, stored as floats
+
+        def unit(x: np.ndarray) -> bool:
+            return False
     else:
         directory = _find(name, root)
         known = 10 if name in DATASETS else None
         x_all, y_all, x_test, y_test, n_classes = _read_four(directory, known)
-        scale = 1 / 255 if x_all.dtype == np.uint8 else 1.0  # float images taken as in [0, 1]
+        pixel_scale = 255.0  # 8-bit images; float images are taken as in [0, 1], each file by its own type
+
+        def unit(x: np.ndarray) -> bool:
+            return x.dtype.kind == "f"
 
     n_val = _val_count(val_size, len(y_all))
     order = np.random.default_rng(seed).permutation(len(y_all))
@@ -158,22 +165,26 @@ def load_dataset(
         # A fixed random subset of test: the same for every seed, unbiased for sorted files.
         test = np.random.default_rng(TEST_SEED).permutation(len(y_test))[:limit]
 
-    x_train = _to_unit(x_all[train], scale, dtype)
+    x_train = _to_unit(x_all[train], 1.0 if unit(x_all) else 1 / pixel_scale, dtype)
     mean, std = _centre(x_train)
     x_train /= dtype.type(std)
-
-    normalisation = Normalisation(mean, std, 1 / scale)
+    normalisation = Normalisation(mean, std, pixel_scale)
+    val_x, test_x = (normalisation(x[i], dtype, unit=unit(x)) for x, i in ((x_all, val), (x_test, test)))
+    for split, x in (("train", x_train), ("val", val_x), ("test", test_x)):
+        if not np.isfinite(x).all():
+            raise ValueError(f"load_dataset({name!r}): the {split} images hold values that are not finite "
+                             f"in {dtype} once standardised (pixels too large for the data type?)")
 
     return Dataset(
         name=name,
         train=_split(x_train, y_all[train]),
-        val=_split(normalisation(x_all[val], dtype), y_all[val]),
-        test=_split(normalisation(x_test[test], dtype), y_test[test]),
+        val=_split(val_x, y_all[val]),
+        test=_split(test_x, y_test[test]),
         n_classes=n_classes,
         image_shape=(1, *x_train.shape[1:]),
         mean=mean,
         std=std,
-        pixel_scale=1 / scale,
+        pixel_scale=pixel_scale,
     )
 
 
@@ -317,13 +328,20 @@ def _read_four(
             raise ValueError(f"{y_path}: expected integer labels, got {y.dtype}")
     if len(x_train) == 0:
         raise ValueError(f"{paths[0]}: expected at least one training image, got none")
+    if len(x_test) == 0:
+        raise ValueError(f"{paths[2]}: expected at least one test image, got none")
+    if 0 in x_train.shape[1:]:
+        raise ValueError(f"{paths[0]}: expected images of at least 1x1 pixels, got {x_train.shape[1:]}")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(
             f"{paths[2]}: expected images of size {x_train.shape[1:]} as in {paths[0]}, "
             f"got {x_test.shape[1:]}"
         )
     if n_classes is None:
-        n_classes = int(y_train.max()) + 1 if len(y_train) else 0
+        top = int(y_train.max()) if len(y_train) else 0
+        if top >= MAX_CLASSES:
+            raise ValueError(f"{paths[1]}: expected labels below {MAX_CLASSES}, got {top}")
+        n_classes = top + 1
     for y, y_path in ((y_train, paths[1]), (y_test, paths[3])):
         if len(y) and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(

@@ -127,6 +127,7 @@ class BestParams(Extension):
         self.error = self.loss = math.inf
         self.params: np.ndarray | None = None
         self.stale = 0
+        self.epoch = 0                                           # the epoch whose parameters these are
         self.improved = False
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
@@ -147,11 +148,13 @@ class BestParams(Extension):
         if (error, loss) >= (self.error, self.loss):
             return False
         self.error, self.loss = error, loss
+        self.epoch = int(record.get("epoch", 0))
         self.params = params.copy()
         return True
 
     def state(self) -> dict:
-        return {"error": _finite_or_none(self.error), "loss": _finite_or_none(self.loss), "stale": self.stale}
+        return {"error": _finite_or_none(self.error), "loss": _finite_or_none(self.loss), "stale": self.stale,
+                "epoch": self.epoch}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {} if self.params is None else {"params": self.params}
@@ -160,6 +163,7 @@ class BestParams(Extension):
         self.error = _or_inf(state.get("error"))
         self.loss = _or_inf(state.get("loss"))
         self.stale = int(state.get("stale", 0))
+        self.epoch = int(state.get("epoch", 0))
         if "params" in arrays:
             self.params = arrays["params"].copy()
 
@@ -173,17 +177,28 @@ class Checkpoint(Extension):
         self.out_dir = Path(out_dir)
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.is_root:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        """A resumed run first makes best.npz agree with checkpoint.npz (a crash between their two
+        writes leaves the older best.npz), and removes the temporary files a killed save left."""
+        if not trainer.is_root:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for temp in self.out_dir.glob(".*.tmp"):
+            temp.unlink(missing_ok=True)
+        if trainer.best.params is not None:
+            self.save_best(trainer)
 
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if not trainer.is_root:
             return
         trainer.save(self.out_dir / "checkpoint.npz")
+        if trainer.best.improved:
+            self.save_best(trainer)
+
+    def save_best(self, trainer: Trainer) -> None:
         best = trainer.best
-        if best is not None and best.improved:
-            save_checkpoint(self.out_dir / "best.npz", trainer.machine.spec, best.params,
-                            trainer={"epoch": trainer.epoch, **record})
+        record = trainer.history[best.epoch - 1] if 0 < best.epoch <= len(trainer.history) else {}
+        save_checkpoint(self.out_dir / "best.npz", trainer.machine.spec, best.params,
+                        trainer={**record, "epoch": best.epoch})
 
 
 class MetricsFiles(Extension):

@@ -137,5 +137,7 @@ def diverged(trainer: Trainer, where: str, x: np.ndarray) -> TrainingDiverged:
     if culprit is None:                                          # finite energies: the loss itself overflowed
         culprit = "the parameters" if not np.isfinite(m.pool.x).all() else repr(m.loss)
     rate = f"; try a smaller learning rate (now {trainer.optimizer.lr:g})" if trainer.optimizer.lr else ""
+    if culprit == "the input batch":                             # no learning rate makes bad data finite
+        rate = f" (NaN, infinite, or too large for {x.dtype}): check the data"
     return TrainingDiverged(f"training diverged in epoch {trainer.epoch + 1} after {trainer.step} steps ({where}); "
                             f"first non-finite output: {culprit}{rate}")
