@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 totals[label] += time.perf_counter() - t
         return wrapper
 
-    leaves = fbprop.machine._leaves(machine.net)
+    leaves = fbprop.machine.leaves(machine.net)
     for label, m in [(f"{i:2}", m) for i, m in enumerate(leaves)] + [("  ", machine.energy), ("  ", machine.loss)]:
         who = repr(m)                                            # before the wrappers join vars(m)
         for method in ("fprop", "bprop"):

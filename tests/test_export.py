@@ -209,8 +209,8 @@ def test_fbprop_export_writes_an_onnx_model_of_raw_pixels_that_answers_like_pred
     run = tmp_path / "run"
     ok("train", "--model", "lenet5", "--epochs", "1", "--limit", "300", "--no-plots", "--out", run)
     out, _ = ok("export", run, "--onnx", tmp_path / "m.onnx", "--safetensors", tmp_path / "m.safetensors")
-    assert out.splitlines()[0] == (f"ONNX model written to {tmp_path / 'm.onnx'}: input x (n, 1, 8, 8) of raw "
-                                   f"pixels, output energies (n, 10)")
+    assert out.splitlines()[0] == (f"ONNX model written to {tmp_path / 'm.onnx'}: input x (n, 1, 8, 8) of pixel "
+                                   f"values 0-16, output energies (n, 10)")
     data = load_dataset("digits")
     pixels = np.rint((data.test.x * data.std + data.mean) * 16).astype(np.uint8)    # counts 0..16
     np.save(tmp_path / "pixels.npy", pixels[:, 0])

@@ -11,14 +11,8 @@ import numpy as np
 import pytest
 
 import fbprop as fb
+from cases_conv import CASES as CONV
 from cases_core import CASES as CORE
-
-try:
-    from cases_conv import CASES as CONV
-except ModuleNotFoundError as error:                            # not written yet; any other error surfaces
-    if error.name != "cases_conv":
-        raise
-    CONV = []
 
 ALL_CASES = [*CORE, *CONV]
 ABSTRACT = {fb.Module, fb.Squash, fb.Loss}

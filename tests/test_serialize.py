@@ -23,7 +23,7 @@ def _round_trip(obj, tmp_path):
 
 
 def _energies(machine: fb.Machine, x: np.ndarray) -> np.ndarray:
-    machine._fprop(x, None)
+    machine.fprop(x, None)
     return machine.energies.x.copy()
 
 

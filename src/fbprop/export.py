@@ -319,7 +319,7 @@ def to_onnx(machine: Machine, path: str | os.PathLike | None = None, input_shape
     x = "x"
     if normalisation:
         norm = normalisation
-        x = g.op("Mul", [x, g.const("norm.inverse_scale", 1.0 / norm.get("pixel_scale", 1.0))], "norm.scaled")
+        x = g.op("Mul", [x, g.const("norm.inverse_scale", 1.0 / norm.get("pixel_scale", 255.0))], "norm.scaled")
         x = g.op("Sub", [x, g.const("norm.mean", norm["mean"])], "norm.centred")
         x = g.op("Div", [x, g.const("norm.std", norm["std"])], "norm.out")
     for i, layer in enumerate(layers(machine)):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from fbprop.distributed import SingleProcess
 from fbprop.losses import Loss, Regularizer, infer
 from fbprop.module import Cascade, Module
 from fbprop.params import ParamPool
@@ -27,13 +30,14 @@ class Machine:
         self.regularizer = regularizer
         self.spec = spec or {}
         self.n_train = 1
+        self.reducer = SingleProcess()                           # fbprop.distributed.data_parallel replaces it
         self.regression = getattr(energy, "n_inputs", 1) == 2
         self.inp = State(requires_dx=False)
         self.out, self.target, self.energies, self.labels, self.losses = (State() for _ in range(5))
         self.target.requires_dx = False
 
     # forward ------------------------------------------------------------------------------
-    def _fprop(self, x: np.ndarray, y: np.ndarray | None) -> None:
+    def fprop(self, x: np.ndarray, y: np.ndarray | None) -> None:
         self.inp.x = x
         self.net.fprop(self.inp, self.out)
         if self.regression:
@@ -55,7 +59,7 @@ class Machine:
         """argmin_y E(W, y, X) for each sample (classification) or G(X) (regression)."""
         parts = []
         for i in range(0, len(x), batch_size):
-            self._fprop(x[i:i + batch_size], None)
+            self.fprop(x[i:i + batch_size], None)
             parts.append(self.out.x.copy() if self.regression else self.answers())
         return np.concatenate(parts) if parts else np.zeros(0, np.intp)
 
@@ -72,40 +76,58 @@ class Machine:
         getattr(self.energy, method)(*inputs, self.energies)
         getattr(self.net, method)(self.inp, self.out)
 
-    def _bprop(self) -> None:
+    def bprop(self) -> None:
         self._sweep("bprop", "dx")
 
-    def _bbprop(self) -> None:
+    def bbprop(self) -> None:
         self._sweep("bbprop", "ddx")
 
     def accumulate(self, x: np.ndarray, y: np.ndarray, weight: float) -> float:
         """fprop and bprop one batch, adding weight · Σ_i ∂L_i/∂W into pool.dx; returns Σ_i L_i."""
-        self._fprop(x, y)
+        self.fprop(x, y)
         self.losses.dx.fill(weight)                              # ∂objective/∂L_i
-        self._bprop()
+        self.bprop()
         return float(self.losses.x.sum())
 
+    def _accumulate_part(self, x: np.ndarray, y: np.ndarray, weight: float, batch_size: int | None = None) -> float:
+        """`accumulate` over this process's part of (x, y), in batches of `batch_size`; Σ_i L_i of that part."""
+        part = self.reducer.part(len(x))
+        x, y = x[part], y[part]
+        step = batch_size or max(len(x), 1)
+        return sum((self.accumulate(x[i:i + step], y[i:i + step], weight) for i in range(0, len(x), step)), 0.0)
+
+    def _summed_dx(self, total: float) -> float:
+        """pool.dx ← Σ over processes; NaN on every process when any process's total is not finite."""
+        if not math.isfinite(total):
+            self.pool.dx[0] = np.nan                             # NaN + anything = NaN: every process sees it
+        self.reducer.sum(self.pool.dx)
+        return total if math.isfinite(self.pool.dx[0]) else math.nan
+
     def gradient(self, x: np.ndarray, y: np.ndarray) -> float:
-        """pool.dx ← (1/B) Σ_B ∂L_i/∂W + (λ/P) ∂H/∂W; returns the batch's mean loss."""
+        """pool.dx ← (1/B) Σ_B ∂L_i/∂W + (λ/P) ∂H/∂W; returns the mean loss of the samples this process took.
+
+        NaN when any process's loss is not finite.
+        """
         self.pool.clear_dx()
-        total = self.accumulate(x, y, 1.0 / len(x))
+        total = self._summed_dx(self._accumulate_part(x, y, 1.0 / len(x)))
         if self.regularizer is not None:
             self.regularizer.bprop(self.pool, 1.0 / self.n_train)
-        return total / len(x)
+        part = self.reducer.part(len(x))
+        return total / max(part.stop - part.start, 1)
 
     def curvature(self, x: np.ndarray, y: np.ndarray) -> float:
-        """pool.ddx ← Gauss-Newton diagonal of the same objective as `gradient` (also sets dx)."""
-        loss = self.gradient(x, y)
+        """pool.ddx ← Gauss-Newton diagonal of the same objective as `gradient`; dx is left as the local part's."""
+        self.pool.clear_dx()
         self.pool.clear_ddx()
-        self._bbprop()
+        part = self.reducer.part(len(x))
+        total = 0.0
+        if part.stop > part.start:
+            total = self.accumulate(x[part], y[part], 1.0 / len(x))   # the fprop and ∂objective/∂L_i bbprop reads
+            self.bbprop()
+        self.reducer.sum(self.pool.ddx)
         if self.regularizer is not None:
             self.regularizer.bbprop(self.pool, 1.0 / self.n_train)
-        return loss
-
-    def accumulate_all(self, x: np.ndarray, y: np.ndarray, weight: float, batch_size: int = 1024) -> float:
-        """`accumulate` over all of (x, y) in batches of `batch_size`; returns Σ_i L_i."""
-        return sum(self.accumulate(x[i:i + batch_size], y[i:i + batch_size], weight)
-                   for i in range(0, len(x), batch_size))
+        return total / max(part.stop - part.start, 1)
 
     def full_gradient(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
         """The lecture's batch gradient: pool.dx ← (1/P)[Σ_i ∂L_i/∂W + λ ∂H/∂W] over all of x.
@@ -114,18 +136,20 @@ class Machine:
         """
         p = len(x)
         self.pool.clear_dx()
-        total = self.accumulate_all(x, y, 1.0 / p, batch_size)
+        total = np.array([self._accumulate_part(x, y, 1.0 / p, batch_size)])
+        self.reducer.sum(self.pool.dx)
+        value = float(self.reducer.sum(total)[0])
         if self.regularizer is not None:
             self.regularizer.bprop(self.pool, 1.0 / p)
-            total += self.regularizer.fprop(self.pool)
-        return total / p
+            value += self.regularizer.fprop(self.pool)
+        return value / p
 
     def first_nonfinite(self, x: np.ndarray) -> str | None:
         """Run x forward stage by stage and name the first module whose output is not finite."""
         if not np.isfinite(x).all():
             return "the input batch"
         state = State(x)
-        for m in _leaves(self.net):
+        for m in leaves(self.net):
             out = State()
             m.fprop(state, out)
             if not np.isfinite(out.x).all():
@@ -155,7 +179,7 @@ class Machine:
         x = x if x.dtype == self.pool.dtype else x.astype(self.pool.dtype)
         parts = []
         for i in range(0, len(x), batch_size):
-            self._fprop(x[i:i + batch_size], None)
+            self.fprop(x[i:i + batch_size], None)
             parts.append(self.energies.x.copy())
         if not parts:                                            # k from the energy or the spec, as known
             return np.zeros((0, getattr(self.energy, "k", None) or self.spec.get("n_classes", 0)), self.pool.dtype)
@@ -186,5 +210,6 @@ class Machine:
         return p
 
 
-def _leaves(m: Module) -> list[Module]:
-    return [leaf for c in m.modules for leaf in _leaves(c)] if isinstance(m, Cascade) else [m]
+def leaves(m: Module) -> list[Module]:
+    """The modules of a net in order, containers opened."""
+    return [leaf for c in m.modules for leaf in leaves(c)] if isinstance(m, Cascade) else [m]

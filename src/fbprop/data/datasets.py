@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 
 from .idx import read_idx
 
-__all__ = ["DATASETS", "Dataset", "Split", "batches", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "Normalisation", "Split", "batches", "load_dataset"]
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
 FILES: tuple[str, ...] = (
@@ -34,6 +34,7 @@ HOW_TO_GET = {
 }
 # The digits test set is the same for every ``seed``, so test scores stay comparable.
 TEST_SEED = 12345
+MAX_CLASSES = 65536
 DIGITS_TEST_FRACTION = 0.2
 
 
@@ -55,6 +56,40 @@ class Split:
         return len(self.y)
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """Raw pixels to a model's inputs: x' = (x / pixel_scale − mean) / std.
+
+    ``pixel_scale`` brings integer pixels to [0, 1] (255 for 8-bit images, 16 for the digits'
+    counts, 1 for float images taken as already in [0, 1]); ``mean`` and ``std`` are those of
+    the training split after that scaling. Training, evaluation and prediction all go through it.
+    """
+
+    mean: float
+    std: float
+    pixel_scale: float = 255.0
+
+    def __call__(self, x: np.ndarray, dtype: DTypeLike = np.float32, unit: bool = False) -> np.ndarray:
+        """Standardised float copy of raw images ``x`` (``unit``: already scaled to [0, 1])."""
+        dtype = np.dtype(dtype)
+        x = _to_unit(x, 1.0 if unit else 1.0 / self.pixel_scale, dtype)
+        x -= dtype.type(self.mean)
+        x /= dtype.type(self.std)
+        return x
+
+    def convert(self, x: np.ndarray, target: Normalisation) -> None:
+        """Re-standardise ``x`` (standardised by this) in place as ``target`` would have."""
+        x *= x.dtype.type(self.std / target.std)
+        x += x.dtype.type((self.mean - target.mean) / target.std)
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "pixel_scale": self.pixel_scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalisation:
+        return cls(float(d["mean"]), float(d["std"]), float(d.get("pixel_scale", 255.0)))
+
+
 @dataclass
 class Dataset:
     """Train/val/test splits standardised with the train split's pixel ``mean`` and ``std``."""
@@ -67,6 +102,18 @@ class Dataset:
     image_shape: tuple[int, int, int]
     mean: float
     std: float
+    pixel_scale: float = 255.0
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return Normalisation(self.mean, self.std, self.pixel_scale)
+
+    def standardise_as(self, target: Normalisation) -> None:
+        """Re-standardise every split in place as ``target`` would have (a model's own normalisation)."""
+        if (self.mean, self.std) != (target.mean, target.std):
+            for split in (self.train, self.val, self.test):
+                self.normalisation.convert(split.x, target)
+            self.mean, self.std = target.mean, target.std
 
 
 def load_dataset(
@@ -97,12 +144,18 @@ def load_dataset(
         raise ValueError(f"load_dataset: expected limit None or an int >= 1, got {limit!r}")
     if name == "digits":
         x_all, y_all, x_test, y_test = _digits()
-        scale, n_classes = 1 / 16, 10  # digits pixels are counts 0..16
+        pixel_scale, n_classes = 16.0, 10  # digits pixels are counts 0..16, stored as floats
+
+        def unit(x: np.ndarray) -> bool:
+            return False
     else:
         directory = _find(name, root)
         known = 10 if name in DATASETS else None
         x_all, y_all, x_test, y_test, n_classes = _read_four(directory, known)
-        scale = 1 / 255 if x_all.dtype == np.uint8 else 1.0  # float images taken as in [0, 1]
+        pixel_scale = 255.0  # 8-bit images; float images are taken as in [0, 1], each file by its own type
+
+        def unit(x: np.ndarray) -> bool:
+            return x.dtype.kind == "f"
 
     n_val = _val_count(val_size, len(y_all))
     order = np.random.default_rng(seed).permutation(len(y_all))
@@ -112,25 +165,26 @@ def load_dataset(
         # A fixed random subset of test: the same for every seed, unbiased for sorted files.
         test = np.random.default_rng(TEST_SEED).permutation(len(y_test))[:limit]
 
-    x_train = _to_unit(x_all[train], scale, dtype)
+    x_train = _to_unit(x_all[train], 1.0 if unit(x_all) else 1 / pixel_scale, dtype)
     mean, std = _centre(x_train)
     x_train /= dtype.type(std)
-
-    def standardised(x: np.ndarray) -> np.ndarray:
-        x = _to_unit(x, scale, dtype)
-        x -= dtype.type(mean)  # x' = (x - mean) / std
-        x /= dtype.type(std)
-        return x
+    normalisation = Normalisation(mean, std, pixel_scale)
+    val_x, test_x = (normalisation(x[i], dtype, unit=unit(x)) for x, i in ((x_all, val), (x_test, test)))
+    for split, x in (("train", x_train), ("val", val_x), ("test", test_x)):
+        if not np.isfinite(x).all():
+            raise ValueError(f"load_dataset({name!r}): the {split} images hold values that are not finite "
+                             f"in {dtype} once standardised (pixels too large for the data type?)")
 
     return Dataset(
         name=name,
         train=_split(x_train, y_all[train]),
-        val=_split(standardised(x_all[val]), y_all[val]),
-        test=_split(standardised(x_test[test]), y_test[test]),
+        val=_split(val_x, y_all[val]),
+        test=_split(test_x, y_test[test]),
         n_classes=n_classes,
         image_shape=(1, *x_train.shape[1:]),
         mean=mean,
         std=std,
+        pixel_scale=pixel_scale,
     )
 
 
@@ -274,13 +328,20 @@ def _read_four(
             raise ValueError(f"{y_path}: expected integer labels, got {y.dtype}")
     if len(x_train) == 0:
         raise ValueError(f"{paths[0]}: expected at least one training image, got none")
+    if len(x_test) == 0:
+        raise ValueError(f"{paths[2]}: expected at least one test image, got none")
+    if 0 in x_train.shape[1:]:
+        raise ValueError(f"{paths[0]}: expected images of at least 1x1 pixels, got {x_train.shape[1:]}")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(
             f"{paths[2]}: expected images of size {x_train.shape[1:]} as in {paths[0]}, "
             f"got {x_test.shape[1:]}"
         )
     if n_classes is None:
-        n_classes = int(y_train.max()) + 1 if len(y_train) else 0
+        top = int(y_train.max()) if len(y_train) else 0
+        if top >= MAX_CLASSES:
+            raise ValueError(f"{paths[1]}: expected labels below {MAX_CLASSES}, got {top}")
+        n_classes = top + 1
     for y, y_path in ((y_train, paths[1]), (y_test, paths[3])):
         if len(y) and (y.min() < 0 or y.max() >= n_classes):
             raise ValueError(
