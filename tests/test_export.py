@@ -101,6 +101,9 @@ def test_a_module_without_an_export_form_is_named():
     machine = fb.Machine(fb.Cascade(fb.Linear(3, 2, pool), Cube()), fb.NegatedScores(), fb.NLLLoss(), pool)
     with pytest.raises(TypeError, match=r"export: no ONNX or PyTorch form for Cube\(\) \(Cube\)"):
         export.layers(machine)
+    machine = fb.Machine(fb.Cascade(fb.Linear(3, 2, pool), fb.NegatedScores()), None, fb.NLLLoss(), pool)
+    with pytest.raises(TypeError, match=r"export: the machine's Cascade computes the energies itself"):
+        export.layers(machine)
 
 
 def test_layers_fuse_each_squash_bias_into_the_layer_before_it():

@@ -86,7 +86,9 @@ def test_inputs_are_taken_as_lists_ints_and_other_float_dtypes():
 def test_regression_machines_and_bad_beta_are_refused_in_one_line():
     pool = fb.ParamPool(np.float64)
     regression = fb.Machine(fb.Linear(3, 2, pool), fb.Euclidean(), fb.EnergyLoss(), pool)
-    with pytest.raises(ValueError, match=r"Machine.energies_of: a regression machine .* use predict\(x\)"):
+    with pytest.raises(ValueError, match=r"Machine.energies_of: a regression machine .* give y, or use predict"):
         regression.proba(_x(d=3))
+    x, y = _x(d=3), np.zeros((9, 2))
+    np.testing.assert_allclose(regression.energies_of(x, y, batch_size=4), 0.5 * (regression.predict(x) ** 2).sum(1))
     with pytest.raises(ValueError, match=r"Machine.proba: expected beta > 0, got 0"):
         _machine(fb.NLLLoss()).proba(_x(), beta=0)

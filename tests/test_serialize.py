@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 import fbprop as fb
-from cases_conv import CASES as CONV
-from cases_core import CASES as CORE
 from fbprop import serialize
 from fbprop.checkpoint import save_checkpoint
-from test_gradients import _concrete_modules
+from test_gradients import ALL_CASES, _concrete_modules
 
 
 def _round_trip(obj, tmp_path):
@@ -96,7 +94,7 @@ def _as_states(inputs):
     return [None if v is None else v if isinstance(v, fb.State) else fb.State(np.array(v)) for v in inputs]
 
 
-@pytest.mark.parametrize("factory", [f for _, f in [*CORE, *CONV]], ids=[n for n, _ in [*CORE, *CONV]])
+@pytest.mark.parametrize("factory", [f for _, f in ALL_CASES], ids=[n for n, _ in ALL_CASES])   # every module
 def test_every_module_case_round_trips_alone(factory, tmp_path):
     module, inputs = factory(fb.ParamPool(np.float64, seed=5))
     loaded = _round_trip(module, tmp_path)

@@ -60,6 +60,7 @@ class Layer:
 
 
 def _chain(m: Module) -> list[Module]:
+    # only a Cascade is a chain: any other container (a network of named states) is refused by name
     return [leaf for c in m.modules for leaf in _chain(c)] if isinstance(m, Cascade) else [m]
 
 
@@ -90,6 +91,9 @@ def _fused_bias(m: Linear | Conv2d, nxt: Module | None) -> np.ndarray | None:
 
 def layers(machine: Machine) -> list[Layer]:
     """The machine as a chain of PyTorch/ONNX-style layers, the energy last (none for a regression)."""
+    if machine.energy is None:
+        raise TypeError(f"export: the machine's {type(machine.net).__name__} computes the energies itself; export "
+                        f"takes a machine made of a chain of modules (Cascade) and an energy module")
     modules = _chain(machine.net)
     if not isinstance(machine.energy, Euclidean):
         modules.append(machine.energy)

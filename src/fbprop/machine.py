@@ -167,22 +167,25 @@ class Machine:
                 f"regularizer={self.regularizer!r}, parameters={self.pool.size})")
 
     # energies and probabilities of the answers --------------------------------------------
-    def energies_of(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """E(W, y, X) for every answer y of every sample: an (n, k) array (a classifier's).
+    def energies_of(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
+        """The energies E(W, ·, X) of every sample of x, in batches: (n, k), one per answer, for a
+        classifier; (n,) for a regression machine, whose energy needs the answers y.
 
-        `x` is converted to the pool's dtype (a list, integers or float64 are accepted as they are).
+        A list, or an array of another dtype than the pool's (integers, float64), is converted to it.
         """
-        if self.regression:
-            raise ValueError("Machine.energies_of: a regression machine has one energy per (X, Y) pair and no "
-                             "answers to enumerate; use predict(x) for G(X), its answer of least energy")
-        x = np.asarray(x)
-        x = x if x.dtype == self.pool.dtype else x.astype(self.pool.dtype)
+        if self.regression and y is None:
+            raise ValueError("Machine.energies_of: a regression machine has one energy per (X, Y) pair: give y, "
+                             "or use predict(x) for G(X), its answer of least energy")
+        x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+        if isinstance(x, np.ndarray) and x.dtype != self.pool.dtype:
+            x = x.astype(self.pool.dtype)
         parts = []
         for i in range(0, len(x), batch_size):
-            self.fprop(x[i:i + batch_size], None)
+            self.fprop(x[i:i + batch_size], None if y is None else y[i:i + batch_size])
             parts.append(self.energies.x.copy())
         if not parts:                                            # k from the energy or the spec, as known
-            return np.zeros((0, getattr(self.energy, "k", None) or self.spec.get("n_classes", 0)), self.pool.dtype)
+            k = getattr(self.energy, "k", None) or self.spec.get("n_classes", 0)
+            return np.zeros((0,) if self.regression else (0, k), self.pool.dtype)
         return np.concatenate(parts)
 
     @property
@@ -202,7 +205,9 @@ class Machine:
         beta = self.beta if beta is None else float(beta)
         if not beta > 0:
             raise ValueError(f"Machine.proba: expected beta > 0, got {beta}")
-        e = self.energies_of(x, batch_size)
+        e = self.energies_of(x, batch_size=batch_size)
+        if e.ndim != 2:
+            raise ValueError(f"Machine.proba: expected one energy per answer, (n, k), got energies of shape {e.shape}")
         p = e - e.min(axis=1, keepdims=True)                     # shift: exp never overflows
         p *= -beta
         np.exp(p, out=p)
