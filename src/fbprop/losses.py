@@ -57,9 +57,8 @@ class Loss(Module):
         out.x[...] = loss
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_terms", None)                                # the last sweep's derivatives (a closure)
-        return state
+        # a pickle cannot hold the sweep's cached derivatives (NLL's is a closure): bprop recomputes them
+        return {k: v for k, v in vars(self).items() if k != "_terms"}
 
     def _derivatives(self, energies: State, labels: State | None) -> tuple[np.ndarray, np.ndarray | None]:
         cached = getattr(self, "_terms", None)

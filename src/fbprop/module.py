@@ -41,23 +41,6 @@ class Module:
         """The parameter handles this module owns or shares (each listed once)."""
         return [v for v in vars(self).values() if isinstance(v, Param)]
 
-    def __getstate__(self) -> dict:
-        """What a copy or a pickle keeps: settings and parameter handles, not the last sweep.
-
-        Private `State` attributes are scratch and come back empty, private attributes named
-        `…_of` are cache keys and come back None; the next fprop rebuilds both. (A pickled
-        LeNet-5 is then its 60,000 weights, not the 65 MB of im2col columns of its last batch.)
-        Parameter handles come back as views into the copy of their pool (see `Param`).
-        """
-        state = {}
-        for k, v in vars(self).items():
-            if k.startswith("_") and type(v) is State:
-                v = State(dtype=v.dtype, requires_dx=v.requires_dx)
-            elif k.startswith("_") and k.endswith("_of"):
-                v = None
-            state[k] = v
-        return state
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -125,11 +108,6 @@ class Cascade(Module):
             for p in m.params():
                 seen.setdefault(id(p), p)
         return list(seen.values())
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["states"] = [State() for _ in self.states]         # the last sweep's intermediates
-        return state
 
     def __getitem__(self, i: int) -> Module:
         return self.modules[i]
