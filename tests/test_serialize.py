@@ -208,3 +208,43 @@ def test_a_loaded_machine_trains(tmp_path):
     assert (loaded.predict(x) == y).mean() > 0.8
     assert (machine.predict(x) == y).mean() < 0.3              # the original was not touched
     assert os.path.getsize(tmp_path / "saved.npz") < 4 * machine.pool.x.nbytes
+
+
+def _tampered(tmp_path, change) -> str:
+    """A saved machine whose description `change(description)` rewrote; returns the new file's path."""
+    machine = fb.build_machine({"model": "mlp", "hidden": [5], "input_shape": [4], "n_classes": 3})
+    fb.save(machine, tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    description = json.loads(str(arrays["description"]))
+    arrays["description"] = np.array(change(description) or json.dumps(description))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    return tmp_path / "bad.npz"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["pool"]["handles"][0][1].append(1000), r"expected handles one after the other"),
+    (lambda d: d["pool"]["handles"][-1].__setitem__(1, [10 ** 12]), r"expected a vector of 1000000000\d+ param"),
+    (lambda d: d["pool"].__setitem__("dtype", "<f8"), r"expected a 1-D float64 parameter vector, got float32"),
+    (lambda d: d["net"]["module"].__setitem__("class", "os.system"), r"unknown class 'os.system'"),
+    (lambda d: d["net"]["module"]["args"].__setitem__("modules", [{"ref": 99}]), r"a reference to module 99"),
+    (lambda d: d["net"]["module"]["args"].__setitem__("modules", [{"eval": "1"}]), r"unexpected value"),
+    (lambda d: "[" * 100_000 + "]" * 100_000, r"corrupt or unreadable"),
+])
+def test_a_tampered_description_is_one_clear_error(tmp_path, change, message):
+    with pytest.raises(serialize.SaveFileError, match=message) as error:
+        fb.load(_tampered(tmp_path, change))
+    assert "\n" not in str(error.value)
+
+
+def test_pool_from_layout_cuts_a_copy_of_the_vector_into_views():
+    x = np.arange(10, dtype=np.float64)
+    pool = fb.ParamPool.from_layout([(2, 3), (4,)], x)
+    (a, off_a, shape_a), (b, off_b, shape_b) = pool.handles
+    assert (off_a, shape_a, off_b, shape_b) == (0, (2, 3), 6, (4,)) and pool.dtype == np.float64
+    np.testing.assert_array_equal(b.x, [6, 7, 8, 9])
+    assert np.shares_memory(a.x, pool.x) and np.shares_memory(b.ddx, pool.ddx) and not np.shares_memory(pool.x, x)
+    pool.alloc(3, value=1.0)                                    # still a pool that grows
+    np.testing.assert_array_equal(b.x, [6, 7, 8, 9])
+    with pytest.raises(ValueError, match=r"from_layout: expected a vector of 7 parameters .* got \(10,\)"):
+        fb.ParamPool.from_layout([(7,)], x)

@@ -46,6 +46,29 @@ class ParamPool:
         self.ddx = np.zeros(0, self.dtype)
         self.handles: list[tuple[Param, int, tuple[int, ...]]] = []
 
+    @classmethod
+    def from_layout(cls, shapes: list[tuple[int, ...]], x: np.ndarray, seed: int | None = None) -> ParamPool:
+        """A pool of x's dtype holding a copy of `x`, cut in order into handles of these shapes
+        (a saved pool's layout: `[shape for _, _, shape in pool.handles]`)."""
+        x = np.asarray(x)
+        shapes = [tuple(int(n) for n in shape) for shape in shapes]
+        if any(n < 0 for shape in shapes for n in shape):
+            raise ValueError(f"ParamPool.from_layout: expected shapes of sizes >= 0, got {shapes}")
+        total = sum(math.prod(shape) for shape in shapes)
+        if x.shape != (total,):
+            raise ValueError(f"ParamPool.from_layout: expected a vector of {total} parameters for these shapes, "
+                             f"got {x.shape}")
+        pool = cls(x.dtype, seed)
+        pool.x, pool.dx, pool.ddx = x.copy(), np.zeros_like(x), np.zeros_like(x)
+        offset = 0
+        for shape in shapes:
+            handle = Param(dtype=pool.dtype)
+            handle.offset, handle.pool = offset, pool
+            pool.handles.append((handle, offset, shape))
+            pool._bind(handle, offset, shape)
+            offset += math.prod(shape)
+        return pool
+
     @property
     def size(self) -> int:
         return self.x.size

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -266,14 +267,19 @@ def _pool_description(pool: ParamPool) -> dict:
 
 
 def _rebuild_pool(d: dict, x: np.ndarray, where: str) -> ParamPool:
-    pool = ParamPool(np.dtype(d["dtype"]), seed=None)
-    for offset, shape in d["handles"]:
-        h = pool.alloc(*shape, value=0.0)
-        if h.offset != offset:
-            raise SaveFileError(f"{where}: handle table with a gap at offset {offset}")
-    if x.shape != pool.x.shape:
-        raise SaveFileError(f"{where}: expected {pool.size} parameters for the described handles, got {x.shape}")
-    pool.load(x)
+    dtype = np.dtype(d["dtype"])
+    if dtype.kind != "f" or x.dtype != dtype or x.ndim != 1:
+        raise SaveFileError(f"{where}: expected a 1-D {dtype} parameter vector, got {x.dtype} {x.shape}")
+    offsets = [off for off, _ in d["handles"]]
+    shapes = [shape for _, shape in d["handles"]]
+    if not all(isinstance(n, int) for shape in shapes for n in shape):
+        raise SaveFileError(f"{where}: expected integer handle shapes, got {shapes}")
+    if offsets != list(np.cumsum([0] + [math.prod(s) for s in shapes])[:-1]):
+        raise SaveFileError(f"{where}: expected handles one after the other, got offsets {offsets}")
+    try:
+        pool = ParamPool.from_layout(shapes, x, seed=None)
+    except ValueError as e:
+        raise SaveFileError(f"{where}: {e}") from None
     if d.get("rng"):
         pool.rng.bit_generator.state = d["rng"]
     return pool
@@ -321,7 +327,7 @@ def load(path: str | os.PathLike) -> Machine | Module:
             arrays = {k: z[k] for k in z.files if k.startswith("arrays/")}
     except SaveFileError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError, RecursionError) as e:
         raise SaveFileError(f"{where}: corrupt or unreadable ({type(e).__name__}: {e})") from None
     try:
         pool = _rebuild_pool(description["pool"], x, where)
@@ -335,5 +341,5 @@ def load(path: str | os.PathLike) -> Machine | Module:
         return machine
     except SaveFileError:
         raise
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
         raise SaveFileError(f"{where}: a description fbprop cannot build ({type(e).__name__}: {e})") from None
