@@ -141,6 +141,13 @@ def test_a_module_from_outside_fbprop_fails_with_one_line_naming_it(tmp_path):
     assert path.read_bytes() == b"the previous file"          # nothing written
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]   # no temporary left behind
 
+    class MyNet(fb.Cascade):                                   # a container of one's own: a repr of many lines
+        pass
+
+    with pytest.raises(TypeError, match=r"cannot describe test_serialize\..*MyNet \(Cascade\): not an fbprop") as error:
+        fb.save(MyNet(fb.Linear(3, 2, pool), fb.Tanh()), path)
+    assert "\n" not in str(error.value)
+
 
 def test_a_registered_module_of_your_own_round_trips(tmp_path, monkeypatch):
     monkeypatch.setattr(serialize, "_REGISTERED", {})

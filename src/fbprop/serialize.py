@@ -35,12 +35,12 @@ from their values in its constructor.
 Containers need nothing more: their children and wiring are constructor arguments, and modules
 may appear anywhere in the arguments (inside lists, tuples, dicts). `Cascade(*modules)` keeps
 `self.modules`, so it is described by the default. A container whose constructor arguments are
-not kept under their own names — a network of named states built from
-`(module, inputs, outputs)` nodes, say — adds one method that returns them, e.g.
+not kept under their own names adds one method that returns them — for a network of named
+states built as `Network(inputs="x", outputs="out", modules=[(Linear(…), "x -> hidden"), …])`:
 
     def init_args(self) -> dict:
-        return {"inputs": self.inputs, "outputs": self.outputs,
-                "nodes": [(node.module, node.inputs, node.outputs) for node in self.nodes]}
+        return {"inputs": list(self.input_names), "outputs": list(self.output_names),
+                "modules": [(n.module, f"{', '.join(n.reads)} -> {', '.join(n.writes)}") for n in self.nodes]}
 
 An object that cannot be described (a class outside the registry, a constructor argument that is
 not an attribute of that name, an argument of a kind not listed above) stops `save` with one
@@ -105,9 +105,14 @@ def registered() -> dict[str, type]:
     return {**found, **_REGISTERED}
 
 
+def _short(obj: object) -> str:
+    """An object's repr on one line (a container's first line)."""
+    return repr(obj).splitlines()[0].removesuffix("(")
+
+
 def _unregistered(obj: object) -> TypeError:
     cls = type(obj)
-    return TypeError(f"save: cannot describe {cls.__module__}.{cls.__qualname__} ({obj!r}): not an fbprop "
+    return TypeError(f"save: cannot describe {cls.__module__}.{cls.__qualname__} ({_short(obj)}): not an fbprop "
                     f"class; register it with fbprop.serialize.register({cls.__name__})")
 
 
@@ -131,11 +136,11 @@ class _Writer:
         if self.pool is None:
             self.pool = p.pool
         if p.pool is not self.pool:
-            raise TypeError(f"save: {who!r}.{attr} is a parameter of another ParamPool than the rest")
+            raise TypeError(f"save: {_short(who)}.{attr} is a parameter of another ParamPool than the rest")
         for i, (h, _, _) in enumerate(self.pool.handles):
             if h is p:
                 return i
-        raise TypeError(f"save: {who!r}.{attr} is not in its pool's handle table")
+        raise TypeError(f"save: {_short(who)}.{attr} is not in its pool's handle table")
 
     def describe(self, obj: Module | Regularizer) -> dict:
         if id(obj) in self.ids:
@@ -158,7 +163,7 @@ class _Writer:
                 continue
             if p.kind is inspect.Parameter.VAR_KEYWORD or not hasattr(obj, p.name):
                 cls = type(obj)
-                raise TypeError(f"save: cannot describe {cls.__qualname__} ({obj!r}): its constructor argument "
+                raise TypeError(f"save: cannot describe {cls.__qualname__} ({_short(obj)}): its constructor argument "
                                 f"{p.name!r} is not an attribute of that name; give the class an init_args() method")
             args[p.name] = getattr(obj, p.name)
         return args
@@ -168,7 +173,7 @@ class _Writer:
             d = self.describe(v)
             return d if "ref" in d else {"module": d}
         if isinstance(v, (State, ParamPool)):
-            raise TypeError(f"save: cannot describe {who!r}: argument {name!r} is a {type(v).__name__}")
+            raise TypeError(f"save: cannot describe {_short(who)}: argument {name!r} is a {type(v).__name__}")
         if isinstance(v, np.ndarray):
             key = f"arrays/{len(self.arrays)}"
             self.arrays[key] = v
@@ -185,7 +190,7 @@ class _Writer:
             return [self.value(who, name, x) for x in v]
         if isinstance(v, dict) and all(isinstance(k, str) for k in v):
             return {"dict": {k: self.value(who, name, x) for k, x in v.items()}}
-        raise TypeError(f"save: cannot describe {who!r}: argument {name!r} is a {type(v).__name__}, "
+        raise TypeError(f"save: cannot describe {_short(who)}: argument {name!r} is a {type(v).__name__}, "
                         f"expected numbers, strings, lists, tuples, dicts, arrays or modules")
 
 
