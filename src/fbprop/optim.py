@@ -326,3 +326,11 @@ register_optimizer("batch", OptimizerEntry(lambda pool, lr: SGD(pool, lr), 0.5, 
 register_optimizer("lbfgs", OptimizerEntry(lambda pool, lr, max_iter: LBFGS(pool, max_iter=max_iter), None,
                                            updater="lbfgs", options={"max_iter": 20},
                                            help="L-BFGS on the full-batch objective, max_iter iterations an epoch"))
+register_optimizer("adam", OptimizerEntry(
+    lambda pool, lr, beta1, beta2, eps, weight_decay: Adam(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
+    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+    help="Adam, bias-corrected moments (weight_decay: L2 added to the gradient)"))
+register_optimizer("adamw", OptimizerEntry(
+    lambda pool, lr, beta1, beta2, eps, weight_decay: AdamW(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
+    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+    help="Adam with decoupled weight decay"))

@@ -40,16 +40,18 @@ DIGITS_TEST_FRACTION = 0.2
 
 @dataclass
 class Split:
-    """Images ``x`` (n, 1, h, w) and integer labels ``y`` (n,), batch axis first."""
+    """Inputs ``x`` (n, …) — images (n, c, h, w) or feature vectors (n, d) — and their answers ``y``,
+    batch axis first: integer labels (n,) for a classifier, real-valued targets (n, t) for a regression."""
 
     x: np.ndarray
     y: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.x.shape[:1] != self.y.shape:
+        float_targets = self.y.dtype.kind == "f" and self.y.ndim == 2
+        if self.x.shape[:1] != self.y.shape[:1] or not (self.y.ndim == 1 or float_targets):
             raise ValueError(
-                f"Split: expected labels of shape ({self.x.shape[0]},) to match images "
-                f"{self.x.shape}, got {self.y.shape}"
+                f"Split: expected labels of shape ({self.x.shape[0]},) or real targets of shape "
+                f"({self.x.shape[0]}, t) to match inputs {self.x.shape}, got {self.y.shape} ({self.y.dtype})"
             )
 
     def __len__(self) -> int:
@@ -92,17 +94,24 @@ class Normalisation:
 
 @dataclass
 class Dataset:
-    """Train/val/test splits standardised with the train split's pixel ``mean`` and ``std``."""
+    """Train/val/test splits standardised with the train split's pixel ``mean`` and ``std``.
+
+    ``task`` is "classification" (``n_classes`` labels) or "regression" (``n_classes`` is then the
+    number of real-valued targets per sample, the width of the machine's output); ``class_names``
+    names the classes where they are known.
+    """
 
     name: str
     train: Split
     val: Split
     test: Split
     n_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     mean: float
     std: float
     pixel_scale: float = 255.0
+    task: str = "classification"
+    class_names: list[str] | None = None
 
     @property
     def normalisation(self) -> Normalisation:
