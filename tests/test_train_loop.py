@@ -76,7 +76,7 @@ def test_best_params_are_those_of_the_best_val_error_and_restore_best_puts_them_
     t = trainer(digits, lr=0.05, epochs=4, callbacks=[lambda tr, r: snapshots.append(tr.machine.pool.x.copy())])
     history = t.fit()
     best = int(np.argmin([r["val_error"] for r in history]))   # the first of equal minima
-    assert t.best_error == history[best]["val_error"]
+    assert t.best.error == history[best]["val_error"]
     t.restore_best()
     np.testing.assert_array_equal(t.machine.pool.x, snapshots[best])
 

@@ -380,7 +380,7 @@ def cmd_train(args) -> int:
     test = trainer.evaluate(data.test)
     if not root:
         return 0
-    best = trainer.best_error if len(data.val) and math.isfinite(trainer.best_error) else None   # strict JSON
+    best = trainer.best.error if len(data.val) and math.isfinite(trainer.best.error) else None   # strict JSON
     summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
                "epochs": trainer.epoch, "best_val_error": best,
                "confusion": test.confusion.tolist()}
