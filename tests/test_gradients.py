@@ -20,7 +20,9 @@ except ModuleNotFoundError as error:                            # not written ye
         raise
     CONV = []
 
-ALL_CASES = [*CORE, *CONV]
+from cases_net import CASES as NET
+
+ALL_CASES = [*CORE, *CONV, *NET]
 ABSTRACT = {fb.Module, fb.Squash, fb.Loss}
 
 
@@ -89,7 +91,9 @@ def test_registry_finds_the_core_modules_and_skips_abstract_bases():
 
 
 def test_every_loss_in_LOSSES_has_a_case():
-    covered = {type(f(fb.ParamPool(np.float64))[0]) for _, f in CORE}
+    covered = set()
+    for _, factory in ALL_CASES:
+        covered |= _types_in(factory(fb.ParamPool(np.float64))[0])
     assert set(fb.LOSSES.values()) <= covered
 
 
