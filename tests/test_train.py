@@ -58,7 +58,7 @@ def test_evaluate_equals_one_full_batch_pass_and_leaves_parameters_alone(digits)
     machine, split = small_machine(), digits.test
     params = machine.pool.x.copy()
     meter = evaluate(machine, split, 10, batch_size=64)   # 500 = 7 × 64 + a partial batch
-    machine._fprop(split.x, split.y)
+    machine.fprop(split.x, split.y)
     answers = np.argmin(machine.energies.x, axis=1)
     assert meter.count == len(split)
     assert meter.loss == pytest.approx(machine.losses.x.mean(), rel=1e-5)

@@ -201,7 +201,7 @@ class DataParallel:
         pool.clear_ddx()
         if part.stop > part.start:
             machine.accumulate(x[part], y[part], 1.0 / n)        # the fprop and ∂objective/∂L_i that bbprop reads
-            machine._bbprop()
+            machine.bbprop()
         self.sum(pool.ddx)
         if machine.regularizer is not None:
             machine.regularizer.bbprop(pool, 1.0 / machine.n_train)

@@ -21,7 +21,7 @@ def _names(spec: str | Sequence[str], who: str, what: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
-def _short(module: Module) -> str:
+def short_name(module: Module) -> str:
     """A module's name on one line (a container's first line)."""
     if isinstance(module, Network):
         return f"Network({', '.join(module.input_names)} -> {', '.join(module.output_names)})"
@@ -38,7 +38,7 @@ class Node:
     args: tuple[int, ...] = ()                                   # slots of reads + writes, set by the network
 
     def __str__(self) -> str:
-        return f"{_short(self.module)}: {', '.join(self.reads)} -> {', '.join(self.writes)}"
+        return f"{short_name(self.module)}: {', '.join(self.reads)} -> {', '.join(self.writes)}"
 
 
 def leaves(module: Module) -> Iterator[Module]:
@@ -132,7 +132,7 @@ class Network(Module):
         for n in nodes:
             for s in n.writes:
                 if s in ins:
-                    raise ValueError(f"Network: {_short(n.module)} writes {s!r}, which is an input of the network")
+                    raise ValueError(f"Network: {short_name(n.module)} writes {s!r}, which is an input of the network")
                 if s in writer:
                     raise ValueError(f"Network: state {s!r} is written by {writer[s]} and by {n}; "
                                      f"a state has one writer (add the two with Sum)")
@@ -141,10 +141,10 @@ class Network(Module):
         for n in nodes:
             for s in n.reads:
                 if s not in writer and s not in ins:
-                    raise ValueError(f"Network: {_short(n.module)} reads state {s!r}, which no module writes and "
+                    raise ValueError(f"Network: {short_name(n.module)} reads state {s!r}, which no module writes and "
                                      f"which is not an input (inputs: {', '.join(ins)})")
                 if s in outs:
-                    raise ValueError(f"Network: {_short(n.module)} reads {s!r}, an output of the network; give "
+                    raise ValueError(f"Network: {short_name(n.module)} reads {s!r}, an output of the network; give "
                                      f"the output its own state with Copy ('{s} -> {s}_out')")
         for n in nodes:
             for s in n.writes:
@@ -197,7 +197,7 @@ class Network(Module):
     # the three sweeps -------------------------------------------------------------------------
     def _slots(self, states: tuple[State, ...]) -> list[State]:
         if len(states) != self.n_inputs + self.n_outputs:
-            raise TypeError(f"{_short(self)}: expected {self.n_inputs} input and {self.n_outputs} output states "
+            raise TypeError(f"{short_name(self)}: expected {self.n_inputs} input and {self.n_outputs} output states "
                             f"({', '.join(self.input_names)} -> {', '.join(self.output_names)}), got {len(states)}")
         return [*states, *self._inner]
 
@@ -243,7 +243,7 @@ class Network(Module):
     def state(self, name: str) -> State:
         """An intermediate state by name (its value after the last fprop)."""
         if name not in self.states:
-            raise KeyError(f"{_short(self)}: no intermediate state {name!r} (have: {', '.join(self.states)})")
+            raise KeyError(f"{short_name(self)}: no intermediate state {name!r} (have: {', '.join(self.states)})")
         return self.states[name]
 
     def trace(self, *states: State) -> Iterator[tuple[Node, list[State]]]:
@@ -258,7 +258,7 @@ class Network(Module):
         lines = [f"inputs: {', '.join(self.input_names)}"]
         width = max(len(", ".join(n.reads)) for n in self.nodes)
         for n in self.nodes:
-            lines.append(f"  {', '.join(n.reads):>{width}} ─▶ [{_short(n.module)}] ─▶ {', '.join(n.writes)}")
+            lines.append(f"  {', '.join(n.reads):>{width}} ─▶ [{short_name(n.module)}] ─▶ {', '.join(n.writes)}")
         lines.append(f"outputs: {', '.join(self.output_names)}")
         return "\n".join(lines)
 

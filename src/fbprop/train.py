@@ -74,7 +74,7 @@ def evaluate(machine: Machine, split: Split, n_classes: int, batch_size: int = 1
     meter = Meter(n_classes)
     for i in range(0, len(split), batch_size):
         x, y = split.x[i:i + batch_size], split.y[i:i + batch_size]
-        machine._fprop(x, y)
+        machine.fprop(x, y)
         meter.add(float(machine.losses.x.sum()), machine.answers(), y)
     return meter
 
