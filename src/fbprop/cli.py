@@ -141,7 +141,45 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("model", choices=MODELS)
     g.add_argument("--input-shape", type=_sizes, default=[1, 28, 28], help="one sample's shape, e.g. 1,28,28")
     g.add_argument("--samples", type=_positive(int), default=20, help="entries checked per input and parameter")
+    s = sub.add_parser("siamese", help="train a siamese energy machine on pairs (DrLIM contrastive loss): "
+                       "k-NN accuracy and scatter plot of the learned embedding", formatter_class=_DefaultsFormatter)
+    _data_args(s)
+    s.add_argument("--hidden", type=_sizes, default=[256, 64], help="hidden layer sizes of the shared net G")
+    s.add_argument("--dim", type=_positive(int), default=2, help="dimension of the embedding G(X)")
+    s.add_argument("--margin", type=_positive(float), default=1.0, help="contrastive margin m")
+    s.add_argument("--lr", type=_positive(float), default=0.01)
+    s.add_argument("--momentum", type=float, default=0.9)
+    s.add_argument("--batch-size", type=_positive(int), default=64, help="pairs per step")
+    s.add_argument("--epochs", type=int, default=15)
+    s.add_argument("--pairs", type=_positive(int), default=120_000, help="pairs drawn per epoch, half same-class")
+    s.add_argument("--k", type=_positive(int), default=5, help="neighbours of the k-NN accuracy")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/DATA-siamese-TIME)")
+    s.add_argument("--eval", default=None, metavar="RUN", help="instead of training, reload a run's checkpoint "
+                   "and report the k-NN test accuracy of its embedding")
     return parser
+
+
+def cmd_siamese(args) -> int:
+    from fbprop.siamese import evaluate_siamese, train_siamese
+
+    name = args.data or "digits"
+    if args.eval:
+        path, spec, machine = _load_model(args.eval)
+        data = load_dataset(args.data or spec.get("dataset", "digits"), args.data_dir, val_size=0,
+                            seed=spec.get("seed", 0), dtype=machine.pool.dtype, limit=args.limit)
+        print(json.dumps({"checkpoint": str(path), **evaluate_siamese(machine, data, args.k)}))
+        return 0
+    data = load_dataset(name, args.data_dir, val_size=0, seed=args.seed, dtype=np.dtype(args.dtype), limit=args.limit)
+    out = Path(args.out) if args.out else Path("runs") / f"{data.name}-siamese-{time.strftime('%Y%m%d-%H%M%S')}"
+    _refuse_existing_run(out)
+    result = train_siamese(data, hidden=args.hidden, dim=args.dim, margin=args.margin, lr=args.lr,
+                           momentum=args.momentum, batch_size=args.batch_size, epochs=args.epochs, pairs=args.pairs,
+                           k=args.k, seed=args.seed, dtype=args.dtype, out_dir=out)
+    print(f"{args.k}-NN test accuracy in the learned {args.dim}-D space {100 * result['knn_test_accuracy']:.2f}%"
+          f" after {result['epochs']} epochs in {result['train_seconds']:.1f}s; results in {out}")
+    return 0
 
 
 def _spec(args, data) -> dict:
@@ -345,7 +383,8 @@ def cmd_gradcheck(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck}
+    command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck,
+               "siamese": cmd_siamese}
     parallel = None
     try:
         if args.command == "train":

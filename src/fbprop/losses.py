@@ -284,7 +284,7 @@ class ContrastiveLoss(Loss):
         y = None if labels is None else np.asarray(labels.x if isinstance(labels, State) else labels)
         if e.ndim != 1:
             raise ValueError(f"{self!r}: expected one energy per pair, shape (n,), got {e.shape}")
-        if y is None or y.shape != e.shape or y.dtype.kind not in "iu" or (y.size and not np.isin(y, (0, 1)).all()):
+        if y is None or y.shape != e.shape or y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() > 1)):
             got = "no labels" if y is None else f"{y.dtype} labels of shape {y.shape}"
             raise ValueError(f"{self!r}: expected labels 0 (similar) or 1 (dissimilar) of shape {e.shape}, got {got}")
         return e, y

@@ -55,6 +55,9 @@ def default_spec(model: str) -> dict:
 
 def build_machine(spec: dict) -> Machine:
     """A Machine from a spec: model, input_shape, n_classes, dtype, seed, loss, energy, regularizer."""
+    if spec.get("model") == "siamese":                           # a network of modules of its own
+        from fbprop.siamese import build_siamese
+        return build_siamese(spec)
     spec = {**default_spec(spec.get("model", "mlp")), **spec}
     pool = ParamPool(np.dtype(spec.get("dtype", "float32")), seed=spec.get("seed", 0))
     shape, k = tuple(spec["input_shape"]), int(spec["n_classes"])
