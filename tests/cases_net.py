@@ -74,6 +74,18 @@ def siamese_contrastive(pool):
     return net, [rng.standard_normal((4, 2, 3)), np.array([0, 1, 0, 1])]
 
 
+def unfolded_rnn(pool):
+    """An Elman cell unfolded over 3 steps: back-propagation through time through shared weights."""
+    from fbprop.recurrent import rnn_cell
+
+    rng = _rng("unfolded")
+    cell = rnn_cell(2, 3, 1, pool)
+    for m in cell.modules:
+        if getattr(m, "b", None) is not None:
+            _biased(m, rng)
+    return fb.unfold(cell, 3), [*(rng.standard_normal((2, 2)) for _ in range(3)), rng.standard_normal((2, 3))]
+
+
 def _pair(name, shape=(3, 4)):
     rng = _rng(name)
     return [rng.standard_normal(shape), rng.standard_normal(shape)]
@@ -89,6 +101,7 @@ CASES = [
     ("network-two-outputs-split-copy", network_two_outputs),
     ("network-nested", network_nested),
     ("network-siamese-contrastive", siamese_contrastive),
+    ("network-unfolded-rnn", unfolded_rnn),
     ("sum-3", lambda pool: (fb.Sum(3), [*_pair("sum"), _rng("sum3").standard_normal((3, 4))])),
     ("product", lambda pool: (fb.Product(), _pair("product"))),
     ("scale", lambda pool: (fb.Scale(-1.5), _pair("scale")[:1])),
@@ -104,5 +117,6 @@ CASES = [
     ("squared-distance", lambda pool: (fb.SquaredDistance(), _pair("sqdist"))),
     ("distance", lambda pool: (fb.Distance(), _pair("dist"))),
     ("cosine-similarity", lambda pool: (fb.CosineSimilarity(), _pair("cos"))),
+    ("zeros", lambda pool: (fb.Zeros(2, 3), _pair("zeros")[:1])),
     ("loss-contrastive", contrastive),
 ]

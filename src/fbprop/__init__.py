@@ -2,6 +2,7 @@
 
 from fbprop import data  # noqa: E402  (the subpackage, as fb.data)
 from fbprop.gradcheck import GradcheckError, GradcheckReport, gradcheck
+from fbprop.inference import minimize_energy
 from fbprop.lenet import LENET5_BITMAPS, lenet5, lenet5_codes, lenet5_energy, lenet_modern
 from fbprop.losses import (
     L1,
@@ -36,6 +37,7 @@ from fbprop.modules.join import (
     Split,
     SquaredDistance,
     Sum,
+    Zeros,
 )
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten, Pad, Reshape
@@ -58,5 +60,5 @@ __all__ = [
     "random_codes", "RBF", "Regularizer", "ReLU", "Reshape", "ScaledTanh", "SDLM", "SGD",
     "SquareExpLoss", "SquareSquareLoss", "Squash", "State", "Subsampling", "Tanh", "Trainer",
     "TrainingDiverged", "Concat", "ContrastiveLoss", "Copy", "CosineSimilarity", "Distance", "Network", "Node",
-    "Product", "Scale", "Split", "SquaredDistance", "Sum", "unfold",
+    "Product", "Scale", "Split", "SquaredDistance", "Sum", "unfold", "minimize_energy", "Zeros",
 ]

@@ -71,8 +71,9 @@ class Network(Module):
 
     Every wiring mistake is found here, with one line naming the module and the state: a cycle
     (and the modules on it), a state written twice, a state read that nothing writes, an input
-    that nothing reads, a state written that nothing reads, an output that is also read inside
-    (use Copy). A shape error at fprop names the node it came from.
+    that nothing reads, an output that is also read inside (use Copy). A state written and never
+    read is allowed (a split's unused part, an unfolded net's last hidden state): its dx is 0.
+    A shape error at fprop names the node it came from.
     """
 
     def __init__(self, inputs: str | Sequence[str], outputs: str | Sequence[str],
@@ -146,11 +147,6 @@ class Network(Module):
                 if s in outs:
                     raise ValueError(f"Network: {short_name(n.module)} reads {s!r}, an output of the network; give "
                                      f"the output its own state with Copy ('{s} -> {s}_out')")
-        for n in nodes:
-            for s in n.writes:
-                if s not in readers and s not in outs:
-                    raise ValueError(f"Network: state {s!r} written by {n} is read by no module and is not "
-                                     f"an output (outputs: {', '.join(outs)})")
         for s in ins:
             if s not in readers:
                 raise ValueError(f"Network: input {s!r} is read by no module")

@@ -349,3 +349,28 @@ class CosineSimilarity(Module):
 
     def __repr__(self) -> str:
         return "CosineSimilarity()"
+
+
+class Zeros(Module):
+    """y = 0 of shape (n, *shape), n the input's batch size: an initial state (a recurrent net's h_0).
+
+    The input only gives the batch size, so no derivative flows back into it.
+    """
+
+    def __init__(self, *shape: int) -> None:
+        if not shape or any(int(s) != s or s < 1 for s in shape):
+            raise ValueError(f"Zeros: expected positive sizes, got {shape}")
+        self.shape = tuple(int(s) for s in shape)
+
+    def fprop(self, inp: State, out: State) -> None:
+        out.resize(inp.batch, *self.shape, dtype=inp.x.dtype if inp.x.dtype.kind == "f" else np.float64)
+        out.x.fill(0)                                            # y = 0
+
+    def bprop(self, inp: State, out: State) -> None:
+        pass                                                     # ∂y/∂x = 0
+
+    def bbprop(self, inp: State, out: State) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"Zeros({', '.join(map(str, self.shape))})"
