@@ -11,7 +11,7 @@ import pytest
 import fbprop as fb
 from fbprop.checkpoint import load_checkpoint
 from fbprop.data import load_dataset
-from fbprop.machine import leaves
+from fbprop.network import leaves
 from fbprop.optim import OPTIMIZERS
 from fbprop.train import Trainer, TrainingDiverged
 
@@ -85,7 +85,7 @@ def test_best_params_are_those_of_the_best_val_error_and_restore_best_puts_them_
 def test_nan_weight_raises_training_diverged_naming_epoch_steps_and_module_and_keeps_last_good_checkpoint(
         digits, tmp_path):
     machine = small_machine()
-    second_linear = leaves(machine.net)[3]
+    second_linear = list(leaves(machine.net))[3]
     assert repr(second_linear) == "Linear(16 -> 10)"
     good = {}
 

@@ -28,8 +28,8 @@ from fbprop.data.idx import IdxError, read_idx
 from fbprop.distributed import SingleProcess, checksum, world
 from fbprop.files import atomic_write
 from fbprop.losses import LOSSES
-from fbprop.machine import leaves
 from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec, model_entry
+from fbprop.network import leaves
 from fbprop.optim import OPTIMIZERS
 from fbprop.runs import claim, new_run_dir, write_config
 from fbprop.train import SCHEDULES, Plots, Trainer, TrainingDiverged, evaluate
@@ -50,6 +50,13 @@ class CollectiveError(CommandError):
 
 
 USER_ERRORS = (CommandError, CheckpointError, IdxError, OSError, ValueError)
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None, where the help text says what happens."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _sizes(text: str) -> list[int]:
@@ -175,7 +182,50 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("model", choices=MODELS)
     g.add_argument("--input-shape", type=_sizes, default=[1, 28, 28], help="one sample's shape, e.g. 1,28,28")
     g.add_argument("--samples", type=_positive(int), default=20, help="entries checked per input and parameter")
+    s = sub.add_parser("siamese", help="train a siamese energy machine on pairs (DrLIM contrastive loss): "
+                       "k-NN accuracy and scatter plot of the learned embedding", formatter_class=_DefaultsFormatter)
+    _data_args(s)
+    s.add_argument("--hidden", type=_sizes, default=[256, 64], help="hidden layer sizes of the shared net G")
+    s.add_argument("--dim", type=_positive(int), default=2, help="dimension of the embedding G(X)")
+    s.add_argument("--margin", type=_positive(float), default=1.0, help="contrastive margin m")
+    s.add_argument("--lr", type=_positive(float), default=0.01)
+    s.add_argument("--momentum", type=float, default=0.9)
+    s.add_argument("--batch-size", type=_positive(int), default=64, help="pairs per step")
+    s.add_argument("--epochs", type=int, default=15)
+    s.add_argument("--pairs", type=_positive(int), default=120_000, help="pairs drawn per epoch, half same-class")
+    s.add_argument("--k", type=_positive(int), default=5, help="neighbours of the k-NN accuracy")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/DATA-siamese-TIME)")
+    s.add_argument("--eval", default=None, metavar="RUN", help="instead of training, reload a run's checkpoint "
+                   "and report the k-NN test accuracy of its embedding")
     return parser
+
+
+def cmd_siamese(args) -> int:
+    from fbprop.siamese import evaluate_siamese, train_siamese
+
+    name = args.data or "digits"
+    if args.eval:
+        path, spec, machine = _load_model(args.eval, needed=("model", "input_shape"))
+        data = load_dataset(args.data or spec.get("dataset", "digits"), args.data_dir, val_size=0,
+                            seed=spec.get("seed", 0), dtype=machine.pool.dtype, limit=args.limit)
+        print(json.dumps({"checkpoint": str(path), **evaluate_siamese(machine, data, args.k)}))
+        return 0
+    data = load_dataset(name, args.data_dir, val_size=0, seed=args.seed, dtype=np.dtype(args.dtype), limit=args.limit)
+    config = {"fbprop": __version__, "command": "siamese", "settings": {k: v for k, v in vars(args).items()
+                                                                         if k not in ("parallel", "eval")}}
+    if args.out:
+        out = Path(args.out)
+        claim(out, config)
+    else:
+        out = new_run_dir(Path("runs"), f"{data.name}-siamese", config)
+    result = train_siamese(data, hidden=args.hidden, dim=args.dim, margin=args.margin, lr=args.lr,
+                           momentum=args.momentum, batch_size=args.batch_size, epochs=args.epochs, pairs=args.pairs,
+                           k=args.k, seed=args.seed, dtype=args.dtype, out_dir=out)
+    print(f"{args.k}-NN test accuracy in the learned {args.dim}-D space {100 * result['knn_test_accuracy']:.2f}%"
+          f" after {result['epochs']} epochs in {result['train_seconds']:.1f}s; results in {out}")
+    return 0
 
 
 def _flag(name: str) -> str:
@@ -264,9 +314,9 @@ def _load_data(name: str, args, spec: dict, limit: int | None, dtype: str):
 NEEDED = ("model", "input_shape", "n_classes", "normalisation")
 
 
-def _require(path: Path, spec: dict) -> dict:
+def _require(path: Path, spec: dict, needed: tuple[str, ...] = NEEDED) -> dict:
     """The spec, when it has the fields the command line needs to rebuild the machine and its inputs."""
-    for key in NEEDED:
+    for key in needed:
         if key not in spec:
             raise CommandError(f"{path}: the architecture has no {key!r} (saved outside `fbprop train`?)")
     return spec
@@ -396,13 +446,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_model(checkpoint: str):
+def _load_model(checkpoint: str, needed: tuple[str, ...] = NEEDED):
     """The machine of a checkpoint file, or of a run directory's best.npz (else its checkpoint.npz)."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.npz" if (path / "best.npz").exists() else path / "checkpoint.npz"
     spec, params, _, _ = load_checkpoint(path)
-    machine = build_machine(_require(path, spec))
+    machine = build_machine(_require(path, spec, needed))
     if params.shape != machine.pool.x.shape:
         raise CommandError(f"{path}: expected {machine.pool.size} parameters for its architecture, got {params.size}")
     machine.pool.load(params)
@@ -514,7 +564,8 @@ def _guarded(parallel, command, args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck}
+    command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck,
+               "siamese": cmd_siamese}
     parallel = None
     try:
         if args.command == "train":

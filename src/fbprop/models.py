@@ -137,6 +137,9 @@ def make_loss(name: str, args: dict | None = None) -> Loss:
 
 def build_machine(spec: dict) -> Machine:
     """A Machine from a spec: model, input_shape, n_classes, dtype, seed, loss, loss_args, energy, regularizer."""
+    if spec.get("model") == "siamese":                           # a network of modules of its own
+        from fbprop.siamese import build_siamese
+        return build_siamese(spec)
     spec = {**default_spec(spec.get("model", "mlp")), **spec}
     for key in ("input_shape", "n_classes"):
         if key not in spec:
