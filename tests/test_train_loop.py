@@ -76,7 +76,7 @@ def test_best_params_are_those_of_the_best_val_error_and_restore_best_puts_them_
     t = trainer(digits, lr=0.05, epochs=4, callbacks=[lambda tr, r: snapshots.append(tr.machine.pool.x.copy())])
     history = t.fit()
     best = int(np.argmin([r["val_error"] for r in history]))   # the first of equal minima
-    assert t.best_error == history[best]["val_error"]
+    assert t.best.error == history[best]["val_error"]
     t.restore_best()
     np.testing.assert_array_equal(t.machine.pool.x, snapshots[best])
 
@@ -159,3 +159,18 @@ def test_online_learning_takes_one_step_per_sample_and_learns(digits):
     assert history[0]["test_error"] < 0.3
 
 
+
+
+def test_full_batch_descent_whose_step_goes_non_finite_saves_no_checkpoint_of_that_epoch(digits, tmp_path):
+    t = trainer(digits, optimizer="batch", lr=0.5, epochs=3, out_dir=tmp_path)
+    step = t.optimizer.step
+
+    def poisoned_step():
+        step()
+        if t.step == 1:                                         # the second epoch's one step (counted after it)
+            t.machine.pool.x[0] = np.nan
+    t.optimizer.step = poisoned_step
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 after 2 steps \(end of epoch\)"):
+        t.fit()
+    _, params, _, state = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert state["epoch"] == 1 and np.isfinite(params).all()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fbprop import __version__
-from fbprop.checkpoint import CheckpointError, load_checkpoint
+from fbprop.checkpoint import CheckpointError, check_spec, load_checkpoint
 from fbprop.data.datasets import DATASETS, Normalisation, load_dataset
 from fbprop.data.idx import IdxError, read_idx
 from fbprop.distributed import SingleProcess, checksum, world
@@ -270,8 +270,20 @@ def _load_data(name: str, args, spec: dict, limit: int | None, dtype: str):
     return load_dataset(name, args.data_dir, val_size=val, seed=spec.get("seed", 0), dtype=np.dtype(dtype), limit=limit)
 
 
+NEEDED = ("model", "input_shape", "n_classes", "normalisation")
+
+
+def _require(path: Path, spec: dict) -> dict:
+    """The spec, when it has the fields the command line needs to rebuild the machine and its inputs."""
+    for key in NEEDED:
+        if key not in spec:
+            raise CommandError(f"{path}: the architecture has no {key!r} (saved outside `fbprop train`?)")
+    return spec
+
+
 def _run_data(path: Path, spec: dict, args, limit: int | None):
     """The data set a checkpoint was trained on: its split (seed, validation size) and its standardisation."""
+    _require(path, spec)
     data = _load_data(args.data or spec.get("dataset", "digits"), args, spec, limit, spec.get("dtype", "float32"))
     if list(data.image_shape) != list(spec["input_shape"]) or data.n_classes != spec["n_classes"]:
         raise CommandError(f"{path}: the model expects images {tuple(spec['input_shape'])} in {spec['n_classes']} "
@@ -295,11 +307,24 @@ def _new_run(args, root: bool):
     return data, spec, settings
 
 
+def _read_resume(resume: Path) -> tuple[dict, dict]:
+    """(spec, trainer state) of the run to resume; a run killed before its first checkpoint starts
+    over from its config.json ({"settings": …} with no epoch done)."""
+    config = resume.parent / "config.json"
+    if not resume.exists() and resume.name == "checkpoint.npz" and config.is_file():
+        try:
+            run = json.loads(config.read_text())
+            spec, settings = run["model"], run["training"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CommandError(f"{config}: unreadable run configuration ({type(e).__name__}: {e})") from None
+        check_spec(config, spec)
+        return spec, {"settings": settings, "fresh": True}
+    spec, _, _, state = load_checkpoint(resume)
+    return spec, state
+
+
 def _resumed_run(args, resume: Path, parallel):
-    spec, state = None, None
-    if parallel.is_root:                                         # rank 0 reads, the others hear
-        spec, _, _, state = load_checkpoint(resume)
-    spec, state = parallel.share((spec, state))
+    spec, state = parallel.share(_read_resume(resume) if parallel.is_root else None)   # rank 0 reads
     run_settings = state.get("settings") or {**_defaults(), "optimizer": state.get("optimizer", "sgd"),
                                              "lr": state.get("lr"), "seed": spec.get("seed", 0)}
     _refuse_changes("model setting", spec, {**_model_spec(args, spec)})
@@ -345,7 +370,7 @@ def cmd_train(args) -> int:
                       patience=settings["patience"], seed=settings["seed"], hessian_samples=settings["hessian_samples"],
                       out_dir=out, progress=args.progress, extensions=extensions,
                       comm=getattr(parallel, "comm", None), **options)
-    if args.resume:
+    if args.resume and resume.exists():
         trainer.resume(resume)
     if root:
         where = f" on {parallel.size} processes" if parallel.size > 1 else ""
@@ -365,7 +390,7 @@ def cmd_train(args) -> int:
     test = trainer.evaluate(data.test)
     if not root:
         return 0
-    best = trainer.best_error if len(data.val) and math.isfinite(trainer.best_error) else None   # strict JSON
+    best = trainer.best.error if len(data.val) and math.isfinite(trainer.best.error) else None   # strict JSON
     summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
                "epochs": trainer.epoch, "best_val_error": best,
                "confusion": test.confusion.tolist()}
@@ -386,7 +411,9 @@ def _load_model(checkpoint: str):
     if path.is_dir():
         path = path / "best.npz" if (path / "best.npz").exists() else path / "checkpoint.npz"
     spec, params, _, _ = load_checkpoint(path)
-    machine = build_machine(spec)
+    machine = build_machine(_require(path, spec))
+    if params.shape != machine.pool.x.shape:
+        raise CommandError(f"{path}: expected {machine.pool.size} parameters for its architecture, got {params.size}")
     machine.pool.load(params)
     return path, spec, machine
 
