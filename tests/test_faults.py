@@ -285,3 +285,49 @@ def test_mixed_pixel_types_are_each_scaled_by_their_own_type(tmp_path):
         write_idx(d / "t10k-labels-idx1-ubyte", y)
     a, b = load_dataset(str(tmp_path / "float-test"), val_size=0), load_dataset(str(tmp_path / "byte-test"), val_size=0)
     np.testing.assert_allclose(a.test.x, b.test.x, atol=1e-5)   # the same pixels, whichever type carried them
+
+
+# small ones ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("trained") / "run"
+    assert call("train", "--hidden", "8", "--epochs", "1", "--no-plots", "--out", d)[0] == 0
+    return d
+
+
+def test_predict_refuses_a_fifo_and_a_directory_instead_of_hanging(trained, tmp_path):
+    fifo = tmp_path / "images.npy"
+    os.mkfifo(fifo)
+    for target in (fifo, tmp_path):
+        code, err = call("predict", trained, target)
+        assert code == 2 and "expected a file of images" in err
+
+
+def test_predict_of_pixels_too_large_for_the_net_is_one_line_not_a_learning_rate_hint(trained, tmp_path):
+    x = np.zeros((3, 8, 8))
+    x[1, 2, 2] = 1e300
+    np.save(tmp_path / "big.npy", x)
+    code, err = call("predict", trained, tmp_path / "big.npy")
+    assert code == 2 and err.strip().endswith("pixel values too large for float32 (from image 0 on)"), err
+
+
+def test_an_npy_of_python_objects_is_refused_without_numpys_unsafe_hint(trained, tmp_path):
+    a = np.empty(2, dtype=object)
+    np.save(tmp_path / "objects.npy", a, allow_pickle=True)
+    code, err = call("predict", trained, tmp_path / "objects.npy")
+    assert code == 2 and "holds Python objects" in err and "allow_pickle" not in err
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_status_130(monkeypatch, capsys):
+    import builtins
+
+    import fbprop.__main__ as entry
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "fbprop.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "fbprop: interrupted\n"

@@ -33,6 +33,7 @@ from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spe
 from fbprop.optim import OPTIMIZERS
 from fbprop.runs import claim, new_run_dir, write_config
 from fbprop.train import SCHEDULES, Plots, Trainer, TrainingDiverged, evaluate
+from fbprop.train.extensions import strict_json
 
 CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
@@ -394,7 +395,7 @@ def cmd_train(args) -> int:
     summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
                "epochs": trainer.epoch, "best_val_error": best,
                "confusion": test.confusion.tolist()}
-    text = json.dumps(summary, indent=1)
+    text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
     atomic_write(out / "result.json", lambda f: f.write(text.encode()))
     if not args.no_plots:
         from fbprop.plots import plot_confusion
@@ -449,7 +450,10 @@ def cmd_predict(args) -> int:
         batch = x[i:i + PREDICT_BATCH]
         if batch.dtype.kind == "f" and not np.isfinite(batch).all():
             raise CommandError(f"{path}: the images hold NaN or infinite values (from image {i} on)")
-        answers.append(machine.predict(normalise(batch, machine.pool.dtype, unit=batch.dtype.kind == "f")))
+        inputs = normalise(batch, machine.pool.dtype, unit=batch.dtype.kind == "f")
+        if not np.isfinite(inputs).all():
+            raise CommandError(f"{path}: pixel values too large for {machine.pool.dtype} (from image {i} on)")
+        answers.append(machine.predict(inputs))
     answers = np.concatenate(answers) if answers else np.zeros(0, np.intp)
     if args.out:
         atomic_write(args.out, lambda f: np.save(f, answers))

@@ -212,7 +212,8 @@ def _is_int(value: object) -> bool:
 
 def _to_unit(x: np.ndarray, scale: float, dtype: np.dtype) -> np.ndarray:
     """Pixels as a fresh `dtype` array scaled to [0, 1]."""
-    x = x.astype(dtype, order="C")
+    with np.errstate(over="ignore", invalid="ignore"):           # too large for dtype: inf, refused by callers
+        x = x.astype(dtype, order="C")
     x *= dtype.type(scale)
     return x
 
