@@ -149,6 +149,12 @@ def test_a_module_from_outside_fbprop_fails_with_one_line_naming_it(tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_non_finite_arguments_are_refused_before_writing(tmp_path):
+    with pytest.raises(TypeError, match=r"save: a constructor argument or the spec holds a non-finite number"):
+        fb.save(fb.HingeLoss(margin=float("nan")), tmp_path / "h.npz")
+    assert not (tmp_path / "h.npz").exists()
+
+
 def test_a_registered_module_of_your_own_round_trips(tmp_path, monkeypatch):
     monkeypatch.setattr(serialize, "_REGISTERED", {})
     serialize.register(Doubler)
