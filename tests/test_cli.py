@@ -326,6 +326,8 @@ RESUME_CASES = {
     "sdlm": ("--mu", "0.05", "--hessian-samples", "100"),
     "batch": ("--lr", "0.3"),
     "lbfgs": ("--lbfgs-iters", "4"),
+    "adam": ("--lr", "0.002", "--optimizer-arg", "beta1=0.8"),
+    "adamw": ("--optimizer-arg", "weight_decay=0.05"),
 }
 
 

@@ -138,6 +138,8 @@ SETTINGS = {
     "sdlm": {"lr": 0.02, "epochs": 4, "hessian_samples": 200},
     "batch": {"lr": 1.0, "epochs": 20},
     "lbfgs": {"epochs": 2, "max_iter": 10},
+    "adam": {"lr": 0.003, "epochs": 4},
+    "adamw": {"lr": 0.003, "epochs": 4},
 }
 
 

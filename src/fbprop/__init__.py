@@ -43,21 +43,22 @@ from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten, Pad, Reshape
 from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Squash, Tanh
 from fbprop.network import Network, Node, unfold
-from fbprop.optim import SDLM, SGD, Optimizer, lbfgs
+from fbprop.optim import SDLM, SGD, Adam, AdamW, Optimizer, lbfgs
 from fbprop.params import Param, ParamPool
+from fbprop.serialize import load, save
 from fbprop.state import State
 from fbprop.train import Meter, Trainer, TrainingDiverged, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Bias", "build_machine", "Cascade", "Conv2d", "data", "EnergyLoss", "Euclidean", "evaluate",
+    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "EnergyLoss", "Euclidean", "evaluate",
     "Flatten", "gradcheck", "GradcheckError", "GradcheckReport", "HingeLoss", "infer", "L1", "L2",
     "lbfgs", "lenet5", "LENET5_BITMAPS", "LENET5_C3_TABLE", "lenet5_codes", "lenet5_energy",
-    "lenet_modern", "Linear", "Logistic", "LogLoss", "Loss", "LOSSES", "LVQ2Loss", "Machine",
+    "lenet_modern", "Linear", "load", "Logistic", "LogLoss", "Loss", "LOSSES", "LVQ2Loss", "Machine",
     "MaxPool", "MCELoss", "Meter", "mlp", "Module", "NegatedScores", "NLLLoss", "nn_2layer",
     "nn_layer", "onehot_codes", "Optimizer", "Pad", "Param", "ParamPool", "PerceptronLoss",
-    "random_codes", "RBF", "Regularizer", "ReLU", "Reshape", "ScaledTanh", "SDLM", "SGD",
+    "random_codes", "RBF", "Regularizer", "ReLU", "Reshape", "save", "ScaledTanh", "SDLM", "SGD",
     "SquareExpLoss", "SquareSquareLoss", "Squash", "State", "Subsampling", "Tanh", "Trainer",
     "TrainingDiverged", "Concat", "ContrastiveLoss", "Copy", "CosineSimilarity", "Distance", "Network", "Node",
     "Product", "Scale", "Split", "SquaredDistance", "Sum", "unfold", "minimize_energy", "Zeros",

@@ -1,4 +1,4 @@
-"""The `fbprop` command: train, eval, predict, gradcheck.
+"""The `fbprop` command: train, eval, predict, export, gradcheck.
 
 User errors (bad options, missing data, unreadable files, divergence) are one line on stderr and
 exit status 2. Set FBPROP_DEBUG=1 to get the traceback of any error instead.
@@ -177,6 +177,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("file", help="images (n, h, w) as IDX (.idx3-ubyte, optionally .gz) or .npy")
     p.add_argument("--out", default=None, help="write the answers to this .npy (default: print them)")
+
+    x = sub.add_parser("export", help="write a trained model as ONNX (graph to the energies) and/or safetensors")
+    x.add_argument("checkpoint", help="a checkpoint .npz or a run directory (uses best.npz there)")
+    x.add_argument("--onnx", default=None, metavar="FILE", help="ONNX model: input x (n, *image shape), "
+                   "output energies (n, k); the answer is argmin")
+    x.add_argument("--safetensors", default=None, metavar="FILE",
+                   help="weights named like the state_dict of the equivalent torch.nn.Sequential (fbprop.export)")
+    x.add_argument("--normalisation", action=argparse.BooleanOptionalAction, default=True,
+                   help="the ONNX graph takes pixel values (0-255, or the digits' 0-16 counts) as floats and "
+                        "standardises them as training did (default: on)")
 
     g = sub.add_parser("gradcheck", help="finite-difference check of every module of a model (float64)")
     g.add_argument("model", choices=MODELS)
@@ -523,6 +533,27 @@ def _open_images(path: Path) -> np.ndarray:
     return x
 
 
+def cmd_export(args) -> int:
+    from fbprop import export
+
+    if not (args.onnx or args.safetensors):
+        raise CommandError("nothing to export: give --onnx FILE, --safetensors FILE or both")
+    _, spec, machine = _load_model(args.checkpoint)
+    try:
+        if args.onnx:
+            norm = spec.get("normalisation") if args.normalisation else None
+            export.to_onnx(machine, args.onnx, normalisation=norm)
+            takes = f"pixel values 0-{norm['pixel_scale']:g}" if norm else "standardised images"
+            print(f"ONNX model written to {args.onnx}: input x (n, {', '.join(map(str, spec['input_shape']))}) "
+                  f"of {takes}, output energies (n, {spec['n_classes']})")
+        if args.safetensors:
+            export.save_safetensors(machine, args.safetensors)
+            print(f"weights written to {args.safetensors}: {', '.join(export.state_dict(machine))}")
+    except ImportError as e:
+        raise CommandError(str(e)) from None
+    return 0
+
+
 def cmd_gradcheck(args) -> int:
     from fbprop.gradcheck import gradcheck
     from fbprop.state import State
@@ -565,7 +596,7 @@ def _guarded(parallel, command, args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck,
-               "siamese": cmd_siamese}
+               "siamese": cmd_siamese, "export": cmd_export}
     parallel = None
     try:
         if args.command == "train":

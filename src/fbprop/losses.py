@@ -58,6 +58,10 @@ class Loss(Module):
         out.resize(e.shape[0], dtype=e.dtype)
         out.x[...] = loss
 
+    def __getstate__(self) -> dict:
+        # a pickle cannot hold the sweep's cached derivatives (NLL's is a closure): bprop recomputes them
+        return {k: v for k, v in vars(self).items() if k != "_terms"}
+
     def _derivatives(self, energies: State, labels: State | None) -> tuple[np.ndarray, np.ndarray | None]:
         cached = getattr(self, "_terms", None)
         if cached is not None and cached[0] is energies.x:

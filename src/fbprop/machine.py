@@ -90,14 +90,6 @@ class Machine:
         answers = getattr(self.loss, "answers", None)
         return answers(e) if answers is not None else None
 
-    def energies_of(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
-        """The energies E(W, ·, X) of every sample of x: (n, k) per answer, or (n,) per sample or pair."""
-        parts = []
-        for i in range(0, len(x), batch_size):
-            self.fprop(x[i:i + batch_size], None if y is None else y[i:i + batch_size])
-            parts.append(self.energies.x.copy())
-        return np.concatenate(parts) if parts else np.zeros(0)
-
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """argmin_y E(W, y, X) for each sample (classification, pairs) or G(X) (regression)."""
         if self.y_enters and not self.regression:
@@ -204,6 +196,54 @@ class Machine:
             else f"network={self.network!r}"
         return (f"Machine({head}, loss={self.loss!r}, "
                 f"regularizer={self.regularizer!r}, parameters={self.pool.size})")
+
+    # energies and probabilities of the answers --------------------------------------------
+    def energies_of(self, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
+        """The energies E(W, ·, X) of every sample of x, in batches: (n, k), one per answer, for a
+        classifier; (n,) for a regression machine, whose energy needs the answers y.
+
+        A list, or an array of another dtype than the pool's (integers, float64), is converted to it.
+        """
+        if self.regression and y is None:
+            raise ValueError("Machine.energies_of: a regression machine has one energy per (X, Y) pair: give y, "
+                             "or use predict(x) for G(X), its answer of least energy")
+        x = np.asarray(x) if isinstance(x, (list, tuple)) else x
+        if isinstance(x, np.ndarray) and x.dtype != self.pool.dtype:
+            x = x.astype(self.pool.dtype)
+        parts = []
+        for i in range(0, len(x), batch_size):
+            self.fprop(x[i:i + batch_size], None if y is None else y[i:i + batch_size])
+            parts.append(self.energies.x.copy())
+        if not parts:                                            # k from the energy or the spec, as known
+            k = getattr(self.energy, "k", None) or self.spec.get("n_classes", 0)
+            return np.zeros((0,) if self.regression else (0, k), self.pool.dtype)
+        return np.concatenate(parts)
+
+    @property
+    def beta(self) -> float:
+        """The inverse temperature of `proba`: the NLL loss's β, or 1 for any other loss."""
+        return float(getattr(self.loss, "beta", 1.0))
+
+    def proba(self, x: np.ndarray, beta: float | None = None, batch_size: int = 1024) -> np.ndarray:
+        """The Gibbs distribution over answers, p(y | X) = exp(−β E(W, y, X)) / Σ_y' exp(−β E(W, y', X)).
+
+        (n, k), each row summing to 1; argmax p = argmin E, the machine's answer. For a machine
+        trained with the NLL loss this is the distribution the loss fits (−log p(Y | X) = β·L), at
+        that loss's β. Other losses (hinge, perceptron, square-square, …) shape only which energy is
+        lowest and by what margin: p still ranks the answers as inference does, but its sharpness
+        is set by `beta` (default 1), a choice to calibrate on held-out data, not a trained quantity.
+        """
+        beta = self.beta if beta is None else float(beta)
+        if not beta > 0:
+            raise ValueError(f"Machine.proba: expected beta > 0, got {beta}")
+        e = self.energies_of(x, batch_size=batch_size)
+        if e.ndim != 2:
+            raise ValueError(f"Machine.proba: expected one energy per answer, (n, k), got energies of shape {e.shape}")
+        p = e - e.min(axis=1, keepdims=True)                     # shift: exp never overflows
+        p *= -beta
+        np.exp(p, out=p)
+        p /= p.sum(axis=1, keepdims=True)                        # softmax(−βE)
+        return p
 
 
 def _first_nonfinite(module: Module, inputs: list[State]) -> tuple[str | None, list[State]]:

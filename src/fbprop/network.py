@@ -97,6 +97,11 @@ class Network(Module):
         self._inner = list(self.states.values())
         self._upstream = self._upstream_of(inner)
 
+    def init_args(self) -> dict:
+        """The constructor's arguments, for fbprop.serialize: the states and the wired modules."""
+        return {"inputs": list(self.input_names), "outputs": list(self.output_names),
+                "modules": [(n.module, f"{', '.join(n.reads)} -> {', '.join(n.writes)}") for n in self.nodes]}
+
     # building ---------------------------------------------------------------------------------
     @staticmethod
     def _node(entry: tuple[Module, str]) -> Node:
@@ -119,7 +124,7 @@ class Network(Module):
         where: dict[int, Node] = {}
         for n in nodes:
             for leaf in leaves(n.module):
-                if id(leaf) in where:
+                if id(leaf) in where and where[id(leaf)] is not n:  # inside one node, its container's business
                     raise ValueError(f"Network: {leaf!r} is used twice ({where[id(leaf)]} and {n}); a module keeps "
                                      f"scratch between fprop and bprop, so the second place needs its own twin "
                                      f"with the same weights: module.share()")

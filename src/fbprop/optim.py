@@ -142,6 +142,86 @@ class SDLM(Optimizer):
         return f"SDLM(lr={self.lr:g}, mu={self.mu:g}, gamma={self.gamma:g})"
 
 
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015) on the flat vector, with the bias-corrected moments:
+
+    m ← β₁ m + (1 − β₁) g,  v ← β₂ v + (1 − β₂) g²,  m̂ = m / (1 − β₁ᵗ),  v̂ = v / (1 − β₂ᵗ),
+    W ← W − η m̂ / (√v̂ + ε),
+
+    g = dx + c·W, where c = `weight_decay` (an L2 penalty ½c‖W‖² added to the gradient, as in
+    torch.optim.Adam; 0 by default — fbprop's own `L2` regularizer already puts (λ/P)·W into dx).
+    t counts the steps taken, so a checkpoint keeps it with m and v.
+    """
+
+    decoupled = False
+
+    def __init__(self, pool: ParamPool, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(pool, lr)
+        name = type(self).__name__
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"{name}: expected betas (β₁, β₂) each in [0, 1), got {tuple(betas)}")
+        if not eps > 0:
+            raise ValueError(f"{name}: expected eps > 0, got {eps}")
+        if not weight_decay >= 0:
+            raise ValueError(f"{name}: expected weight_decay >= 0, got {weight_decay}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+        self.t = 0
+        self.m, self.v = pool.slot(), pool.slot()
+        self._g = pool.slot() if weight_decay and not self.decoupled else None
+
+    def step(self) -> None:
+        p, tmp = self.pool, self._tmp
+        (b1, b2), eps = self.betas, self.eps
+        self.t += 1
+        g = p.dx
+        if self.decoupled and self.weight_decay:
+            p.x *= 1 - self.lr * self.weight_decay               # W ← (1 − ηc) W, before the Adam step
+        elif self._g is not None:
+            np.multiply(p.x, self.weight_decay, out=self._g)
+            self._g += p.dx                                      # g = dx + c W
+            g = self._g
+        self.m *= b1
+        np.multiply(g, 1 - b1, out=tmp)
+        self.m += tmp                                            # m ← β₁ m + (1 − β₁) g
+        self.v *= b2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        self.v += tmp                                            # v ← β₂ v + (1 − β₂) g²
+        np.sqrt(self.v, out=tmp)
+        tmp /= np.sqrt(1 - b2**self.t)
+        tmp += eps                                               # √v̂ + ε
+        np.divide(self.m, tmp, out=tmp)
+        tmp *= self.lr / (1 - b1**self.t)                        # η m̂ / (√v̂ + ε)
+        p.x -= tmp
+
+    def state(self):
+        return {"m": self.m, "v": self.v, "t": np.array(self.t)}
+
+    def load_state(self, state):
+        state = dict(state)
+        self.t = int(state.pop("t", 0))
+        super().load_state(state)
+
+    def __repr__(self) -> str:
+        decay = f", weight_decay={self.weight_decay:g}" if self.weight_decay else ""
+        return f"{type(self).__name__}(lr={self.lr:g}, betas={self.betas}, eps={self.eps:g}{decay})"
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019): W ← (1 − ηc) W, then the
+    Adam step on g = dx alone, so the decay is not rescaled by √v̂. c = `weight_decay`, 0.01 by
+    default as in torch.optim.AdamW.
+    """
+
+    decoupled = True
+
+    def __init__(self, pool: ParamPool, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
+        super().__init__(pool, lr, betas, eps, weight_decay)
+
+
 def lbfgs(pool: ParamPool, objective: Callable[[], float], max_iter: int = 100, tol: float = 1e-9,
           callback: Callable[[int, float], None] | None = None) -> dict:
     """Minimise `objective` over the pool's parameters with L-BFGS (scipy's L-BFGS-B).
@@ -241,6 +321,14 @@ register_optimizer("momentum", OptimizerEntry(lambda pool, lr, momentum: SGD(poo
                                               options={"momentum": 0.9}, help="SGD with momentum"))
 register_optimizer("sdlm", OptimizerEntry(lambda pool, lr, mu: SDLM(pool, lr, mu=mu), 0.001, options={"mu": 0.02},
                                           help="stochastic diagonal Levenberg-Marquardt, η/(μ + h_kk)"))
+register_optimizer("adam", OptimizerEntry(
+    lambda pool, lr, beta1, beta2, eps, weight_decay: Adam(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
+    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+    help="Adam (Kingma & Ba): bias-corrected first and second moments"))
+register_optimizer("adamw", OptimizerEntry(
+    lambda pool, lr, beta1, beta2, eps, weight_decay: AdamW(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
+    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+    help="AdamW (Loshchilov & Hutter): Adam with decoupled weight decay"))
 register_optimizer("batch", OptimizerEntry(lambda pool, lr: SGD(pool, lr), 0.5, updater="full-batch",
                                            help="the lecture's full-batch gradient descent, W ← W − (η/P)·∂/∂W"))
 register_optimizer("lbfgs", OptimizerEntry(lambda pool, lr, max_iter: LBFGS(pool, max_iter=max_iter), None,

@@ -10,9 +10,18 @@ from fbprop.state import State
 
 
 class Param(State):
-    """A parameter handle: a State whose arrays are views into a ParamPool."""
+    """A parameter handle: a State whose arrays are views into `pool`'s vectors, from `offset`.
 
-    __slots__ = ("offset",)
+    A copy or a pickle of a handle carries no arrays of its own, only its place in the pool; the
+    pool comes along (once per copy, however many handles point into it) and, when it is
+    restored, points every handle at its new vectors. So a copy of a module, a net or a machine
+    trains through its own pool, and the original is left alone.
+    """
+
+    __slots__ = ("offset", "pool")
+
+    def __getstate__(self) -> tuple[None, dict]:
+        return None, {"offset": self.offset, "pool": self.pool, "requires_dx": self.requires_dx}
 
 
 class ParamPool:
@@ -37,6 +46,29 @@ class ParamPool:
         self.ddx = np.zeros(0, self.dtype)
         self.handles: list[tuple[Param, int, tuple[int, ...]]] = []
 
+    @classmethod
+    def from_layout(cls, shapes: list[tuple[int, ...]], x: np.ndarray, seed: int | None = None) -> ParamPool:
+        """A pool of x's dtype holding a copy of `x`, cut in order into handles of these shapes
+        (a saved pool's layout: `[shape for _, _, shape in pool.handles]`)."""
+        x = np.asarray(x)
+        shapes = [tuple(int(n) for n in shape) for shape in shapes]
+        if any(n < 0 for shape in shapes for n in shape):
+            raise ValueError(f"ParamPool.from_layout: expected shapes of sizes >= 0, got {shapes}")
+        total = sum(math.prod(shape) for shape in shapes)
+        if x.shape != (total,):
+            raise ValueError(f"ParamPool.from_layout: expected a vector of {total} parameters for these shapes, "
+                             f"got {x.shape}")
+        pool = cls(x.dtype, seed)
+        pool.x, pool.dx, pool.ddx = x.copy(), np.zeros_like(x), np.zeros_like(x)
+        offset = 0
+        for shape in shapes:
+            handle = Param(dtype=pool.dtype)
+            handle.offset, handle.pool = offset, pool
+            pool.handles.append((handle, offset, shape))
+            pool._bind(handle, offset, shape)
+            offset += math.prod(shape)
+        return pool
+
     @property
     def size(self) -> int:
         return self.x.size
@@ -57,7 +89,7 @@ class ParamPool:
             new[:offset] = old
         self.x, self.dx, self.ddx = grown
         handle = Param(dtype=self.dtype)
-        handle.offset = offset
+        handle.offset, handle.pool = offset, self
         self.handles.append((handle, offset, shape))
         for h, off, shp in self.handles:
             self._bind(h, off, shp)
@@ -73,6 +105,12 @@ class ParamPool:
         handle.x = self.x[offset:end].reshape(shape)
         handle._dx = self.dx[offset:end].reshape(shape)
         handle._ddx = self.ddx[offset:end].reshape(shape)
+
+    def __setstate__(self, state: dict) -> None:
+        # a copy or an unpickled pool: its handles are re-pointed at its own new vectors
+        self.__dict__.update(state)
+        for h, off, shp in self.handles:
+            self._bind(h, off, shp)
 
     def clear_dx(self) -> None:
         self.dx.fill(0)

@@ -74,7 +74,8 @@ class RBF(Module):
     curvature = True
 
     def __init__(self, codes: np.ndarray, pool: ParamPool | None = None, trainable: bool = False) -> None:
-        codes = np.asarray(codes, dtype=float)
+        codes = np.asarray(codes)
+        codes = codes.astype(codes.dtype if codes.dtype.kind == "f" else float)   # float codes keep their dtype
         if codes.ndim != 2:
             raise ValueError(f"RBF: expected codes of shape (k, d), got {codes.shape}")
         self.k, self.d = codes.shape
@@ -108,6 +109,10 @@ class RBF(Module):
         if self.params():
             self.w.ddx += h.sum(0)[:, None] * t * t - 2 * t * (h.T @ x) + h.T @ (x * x)
             self.w.ddx += np.maximum(out.dx.sum(0), 0)[:, None]
+
+    def init_args(self) -> dict:
+        """The constructor's arguments (for `fbprop.save`): the codes are the current ones."""
+        return {"codes": self.w.x, "trainable": bool(self.params())}
 
     def __repr__(self) -> str:
         return f"RBF({self.d} -> {self.k}{', trainable' if self.params() else ''})"

@@ -32,6 +32,9 @@ class Sum(Module):
             raise ValueError(f"Sum: expected n >= 1 inputs, got {n}")
         self.n_inputs = int(n)
 
+    def init_args(self) -> dict:
+        return {"n": self.n_inputs}
+
     def fprop(self, *states: State) -> None:
         *inputs, out = states
         _same_shapes(self, inputs)
@@ -112,6 +115,9 @@ class Copy(Module):
             raise ValueError(f"Copy: expected k >= 1 outputs, got {k}")
         self.n_outputs = int(k)
 
+    def init_args(self) -> dict:
+        return {"k": self.n_outputs}
+
     def fprop(self, inp: State, *outs: State) -> None:
         for out in outs:
             out.set(inp.x)                                       # y_j = x
@@ -153,6 +159,9 @@ class Concat(Module):
                                  f"{', '.join(str(t.x.shape) for t in inputs)}")
         ends = np.cumsum([s.x.shape[ax] for s in inputs])
         return [(slice(None),) * ax + (slice(e - s.x.shape[ax], e),) for e, s in zip(ends, inputs)]
+
+    def init_args(self) -> dict:
+        return {"n": self.n_inputs, "axis": self.axis}
 
     def fprop(self, *states: State) -> None:
         *inputs, out = states
@@ -204,6 +213,9 @@ class Split(Module):
         ends = np.cumsum(sizes)
         pick = (lambda e, s: e - 1) if self.squeeze else (lambda e, s: slice(e - s, e))
         return [(slice(None),) * ax + (pick(e, s),) for e, s in zip(ends, sizes)]
+
+    def init_args(self) -> dict:
+        return {"parts": self.sizes[0] if self.equal else list(self.sizes), "axis": self.axis, "squeeze": self.squeeze}
 
     def fprop(self, inp: State, *outs: State) -> None:
         for cut, out in zip(self._cuts(inp), outs):
