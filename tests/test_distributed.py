@@ -281,3 +281,19 @@ def test_allreduce_benchmark_runs_on_two_processes_and_prints_the_cost_model(tmp
     assert "2 processes" in p.stdout and "cost model" in p.stdout
     rows = [line.split() for line in p.stdout.splitlines() if line.startswith("mlp ")]
     assert [r[:3] for r in rows[:1]] == [["mlp", "266610", "64"]] and rows[1][:3] == ["mlp", "8", "1.91"], p.stdout
+
+
+@pytest.mark.slow
+def test_the_error_line_of_a_failing_rank_reaches_the_user_every_time(tmp_path):
+    """Abort kills every process at once; the line must have reached the launcher first, every time.
+    FBPROP_MPI_REPEATS sets the count (200 by default: `pytest -m slow -k error_line`)."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    script = tmp_path / "fail.py"
+    script.write_text(FAIL_ON_RANK_1)
+    for i in range(int(os.environ.get("FBPROP_MPI_REPEATS", "200"))):
+        p = mpirun(2, "-m", "fbprop.cli", "train", "--resume", "run", "--epochs", 3, cwd=tmp_path)
+        lines = [line for line in p.stderr.splitlines() if line.startswith("fbprop")]
+        assert p.returncode == 2 and len(lines) == 1 and "error on rank 0 of 2" in lines[0], (i, p.stderr)
+        p = mpirun(2, script, "train", *SMALL, "--epochs", 2, "--out", f"r{i}", cwd=tmp_path)
+        assert "fbprop train: error on rank 1 of 2: RuntimeError: injected failure" in p.stderr, (i, p.stderr)

@@ -13,8 +13,9 @@ import pytest
 import fbprop as fb
 from cases_conv import CASES as CONV
 from cases_core import CASES as CORE
+from cases_net import CASES as NET
 
-ALL_CASES = [*CORE, *CONV]
+ALL_CASES = [*CORE, *CONV, *NET]
 ABSTRACT = {fb.Module, fb.Squash, fb.Loss}
 
 
@@ -83,7 +84,9 @@ def test_registry_finds_the_core_modules_and_skips_abstract_bases():
 
 
 def test_every_loss_in_LOSSES_has_a_case():
-    covered = {type(f(fb.ParamPool(np.float64))[0]) for _, f in CORE}
+    covered = set()
+    for _, factory in ALL_CASES:
+        covered |= _types_in(factory(fb.ParamPool(np.float64))[0])
     assert set(fb.LOSSES.values()) <= covered
 
 

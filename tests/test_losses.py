@@ -19,6 +19,7 @@ import fbprop as fb
 E = np.array([[1.0, 3.0, 0.5],
               [2.0, 0.2, 4.0]])
 Y = np.array([0, 1])
+PER_ANSWER = [name for name, cls in fb.LOSSES.items() if cls is not fb.ContrastiveLoss]   # energies (n, k)
 
 
 def losses(loss: fb.Loss, e=E, y=Y) -> np.ndarray:
@@ -198,7 +199,7 @@ def test_regularizer_rejects_negative_lambda(cls):
 
 # --- bad input -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(fb.LOSSES))
+@pytest.mark.parametrize("name", PER_ANSWER)
 def test_labels_out_of_range_raise_naming_the_loss_and_range(name):
     loss = fb.LOSSES[name]()
     for bad in ([0, 3], [-1, 0]):
@@ -207,7 +208,7 @@ def test_labels_out_of_range_raise_naming_the_loss_and_range(name):
         assert str(info.value).startswith(f"{type(loss).__name__}(")
 
 
-@pytest.mark.parametrize("name", list(fb.LOSSES))
+@pytest.mark.parametrize("name", PER_ANSWER)
 def test_labels_of_the_wrong_shape_or_type_raise(name):
     loss = fb.LOSSES[name]()
     expected = rf"{type(loss).__name__}\(.*\): expected integer labels of shape \(2,\)"
@@ -218,7 +219,7 @@ def test_labels_of_the_wrong_shape_or_type_raise(name):
         loss.fprop(fb.State(E.copy()), None, fb.State())
 
 
-@pytest.mark.parametrize("name", list(fb.LOSSES))
+@pytest.mark.parametrize("name", PER_ANSWER)
 def test_energies_that_are_not_2d_raise(name):
     loss = fb.LOSSES[name]()
     bad = [np.zeros((2, 3, 1))] + ([] if name == "energy" else [np.zeros(2)])

@@ -125,7 +125,7 @@ def test_meter_rmse_and_mae_follow_their_formulas_and_best_params_watch_val_rmse
     history = t.fit()
     assert history[-1]["val_rmse"] < 0.15 and {"train_rmse", "train_mae", "val_mae"} <= history[-1].keys()
     best = min(range(len(history)), key=lambda i: history[i]["val_rmse"])
-    assert t.best.epoch == best + 1 and t.best_error == history[best]["val_rmse"]
+    assert t.best.epoch == best + 1 and t.best.error == history[best]["val_rmse"]
     with pytest.raises(ValueError, match="expected labels of shape \\(3,\\) or real targets of shape \\(3, t\\)"):
         Split(np.zeros((3, 2)), np.zeros((3, 2), np.int64))
 

@@ -99,10 +99,11 @@ def test_every_module_case_round_trips_alone(factory, tmp_path):
     module, inputs = factory(fb.ParamPool(np.float64, seed=5))
     loaded = _round_trip(module, tmp_path)
     assert type(loaded) is type(module) and repr(loaded) == repr(module)
-    want, got = fb.State(), fb.State()
-    module.fprop(*_as_states(inputs), want)
-    loaded.fprop(*_as_states(inputs), got)
-    np.testing.assert_array_equal(got.x, want.x)
+    want, got = ([fb.State() for _ in range(module.n_outputs)] for _ in range(2))   # every output state
+    module.fprop(*_as_states(inputs), *want)
+    loaded.fprop(*_as_states(inputs), *got)
+    for w, g in zip(want, got, strict=True):
+        np.testing.assert_array_equal(g.x, w.x)
     for p, q in zip(loaded.params(), module.params()):
         np.testing.assert_array_equal(p.x, q.x)
         assert p.pool is loaded.params()[0].pool is not q.pool
@@ -147,6 +148,12 @@ def test_a_module_from_outside_fbprop_fails_with_one_line_naming_it(tmp_path):
     with pytest.raises(TypeError, match=r"cannot describe test_serialize\..*MyNet \(Cascade\): not an fbprop") as error:
         fb.save(MyNet(fb.Linear(3, 2, pool), fb.Tanh()), path)
     assert "\n" not in str(error.value)
+
+
+def test_non_finite_arguments_are_refused_before_writing(tmp_path):
+    with pytest.raises(TypeError, match=r"save: a constructor argument or the spec holds a non-finite number"):
+        fb.save(fb.HingeLoss(margin=float("nan")), tmp_path / "h.npz")
+    assert not (tmp_path / "h.npz").exists()
 
 
 def test_a_registered_module_of_your_own_round_trips(tmp_path, monkeypatch):

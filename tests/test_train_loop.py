@@ -11,7 +11,7 @@ import pytest
 import fbprop as fb
 from fbprop.checkpoint import load_checkpoint
 from fbprop.data import load_dataset
-from fbprop.machine import leaves
+from fbprop.network import leaves
 from fbprop.optim import OPTIMIZERS
 from fbprop.train import Trainer, TrainingDiverged
 
@@ -76,7 +76,7 @@ def test_best_params_are_those_of_the_best_val_error_and_restore_best_puts_them_
     t = trainer(digits, lr=0.05, epochs=4, callbacks=[lambda tr, r: snapshots.append(tr.machine.pool.x.copy())])
     history = t.fit()
     best = int(np.argmin([r["val_error"] for r in history]))   # the first of equal minima
-    assert t.best_error == history[best]["val_error"]
+    assert t.best.error == history[best]["val_error"]
     t.restore_best()
     np.testing.assert_array_equal(t.machine.pool.x, snapshots[best])
 
@@ -85,7 +85,7 @@ def test_best_params_are_those_of_the_best_val_error_and_restore_best_puts_them_
 def test_nan_weight_raises_training_diverged_naming_epoch_steps_and_module_and_keeps_last_good_checkpoint(
         digits, tmp_path):
     machine = small_machine()
-    second_linear = leaves(machine.net)[3]
+    second_linear = list(leaves(machine.net))[3]
     assert repr(second_linear) == "Linear(16 -> 10)"
     good = {}
 
@@ -139,7 +139,7 @@ SETTINGS = {
     "batch": {"lr": 1.0, "epochs": 20},
     "lbfgs": {"epochs": 2, "max_iter": 10},
     "adam": {"lr": 0.003, "epochs": 4},
-    "adamw": {"lr": 0.003, "epochs": 4, "weight_decay": 0.01},
+    "adamw": {"lr": 0.003, "epochs": 4},
 }
 
 
@@ -161,3 +161,18 @@ def test_online_learning_takes_one_step_per_sample_and_learns(digits):
     assert history[0]["test_error"] < 0.3
 
 
+
+
+def test_full_batch_descent_whose_step_goes_non_finite_saves_no_checkpoint_of_that_epoch(digits, tmp_path):
+    t = trainer(digits, optimizer="batch", lr=0.5, epochs=3, out_dir=tmp_path)
+    step = t.optimizer.step
+
+    def poisoned_step():
+        step()
+        if t.step == 1:                                         # the second epoch's one step (counted after it)
+            t.machine.pool.x[0] = np.nan
+    t.optimizer.step = poisoned_step
+    with pytest.raises(TrainingDiverged, match=r"epoch 2 after 2 steps \(end of epoch\)"):
+        t.fit()
+    _, params, _, state = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert state["epoch"] == 1 and np.isfinite(params).all()

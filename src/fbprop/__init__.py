@@ -2,11 +2,13 @@
 
 from fbprop import data  # noqa: E402  (the subpackage, as fb.data)
 from fbprop.gradcheck import GradcheckError, GradcheckReport, gradcheck
+from fbprop.inference import minimize_energy
 from fbprop.lenet import LENET5_BITMAPS, lenet5, lenet5_codes, lenet5_energy, lenet_modern
 from fbprop.losses import (
     L1,
     L2,
     LOSSES,
+    ContrastiveLoss,
     EnergyLoss,
     HingeLoss,
     LogLoss,
@@ -25,9 +27,22 @@ from fbprop.models import build_machine, mlp, nn_2layer, nn_layer
 from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, Euclidean, NegatedScores, onehot_codes, random_codes
+from fbprop.modules.join import (
+    Concat,
+    Copy,
+    CosineSimilarity,
+    Distance,
+    Product,
+    Scale,
+    Split,
+    SquaredDistance,
+    Sum,
+    Zeros,
+)
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten, Pad, Reshape
 from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Squash, Tanh
+from fbprop.network import Network, Node, unfold
 from fbprop.optim import SDLM, SGD, Adam, AdamW, Optimizer, lbfgs
 from fbprop.params import Param, ParamPool
 from fbprop.serialize import load, save
@@ -45,5 +60,6 @@ __all__ = [
     "nn_layer", "onehot_codes", "Optimizer", "Pad", "Param", "ParamPool", "PerceptronLoss",
     "random_codes", "RBF", "Regularizer", "ReLU", "Reshape", "save", "ScaledTanh", "SDLM", "SGD",
     "SquareExpLoss", "SquareSquareLoss", "Squash", "State", "Subsampling", "Tanh", "Trainer",
-    "TrainingDiverged",
+    "TrainingDiverged", "Concat", "ContrastiveLoss", "Copy", "CosineSimilarity", "Distance", "Network", "Node",
+    "Product", "Scale", "Split", "SquaredDistance", "Sum", "unfold", "minimize_energy", "Zeros",
 ]

@@ -84,11 +84,10 @@ def load_checkpoint(path: str | os.PathLike, with_arrays: bool = False) -> tuple
     _check_trainer(path, trainer)
     for name, v in [*(("optimizer/" + k, v) for k, v in optimizer.items()),
                     *(("state/" + k, v) for k, v in arrays.items())]:
-        if v.shape == () and v.dtype.kind in "iu" and v >= 0:  # a step counter (Adam's t)
-            continue
-        if v.dtype.kind != "f" or v.shape != params.shape:
-            raise CheckpointError(f"{path}: {name}: expected a float vector of {params.size} like the parameters "
-                                  f"(or a step count), got {v.dtype} {v.shape}")
+        scalar = v.ndim == 0 and v.dtype.kind in "iuf" and np.isfinite(v)      # a step count, say
+        if not scalar and (v.dtype.kind != "f" or v.shape != params.shape):
+            raise CheckpointError(f"{path}: {name}: expected a float vector of {params.size} like the parameters, "
+                                  f"or one number, got {v.dtype} {v.shape}")
     return (spec, params, optimizer, trainer, arrays) if with_arrays else (spec, params, optimizer, trainer)
 
 

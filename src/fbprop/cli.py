@@ -22,18 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from fbprop import __version__
-from fbprop.checkpoint import CheckpointError, load_checkpoint
+from fbprop.checkpoint import CheckpointError, check_spec, load_checkpoint
 from fbprop.data.datasets import CLASS_NAMES, DATASETS, Normalisation, load_dataset
 from fbprop.data.idx import IdxError, read_idx
 from fbprop.data.own import IMAGE_SUFFIXES, TASKS, read_images
 from fbprop.distributed import SingleProcess, checksum, world
 from fbprop.files import atomic_write
 from fbprop.losses import LOSSES
-from fbprop.machine import leaves
 from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec, model_entry
+from fbprop.network import leaves
 from fbprop.optim import OPTIMIZERS
 from fbprop.runs import claim, new_run_dir, write_config
 from fbprop.train import SCHEDULES, Plots, Trainer, TrainingDiverged, evaluate
+from fbprop.train.extensions import strict_json
 
 # Settings a resumed run may change; every other one given again must equal the run's.
 RESUMABLE = ("epochs", "patience")
@@ -48,6 +49,13 @@ class CollectiveError(CommandError):
 
 
 USER_ERRORS = (CommandError, CheckpointError, IdxError, OSError, ValueError)
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except None, where the help text says what happens."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _sizes(text: str) -> list[int]:
@@ -209,7 +217,50 @@ def make_parser() -> argparse.ArgumentParser:
                    help="one sample's shape (default: 1,28,28)")
     g.add_argument("--samples", type=_positive(int), default=20,
                    help="entries checked per input and parameter (default: 20)")
+    s = sub.add_parser("siamese", help="train a siamese energy machine on pairs (DrLIM contrastive loss): "
+                       "k-NN accuracy and scatter plot of the learned embedding", formatter_class=_DefaultsFormatter)
+    _data_args(s)
+    s.add_argument("--hidden", type=_sizes, default=[256, 64], help="hidden layer sizes of the shared net G")
+    s.add_argument("--dim", type=_positive(int), default=2, help="dimension of the embedding G(X)")
+    s.add_argument("--margin", type=_positive(float), default=1.0, help="contrastive margin m")
+    s.add_argument("--lr", type=_positive(float), default=0.01)
+    s.add_argument("--momentum", type=float, default=0.9)
+    s.add_argument("--batch-size", type=_positive(int), default=64, help="pairs per step")
+    s.add_argument("--epochs", type=int, default=15)
+    s.add_argument("--pairs", type=_positive(int), default=120_000, help="pairs drawn per epoch, half same-class")
+    s.add_argument("--k", type=_positive(int), default=5, help="neighbours of the k-NN accuracy")
+    s.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/DATA-siamese-TIME)")
+    s.add_argument("--eval", default=None, metavar="RUN", help="instead of training, reload a run's checkpoint "
+                   "and report the k-NN test accuracy of its embedding")
     return parser
+
+
+def cmd_siamese(args) -> int:
+    from fbprop.siamese import evaluate_siamese, train_siamese
+
+    name = args.data or "digits"
+    if args.eval:
+        path, spec, machine = _load_model(args.eval, needed=("model", "input_shape"))
+        data = load_dataset(args.data or spec.get("dataset", "digits"), args.data_dir, val_size=0,
+                            seed=spec.get("seed", 0), dtype=machine.pool.dtype, limit=args.limit)
+        print(json.dumps({"checkpoint": str(path), **evaluate_siamese(machine, data, args.k)}))
+        return 0
+    data = load_dataset(name, args.data_dir, val_size=0, seed=args.seed, dtype=np.dtype(args.dtype), limit=args.limit)
+    config = {"fbprop": __version__, "command": "siamese", "settings": {k: v for k, v in vars(args).items()
+                                                                         if k not in ("parallel", "eval")}}
+    if args.out:
+        out = Path(args.out)
+        claim(out, config)
+    else:
+        out = new_run_dir(Path("runs"), f"{data.name}-siamese", config)
+    result = train_siamese(data, hidden=args.hidden, dim=args.dim, margin=args.margin, lr=args.lr,
+                           momentum=args.momentum, batch_size=args.batch_size, epochs=args.epochs, pairs=args.pairs,
+                           k=args.k, seed=args.seed, dtype=args.dtype, out_dir=out)
+    print(f"{args.k}-NN test accuracy in the learned {args.dim}-D space {100 * result['knn_test_accuracy']:.2f}%"
+          f" after {result['epochs']} epochs in {result['train_seconds']:.1f}s; results in {out}")
+    return 0
 
 
 def _flag(name: str) -> str:
@@ -298,8 +349,20 @@ def _load_data(name: str, args, spec: dict, limit: int | None, dtype: str):
                         task=task, label_column=column)
 
 
+NEEDED = ("model", "input_shape", "n_classes", "normalisation")
+
+
+def _require(path: Path, spec: dict, needed: tuple[str, ...] = NEEDED) -> dict:
+    """The spec, when it has the fields the command line needs to rebuild the machine and its inputs."""
+    for key in needed:
+        if key not in spec:
+            raise CommandError(f"{path}: the architecture has no {key!r} (saved outside `fbprop train`?)")
+    return spec
+
+
 def _run_data(path: Path, spec: dict, args, limit: int | None):
     """The data set a checkpoint was trained on: its split (seed, validation size) and its standardisation."""
+    _require(path, spec)
     data = _load_data(args.data or spec.get("dataset", "digits"), args, spec, limit, spec.get("dtype", "float32"))
     if list(data.image_shape) != list(spec["input_shape"]) or data.n_classes != spec["n_classes"]:
         raise CommandError(f"{path}: the model expects images {tuple(spec['input_shape'])} in {spec['n_classes']} "
@@ -334,11 +397,24 @@ def _new_run(args, root: bool):
     return data, spec, settings
 
 
+def _read_resume(resume: Path) -> tuple[dict, dict]:
+    """(spec, trainer state) of the run to resume; a run killed before its first checkpoint starts
+    over from its config.json ({"settings": …} with no epoch done)."""
+    config = resume.parent / "config.json"
+    if not resume.exists() and resume.name == "checkpoint.npz" and config.is_file():
+        try:
+            run = json.loads(config.read_text())
+            spec, settings = run["model"], run["training"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CommandError(f"{config}: unreadable run configuration ({type(e).__name__}: {e})") from None
+        check_spec(config, spec)
+        return spec, {"settings": settings, "fresh": True}
+    spec, _, _, state = load_checkpoint(resume)
+    return spec, state
+
+
 def _resumed_run(args, resume: Path, parallel):
-    spec, state = None, None
-    if parallel.is_root:                                         # rank 0 reads, the others hear
-        spec, _, _, state = load_checkpoint(resume)
-    spec, state = parallel.share((spec, state))
+    spec, state = parallel.share(_read_resume(resume) if parallel.is_root else None)   # rank 0 reads
     run_settings = state.get("settings") or {**_defaults(), "optimizer": state.get("optimizer", "sgd"),
                                              "lr": state.get("lr"), "seed": spec.get("seed", 0)}
     _refuse_changes("model setting", spec, {**_model_spec(args, spec)})
@@ -384,7 +460,7 @@ def cmd_train(args) -> int:
                       patience=settings["patience"], seed=settings["seed"], hessian_samples=settings["hessian_samples"],
                       out_dir=out, progress=args.progress, extensions=extensions,
                       comm=getattr(parallel, "comm", None), **options)
-    if args.resume:
+    if args.resume and resume.exists():
         trainer.resume(resume)
     if root:
         where = f" on {parallel.size} processes" if parallel.size > 1 else ""
@@ -404,7 +480,7 @@ def cmd_train(args) -> int:
     test = trainer.evaluate(data.test)
     if not root:
         return 0
-    best = trainer.best_error if len(data.val) and math.isfinite(trainer.best_error) else None   # strict JSON
+    best = trainer.best.error if len(data.val) and math.isfinite(trainer.best.error) else None   # strict JSON
     which = trainer.best.epoch if trainer.best.params is not None else trainer.epoch
     split = "validation" if len(data.val) else "training"
     measure = "RMSE" if data.task == "regression" else "error"
@@ -420,7 +496,7 @@ def cmd_train(args) -> int:
         summary.update(test_error=test.error, best_val_error=best, confusion=test.confusion.tolist(),
                        confusion_normalised=np.round(normalised, 6).tolist())
         line = f"test error {100 * test.error:.2f}% (accuracy {100 * (1 - test.error):.2f}%)"
-    text = json.dumps(summary, indent=1)
+    text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
     atomic_write(out / "result.json", lambda f: f.write(text.encode()))
     if not args.no_plots and data.task != "regression":
         from fbprop.plots import plot_confusion
@@ -430,13 +506,15 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_model(checkpoint: str):
+def _load_model(checkpoint: str, needed: tuple[str, ...] = NEEDED):
     """The machine of a checkpoint file, or of a run directory's best.npz (else its checkpoint.npz)."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.npz" if (path / "best.npz").exists() else path / "checkpoint.npz"
     spec, params, _, _ = load_checkpoint(path)
-    machine = build_machine(spec)
+    machine = build_machine(_require(path, spec, needed))
+    if params.shape != machine.pool.x.shape:
+        raise CommandError(f"{path}: expected {machine.pool.size} parameters for its architecture, got {params.size}")
     machine.pool.load(params)
     return path, spec, machine
 
@@ -471,6 +549,8 @@ def cmd_predict(args) -> int:
             if batch.dtype.kind == "f" and not np.isfinite(batch).all():
                 raise CommandError(f"{path}: the images hold NaN or infinite values (from image {i} on)")
             inputs = normalise(batch, machine.pool.dtype, unit=unit)
+            if not np.isfinite(inputs).all():
+                raise CommandError(f"{path}: pixel values too large for {machine.pool.dtype} (from image {i} on)")
             if regression:
                 rows.append(machine.predict(inputs).reshape(len(batch), -1))
             elif args.proba or args.top_k:
@@ -649,7 +729,7 @@ def _guarded(parallel, command, args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck,
-               "export": cmd_export}
+               "siamese": cmd_siamese, "export": cmd_export}
     parallel = None
     try:
         if args.command == "train":

@@ -112,6 +112,10 @@ class SingleProcess:
         if differ:
             raise ValueError(f"{what} differ from rank 0's: {'; '.join(differ)}{hint}")
 
+    def join(self, trainer) -> None:
+        """Before training: check that every process trains the same thing on the same data, then
+        give all the first one's parameters and optimizer state (nothing to do for one process)."""
+
     def guard(self, who: str = "fbprop", user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),
               collective: tuple[type[BaseException], ...] = ()) -> contextlib.AbstractContextManager:
         """A block in which an error on one process must end all of them (nothing to do for one)."""
@@ -153,6 +157,16 @@ class DataParallel(SingleProcess):
 
     def share(self, obj: Any) -> Any:
         return self.comm.bcast(obj, root=0)                     # pickled by mpi4py: settings only
+
+    def join(self, trainer) -> None:
+        pool, d = trainer.machine.pool, trainer.data
+        self.agree("the training settings", {"parameters": pool.size, "dtype": pool.dtype.name, **trainer.settings(),
+                                             "epoch": trainer.epoch, "step": trainer.step})
+        self.agree("the data", {f"{name} checksum": checksum(s.x, s.y) for name, s in
+                                (("train", d.train), ("val", d.val), ("test", d.test))},
+                   "; every process must load the same data set")
+        self.broadcast(pool.x)
+        trainer.optimizer.load_state({k: self.broadcast(v) for k, v in trainer.optimizer.state().items()})
 
     @contextmanager
     def guard(self, who: str = "fbprop", user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),

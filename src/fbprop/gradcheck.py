@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fbprop.module import Cascade, Module
+from fbprop.network import Network
 from fbprop.state import State
 
 
@@ -43,25 +44,28 @@ def _compare(report: GradcheckReport, what: str, analytic: np.ndarray, numeric: 
                                f"{index}: analytic {a[j]:.10g}, numeric {n[j]:.10g}")
 
 
+def _run(module: Module, states: list[State]) -> np.ndarray:
+    """F(states): the module's outputs, flattened and joined into one vector."""
+    outs = [State() for _ in range(module.n_outputs)]
+    module.fprop(*states, *outs)
+    return np.concatenate([o.x.ravel() for o in outs]).astype(np.float64)
+
+
 def _wiggle(module: Module, states: list[State], t: State, i: tuple, h: float) -> tuple[np.ndarray, np.ndarray]:
     """F with t_i moved by +h and by −h (t is restored)."""
-    out, v = State(), t.x[i]
+    v = t.x[i]
     try:
         t.x[i] = v + h
-        module.fprop(*states, out)
-        up = out.x.copy()
+        up = _run(module, states)
         t.x[i] = v - h
-        module.fprop(*states, out)
-        return up, out.x.copy()
+        return up, _run(module, states)
     finally:
         t.x[i] = v
 
 
 def _jacobian(module: Module, states: list[State], t: State, eps: float) -> np.ndarray:
-    """∂F/∂t by central differences: an array of shape F.shape + t.shape."""
-    out = State()
-    module.fprop(*states, out)
-    jac = np.empty(out.x.shape + t.x.shape)
+    """∂F/∂t by central differences: an array of shape (size of F,) + t.shape."""
+    jac = np.empty(_run(module, states).shape + t.x.shape)
     for i in np.ndindex(t.x.shape):
         up, down = _wiggle(module, states, t, i, eps)
         jac[(...,) + i] = (up - down) / (2 * eps)
@@ -71,9 +75,7 @@ def _jacobian(module: Module, states: list[State], t: State, eps: float) -> np.n
 def _curvature(module: Module, states: list[State], t: State, r: np.ndarray, eps2: float,
                coords: list[tuple] | None = None) -> np.ndarray:
     """Σ_p r_p ∂²F_p/∂t_i² by second differences, for every entry i of t (or those in coords)."""
-    out = State()
-    module.fprop(*states, out)
-    f0 = out.x.copy()
+    f0 = _run(module, states)
     curv = np.zeros(t.x.shape)
     for i in coords if coords is not None else np.ndindex(t.x.shape):
         up, down = _wiggle(module, states, t, i, eps2)
@@ -81,35 +83,69 @@ def _curvature(module: Module, states: list[State], t: State, r: np.ndarray, eps
     return curv
 
 
-def _gauss_newton(module: Module, inp: State, q: np.ndarray, r: np.ndarray, eps: float, eps2: float,
-                  into: dict[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The numeric Gauss-Newton diagonal a chain of modules should propagate, stage by stage.
+def _is_graph(module: Module) -> bool:
+    return isinstance(module, (Cascade, Network))
 
-    q_{i-1} = (J_i∘J_i)ᵀ q_i for the input and (J_w∘J_w)ᵀ q_i for each parameter (added into
-    `into`, keyed by id); off-diagonal terms are dropped between stages, as bbprop does. The
-    gradient r_{i-1} = J_iᵀ r_i is carried along for stages whose own curvature is kept.
-    Returns (q, r) at the input.
+
+def _gauss_newton(module: Module, inputs: list[State], q: np.ndarray, r: np.ndarray, eps: float, eps2: float,
+                  into: dict[int, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The numeric Gauss-Newton diagonal a network of modules should propagate, module by module.
+
+    q and r are flat over the module's outputs (as `_run` joins them). For each module, from the
+    last to the first: q_in = (J∘J)ᵀ q_out for each input and (J_w∘J_w)ᵀ q_out for each parameter
+    (added into `into`, keyed by id); off-diagonal terms are dropped between modules, as bbprop
+    does, and a state read by several modules gets the sum. The gradient r_in = Jᵀ r_out is
+    carried along for modules whose own curvature is kept; their curvature term is weighted by
+    r where r ≥ 0, the negative part dropped as their bbprop drops it. Returns (q, r) for each input.
     """
     if isinstance(module, Cascade):
-        stages = [State(inp.x.copy())]
+        stages = [State(inputs[0].x.copy())]
         for m in module.modules[:-1]:
             out = State()
             m.fprop(stages[-1], out)
             stages.append(State(out.x.copy()))
         for m, s in zip(reversed(module.modules), reversed(stages)):
-            q, r = _gauss_newton(m, s, q, r, eps, eps2, into)
-        return q, r
+            [(q, r)] = _gauss_newton(m, [s], q.ravel(), r.ravel(), eps, eps2, into)
+        return [(q, r)]
+    if isinstance(module, Network):
+        values = {name: State(s.x.copy()) for name, s in zip(module.input_names, inputs)}
+        for node, outs in module.trace(*[State(s.x.copy()) for s in inputs],
+                                       *[State() for _ in module.output_names]):
+            values.update({name: State(s.x.copy()) for name, s in zip(node.writes, outs)})
+        qs = {name: np.zeros(s.x.shape) for name, s in values.items()}
+        rs = {name: np.zeros(s.x.shape) for name, s in values.items()}
+        start = 0
+        for name in module.output_names:
+            size = values[name].x.size
+            qs[name] += q[start:start + size].reshape(values[name].x.shape)
+            rs[name] += r[start:start + size].reshape(values[name].x.shape)
+            start += size
+        for node in reversed(module.nodes):
+            q_out = np.concatenate([qs[n].ravel() for n in node.writes])
+            r_out = np.concatenate([rs[n].ravel() for n in node.writes])
+            ins = [State(values[n].x.copy()) for n in node.reads]
+            for name, (q_in, r_in) in zip(node.reads, _gauss_newton(node.module, ins, q_out, r_out, eps, eps2, into)):
+                qs[name] += q_in
+                rs[name] += r_in
+        return [(qs[name], rs[name]) for name in module.input_names]
+    r_kept = np.maximum(r, 0)
     for p in module.params():
-        jac = _jacobian(module, [inp], p, eps)
-        gn = np.tensordot(q, jac * jac, axes=q.ndim)
+        jac = _jacobian(module, inputs, p, eps)
+        gn = np.tensordot(q, jac * jac, axes=1)
         if module.curvature:
-            gn += _curvature(module, [inp], p, r, eps2)
+            gn += _curvature(module, inputs, p, r_kept, eps2)
         into[id(p)] = into.get(id(p), 0) + gn
-    jac = _jacobian(module, [inp], inp, eps)
-    q_in = np.tensordot(q, jac * jac, axes=q.ndim)
-    if module.curvature:
-        q_in += _curvature(module, [inp], inp, r, eps2)
-    return q_in, np.tensordot(r, jac, axes=r.ndim)
+    found = []
+    for s in inputs:
+        if s.x.dtype.kind != "f":                                # labels: no derivative
+            found.append((np.zeros(s.x.shape), np.zeros(s.x.shape)))
+            continue
+        jac = _jacobian(module, inputs, s, eps)
+        q_in = np.tensordot(q, jac * jac, axes=1)
+        if module.curvature:
+            q_in += _curvature(module, inputs, s, r_kept, eps2)
+        found.append((q_in, np.tensordot(r, jac, axes=1)))
+    return found
 
 
 def _has_curvature(module: Module) -> bool:
@@ -145,11 +181,17 @@ def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, ep
             raise ValueError(f"gradcheck {module!r}: expected float64 inputs, got {s.x.dtype}")
     targets += [(f"parameter {j} {p.x.shape}", p) for j, p in enumerate(params)]
 
-    out = State()
+    outs = [State() for _ in range(module.n_outputs)]
 
     def forward() -> np.ndarray:
-        module.fprop(*states, out)
-        return out.x.copy()
+        module.fprop(*states, *outs)
+        return np.concatenate([o.x.ravel() for o in outs])
+
+    def seed(slot: str, flat: np.ndarray) -> None:
+        start = 0
+        for o in outs:
+            setattr(o, slot, flat[start:start + o.x.size].reshape(o.x.shape))
+            start += o.x.size
 
     f0 = forward()
     report = GradcheckReport(repr(module))
@@ -171,23 +213,24 @@ def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, ep
         if module.curvature:
             gn += _curvature(module, states, t, r_pos, eps2, coords)   # + Σ_p r_p ∂²F_p/∂t_i²
         numeric[name] = (grad, gn)
-    if isinstance(module, Cascade) and len(states) == 1:
-        # a chain's bbprop is the composition of its stages' diagonal approximations
+    if _is_graph(module):
+        # a network's bbprop composes its modules' diagonal approximations
         into: dict[int, np.ndarray] = {}
-        ddx_in, _ = _gauss_newton(module, State(states[0].x.copy()), q, r_pos, eps, eps2, into)
+        found = _gauss_newton(module, [State(s.x.copy()) for s in states], q, r_pos, eps, eps2, into)
         for name, t in targets:
-            ddx = ddx_in if t is states[0] else into[id(t)]
-            numeric[name] = (numeric[name][0], ddx)
+            ddx = next((d for s, (d, _) in zip(states, found) if s is t), None)
+            numeric[name] = (numeric[name][0], ddx if ddx is not None else into[id(t)])
     forward()
 
     def sweep(method, slot: str, seed_dx: np.ndarray, seed_ddx: np.ndarray, times: int) -> list[np.ndarray]:
-        out.dx, out.ddx = seed_dx, seed_ddx
+        seed("dx", seed_dx)
+        seed("ddx", seed_ddx)
         if method == module.bbprop:
-            module.bprop(*states, out)                           # bbprop reads the dx bprop leaves
+            module.bprop(*states, *outs)                         # bbprop reads the dx bprop leaves
         for _, t in targets:
             getattr(t, slot).fill(0)
         for _ in range(times):
-            method(*states, out)
+            method(*states, *outs)
         return [getattr(t, slot).copy() for _, t in targets]
 
     once = sweep(module.bprop, "dx", r, q, 1)

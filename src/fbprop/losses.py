@@ -34,6 +34,8 @@ class Loss(Module):
     the bprop and bbprop of the same sweep (recognised by the energies array they came from).
     """
 
+    n_inputs = 2                                                 # energies, labels
+
     def terms(self, e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         raise NotImplementedError
 
@@ -68,18 +70,23 @@ class Loss(Module):
 
     def bprop(self, energies: State, labels: State | None, out: State) -> None:
         g, _ = self._derivatives(energies, labels)
-        energies.dx += out.dx[:, None] * g                       # ∂L/∂E_k, scaled by ∂objective/∂L
+        energies.dx += _column(out.dx, g) * g                    # ∂L/∂E_k, scaled by ∂objective/∂L
 
     def bbprop(self, energies: State, labels: State | None, out: State) -> None:
         g, h = self._derivatives(energies, labels)
-        energies.ddx += out.ddx[:, None] * g * g                 # (∂L/∂E_k)² ∂²obj/∂L²
+        energies.ddx += _column(out.ddx, g) * g * g              # (∂L/∂E_k)² ∂²obj/∂L²
         if h is not None:
             h = h() if callable(h) else h
-            energies.ddx += np.maximum(out.dx, 0)[:, None] * h   # + ∂obj/∂L ∂²L/∂E_k²
+            energies.ddx += _column(np.maximum(out.dx, 0), g) * h   # + ∂obj/∂L ∂²L/∂E_k²
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
+
+
+def _column(v: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Per-sample factors (n,) shaped to scale energies (n, k) or (n,)."""
+    return v[:, None] if like.ndim == 2 else v
 
 
 def _rows(e: np.ndarray) -> np.ndarray:
@@ -261,10 +268,47 @@ class LVQ2Loss(Loss):
         return np.clip(u, 0, self.saturation), _pair(e, y, gy, gb, ybar), None
 
 
+class ContrastiveLoss(Loss):
+    """L = (1 − Y) ½ D² + Y ½ ([m − D]⁺)², for one energy D ≥ 0 per pair and Y = 0 (similar) or 1
+    (dissimilar): similar pairs are pulled together, dissimilar ones pushed to at least the margin m
+    (Hadsell, Chopra, LeCun, "Dimensionality reduction by learning an invariant mapping", 2006).
+    Energies (n,) with integer labels (n,). Convex in D: bbprop keeps ∂²L/∂D² = (1 − Y) + Y [m > D].
+    Inference: the Y of lower loss, "dissimilar" when D > m/2 (`answers`).
+    """
+
+    curvature = True
+
+    def __init__(self, margin: float = 1.0) -> None:
+        if not margin > 0:
+            raise ValueError(f"ContrastiveLoss: expected margin > 0, got {margin}")
+        self.margin = float(margin)
+
+    def _read(self, energies, labels):
+        e = energies.x
+        y = None if labels is None else np.asarray(labels.x if isinstance(labels, State) else labels)
+        if e.ndim != 1:
+            raise ValueError(f"{self!r}: expected one energy per pair, shape (n,), got {e.shape}")
+        if y is None or y.shape != e.shape or y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() > 1)):
+            got = "no labels" if y is None else f"{y.dtype} labels of shape {y.shape}"
+            raise ValueError(f"{self!r}: expected labels 0 (similar) or 1 (dissimilar) of shape {e.shape}, got {got}")
+        return e, y
+
+    def terms(self, e, y):
+        similar = (y == 0).astype(e.dtype)
+        gap = np.maximum(self.margin - e, 0)                     # [m − D]⁺
+        loss = similar * 0.5 * e**2 + (1 - similar) * 0.5 * gap**2
+        g = similar * e - (1 - similar) * gap                    # ∂L/∂D = (1 − Y) D − Y [m − D]⁺
+        return loss, g, similar + (1 - similar) * (gap > 0)
+
+    def answers(self, e: np.ndarray) -> np.ndarray:
+        """argmin over Y of L: 1 (dissimilar) where D > m/2, else 0."""
+        return (e > 0.5 * self.margin).astype(np.intp)
+
+
 LOSSES = {
     "energy": EnergyLoss, "perceptron": PerceptronLoss, "hinge": HingeLoss, "nll": NLLLoss,
     "log": LogLoss, "square-square": SquareSquareLoss, "square-exp": SquareExpLoss,
-    "mce": MCELoss, "lvq2": LVQ2Loss,
+    "mce": MCELoss, "lvq2": LVQ2Loss, "contrastive": ContrastiveLoss,
 }
 
 

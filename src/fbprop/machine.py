@@ -9,77 +9,115 @@ import numpy as np
 from fbprop.distributed import SingleProcess
 from fbprop.losses import Loss, Regularizer, infer
 from fbprop.module import Cascade, Module
+from fbprop.network import Network, short_name
 from fbprop.params import ParamPool
 from fbprop.state import State
 
 
 class Machine:
-    """An energy-based learning machine: E(W, Y, X) = energy(G(X, W), Y), trained through a loss.
+    """An energy-based learning machine: a network computing energies E(W, Y, X), trained through a loss.
 
-    - classification: `energy` maps G(X) (n, d) to one energy per answer (n, k) (RBF,
-      NegatedScores), the loss reads them with integer labels, inference is argmin over answers;
-    - regression: `energy` is Euclidean(G(X), Y) (n,), the loss is the energy loss.
+    Two ways to give the network:
 
+    - `Machine(net, energy, loss, pool)`: the net G maps X to G(X) and the energy module reads it —
+      classification: `energy` maps G(X) (n, d) to one energy per answer (n, k) (RBF, NegatedScores),
+      the loss reads them with integer labels, inference is argmin over answers;
+      regression: `energy` is Euclidean(G(X), Y) (n,), the loss is the energy loss.
+    - `Machine(network, None, loss, pool)`: any module (a `Network`) whose one output is the
+      energies. With one input it reads X, and the loss reads the desired answers Y with the
+      energies (per answer (n, k), or one per sample or pair, e.g. the contrastive loss); with two
+      inputs it reads X and Y — the answer enters the network wherever the machine needs it — and
+      the loss reads the energies alone (the energy loss).
+
+    `fprop(x, y)`, `bprop()` and `bbprop()` are one forward and two backward sweeps through network
+    and loss (the caller sets `losses.dx`, ∂objective/∂L_i, and clears `pool.dx` first).
     `gradient` leaves in `pool.dx` the batch mean of ∂L_i/∂W plus (λ/P) ∂H/∂W, P = `n_train`:
     the quantity every optimizer in `fbprop.optim` steps along (see the lecture's formulas there).
     """
 
-    def __init__(self, net: Module, energy: Module, loss: Loss, pool: ParamPool,
+    def __init__(self, net: Module, energy: Module | None, loss: Loss, pool: ParamPool,
                  regularizer: Regularizer | None = None, spec: dict | None = None) -> None:
         self.net, self.energy, self.loss, self.pool = net, energy, loss, pool
         self.regularizer = regularizer
         self.spec = spec or {}
         self.n_train = 1
         self.reducer = SingleProcess()                           # fbprop.distributed.data_parallel replaces it
-        self.regression = getattr(energy, "n_inputs", 1) == 2
+        self.regression = energy is not None and energy.n_inputs == 2
         self.inp = State(requires_dx=False)
         self.out, self.target, self.energies, self.labels, self.losses = (State() for _ in range(5))
         self.target.requires_dx = False
+        if energy is None:
+            if not isinstance(net, Module):
+                raise TypeError(f"Machine: expected a Module as the network, got {type(net).__name__}")
+            if net.n_inputs not in (1, 2) or net.n_outputs != 1:
+                raise ValueError(f"Machine: expected a network reading X (or X and Y) and writing the energies, "
+                                 f"got {short_name(net)} with {net.n_inputs} inputs and {net.n_outputs} outputs")
+            self.network = net
+        else:
+            reads = "out, y" if self.regression else "out"
+            self.network = Network(inputs="x, y" if self.regression else "x", outputs="energies",
+                                   modules=[(net, "x -> out"), (energy, f"{reads} -> energies")])
+            self.out = self.network.state("out")
+        self.y_enters = self.network.n_inputs == 2
+        self.inputs = [self.inp, self.target] if self.y_enters else [self.inp]
 
     # forward ------------------------------------------------------------------------------
-    def fprop(self, x: np.ndarray, y: np.ndarray | None) -> None:
+    def fprop(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
+        """Energies of the batch x (and, given the desired answers y, the losses)."""
         self.inp.x = x
-        self.net.fprop(self.inp, self.out)
-        if self.regression:
-            if y is None:                                        # no target: G(X) is the answer
+        if self.y_enters:
+            if y is None:
+                if not self.regression:
+                    raise ValueError("Machine: the answer Y is an input of this machine's network; fprop needs "
+                                     "y (minimize_energy finds the Y of least energy), got y=None")
+                self.net.fprop(self.inp, self.out)               # no target: G(X) is the answer
                 return
             self.target.x = y
-            self.energy.fprop(self.out, self.target, self.energies)
-        else:
-            self.energy.fprop(self.out, self.energies)
+        self.network.fprop(*self.inputs, self.energies)
         if y is not None:
             self.labels.x = y
-            self.loss.fprop(self.energies, None if self.regression else self.labels, self.losses)
+            self.loss.fprop(self.energies, None if self.y_enters else self.labels, self.losses)
 
     def answers(self) -> np.ndarray | None:
-        """argmin_y E(W, y, X) for the batch of the last fprop; None for a regression."""
-        return None if self.regression else infer(self.energies.x)
+        """argmin_y E(W, y, X) for the batch of the last fprop: over the k answers for energies
+        (n, k), the loss's own inference for one energy per sample (a pair's same/different), None
+        where Y is continuous."""
+        e = self.energies.x
+        if self.y_enters:
+            return None
+        if e.ndim == 2:
+            return infer(e)
+        answers = getattr(self.loss, "answers", None)
+        return answers(e) if answers is not None else None
 
     def predict(self, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        """argmin_y E(W, y, X) for each sample (classification) or G(X) (regression)."""
+        """argmin_y E(W, y, X) for each sample (classification, pairs) or G(X) (regression)."""
+        if self.y_enters and not self.regression:
+            raise ValueError("Machine: Y is a continuous input of this machine's network; use "
+                             "fbprop.minimize_energy(machine, x, y0) to find the Y of least energy")
         parts = []
         for i in range(0, len(x), batch_size):
             self.fprop(x[i:i + batch_size], None)
             parts.append(self.out.x.copy() if self.regression else self.answers())
+        if parts and parts[0] is None:
+            raise ValueError(f"Machine: {self.loss!r} gives no discrete answers to predict")
         return np.concatenate(parts) if parts else np.zeros(0, np.intp)
 
     # backward -----------------------------------------------------------------------------
     def _sweep(self, method: str, slot: str) -> None:
-        """One backward sweep (method "bprop" or "bbprop") from the losses down to the input."""
+        """One backward sweep (method "bprop" or "bbprop") from the losses down to the inputs."""
         getattr(self.energies, f"clear_{slot}")()
-        getattr(self.out, f"clear_{slot}")()
         if slot == "ddx":
             self.losses.clear_ddx()                              # the objective is linear in each L_i
-        labels = None if self.regression else self.labels
-        getattr(self.loss, method)(self.energies, labels, self.losses)
-        inputs = (self.out, self.target) if self.regression else (self.out,)
-        getattr(self.energy, method)(*inputs, self.energies)
-        getattr(self.net, method)(self.inp, self.out)
+        getattr(self.loss, method)(self.energies, None if self.y_enters else self.labels, self.losses)
+        getattr(self.network, method)(*self.inputs, self.energies)
 
     def bprop(self) -> None:
+        """Add ∂objective/∂W into pool.dx (and ∂/∂X, ∂/∂Y into the inputs that require it), from losses.dx."""
         self._sweep("bprop", "dx")
 
     def bbprop(self) -> None:
+        """Add the Gauss-Newton diagonal into pool.ddx; runs after the bprop of the same sweep."""
         self._sweep("bbprop", "ddx")
 
     def accumulate(self, x: np.ndarray, y: np.ndarray, weight: float) -> float:
@@ -144,26 +182,19 @@ class Machine:
             value += self.regularizer.fprop(self.pool)
         return value / p
 
-    def first_nonfinite(self, x: np.ndarray) -> str | None:
-        """Run x forward stage by stage and name the first module whose output is not finite."""
+    def first_nonfinite(self, x: np.ndarray, y: np.ndarray | None = None) -> str | None:
+        """Run x forward module by module and name the first module whose output is not finite."""
         if not np.isfinite(x).all():
             return "the input batch"
-        state = State(x)
-        for m in leaves(self.net):
-            out = State()
-            m.fprop(state, out)
-            if not np.isfinite(out.x).all():
-                return repr(m)
-            state = out
-        energies = State()
-        if not self.regression:
-            self.energy.fprop(state, energies)
-            if not np.isfinite(energies.x).all():
-                return repr(self.energy)
-        return None
+        if self.y_enters and y is None:
+            return _first_nonfinite(self.net, [State(x)])[0] if self.regression else None
+        inputs = [State(x)] + ([State(y)] if self.y_enters else [])
+        return _first_nonfinite(self.network, inputs)[0]
 
     def __repr__(self) -> str:
-        return (f"Machine(net={self.net!r},\n        energy={self.energy!r}, loss={self.loss!r}, "
+        head = f"net={self.net!r},\n        energy={self.energy!r}" if self.energy is not None \
+            else f"network={self.network!r}"
+        return (f"Machine({head}, loss={self.loss!r}, "
                 f"regularizer={self.regularizer!r}, parameters={self.pool.size})")
 
     # energies and probabilities of the answers --------------------------------------------
@@ -215,6 +246,24 @@ class Machine:
         return p
 
 
-def leaves(m: Module) -> list[Module]:
-    """The modules of a net in order, containers opened."""
-    return [leaf for c in m.modules for leaf in leaves(c)] if isinstance(m, Cascade) else [m]
+def _first_nonfinite(module: Module, inputs: list[State]) -> tuple[str | None, list[State]]:
+    """(the first module, inside containers too, whose output is not finite, or None; the outputs)."""
+    if isinstance(module, Cascade):
+        states = inputs
+        for m in module.modules:
+            culprit, states = _first_nonfinite(m, states)
+            if culprit is not None:
+                return culprit, states
+        return None, states
+    if isinstance(module, Network):
+        values = dict(zip(module.input_names, inputs))
+        for node in module.nodes:
+            culprit, outs = _first_nonfinite(node.module, [values[n] for n in node.reads])
+            if culprit is not None:
+                return culprit, outs
+            values.update(zip(node.writes, outs))
+        return None, [values[n] for n in module.output_names]
+    outs = [State() for _ in range(module.n_outputs)]
+    module.fprop(*inputs, *outs)
+    bad = any(o.x.dtype.kind == "f" and not np.isfinite(o.x).all() for o in outs)
+    return (repr(module) if bad else None), outs

@@ -145,6 +145,9 @@ def build_machine(spec: dict) -> Machine:
     the answer G(X) (n_classes real values, no squashing at the output); its energy is the Euclidean
     ½‖G(X) − Y‖² and its loss the energy loss L = E unless the spec names another.
     """
+    if spec.get("model") == "siamese":                           # a network of modules of its own
+        from fbprop.siamese import build_siamese
+        return build_siamese(spec)
     task = spec.get("task", "classification")
     if task not in TASKS:
         raise ValueError(f"build_machine: unknown task {task!r}: expected one of {', '.join(TASKS)}")

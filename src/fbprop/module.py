@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from fbprop.params import Param
 from fbprop.state import State
 
@@ -27,6 +29,8 @@ class Module:
     """
 
     curvature: bool = False
+    n_inputs: int = 1                                            # states read (a network checks the wiring)
+    n_outputs: int = 1                                           # states written, after the inputs
 
     def fprop(self, *states: State) -> None:
         raise NotImplementedError(f"{type(self).__name__}.fprop")
@@ -40,6 +44,15 @@ class Module:
     def params(self) -> list[State]:
         """The parameter handles this module owns or shares (each listed once)."""
         return [v for v in vars(self).values() if isinstance(v, Param)]
+
+    def share(self) -> Module:
+        """A twin of this module holding the same parameter handles (shared weights) and its own scratch.
+
+        A module keeps scratch between its fprop and its bprop (a Linear's products, a Conv2d's
+        im2col columns), so one instance must not sit in two places of a network; two twins can,
+        and their gradients add into the one set of weights.
+        """
+        return copy.deepcopy(self, {id(p): p for p in self.params()})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

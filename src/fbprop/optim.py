@@ -321,16 +321,16 @@ register_optimizer("momentum", OptimizerEntry(lambda pool, lr, momentum: SGD(poo
                                               options={"momentum": 0.9}, help="SGD with momentum"))
 register_optimizer("sdlm", OptimizerEntry(lambda pool, lr, mu: SDLM(pool, lr, mu=mu), 0.001, options={"mu": 0.02},
                                           help="stochastic diagonal Levenberg-Marquardt, η/(μ + h_kk)"))
+register_optimizer("adam", OptimizerEntry(
+    lambda pool, lr, beta1, beta2, eps, weight_decay: Adam(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
+    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+    help="Adam (Kingma & Ba): bias-corrected first and second moments"))
+register_optimizer("adamw", OptimizerEntry(
+    lambda pool, lr, beta1, beta2, eps, weight_decay: AdamW(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
+    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+    help="AdamW (Loshchilov & Hutter): Adam with decoupled weight decay"))
 register_optimizer("batch", OptimizerEntry(lambda pool, lr: SGD(pool, lr), 0.5, updater="full-batch",
                                            help="the lecture's full-batch gradient descent, W ← W − (η/P)·∂/∂W"))
 register_optimizer("lbfgs", OptimizerEntry(lambda pool, lr, max_iter: LBFGS(pool, max_iter=max_iter), None,
                                            updater="lbfgs", options={"max_iter": 20},
                                            help="L-BFGS on the full-batch objective, max_iter iterations an epoch"))
-register_optimizer("adam", OptimizerEntry(
-    lambda pool, lr, beta1, beta2, eps, weight_decay: Adam(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
-    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-    help="Adam, bias-corrected moments (weight_decay: L2 added to the gradient)"))
-register_optimizer("adamw", OptimizerEntry(
-    lambda pool, lr, beta1, beta2, eps, weight_decay: AdamW(pool, lr, (beta1, beta2), eps, weight_decay), 1e-3,
-    options={"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
-    help="Adam with decoupled weight decay"))

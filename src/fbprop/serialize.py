@@ -309,8 +309,11 @@ def save(obj: Machine | Module, path: str | os.PathLike) -> None:
     else:
         raise TypeError(f"save: expected a Machine or a Module, got {type(obj).__name__}")
     pool = writer.pool if writer.pool is not None else ParamPool()
-    description = {**body, "pool": _pool_description(pool)}
-    arrays = {"format": np.array(FORMAT), "description": np.array(json.dumps(description)),
+    try:
+        description = json.dumps({**body, "pool": _pool_description(pool)}, allow_nan=False)   # strict JSON
+    except ValueError as e:
+        raise TypeError(f"save: a constructor argument or the spec holds a non-finite number ({e})") from None
+    arrays = {"format": np.array(FORMAT), "description": np.array(description),
               "params": pool.x, **writer.arrays}
     atomic_write(path, lambda f: np.savez(f, **arrays))
 

@@ -108,7 +108,7 @@ class _EnergyEstimator(BaseEstimator):
         self.n_iter_ += trainer.epoch
         self.history_ = [*self.history_, *trainer.history]
         if len(val):
-            self.best_validation_error_ = trainer.best_error
+            self.best_validation_error_ = trainer.best.error
         return self
 
     def _check_data(self, X, y, first: bool):

@@ -1,6 +1,6 @@
 """Image classification data sets as standardised (n, 1, h, w) arrays, and mini-batches.
 
-``digits`` comes with scikit-learn; ``fashion-mnist`` and ``mnist`` are the four IDX files of
+`digits` comes with scikit-learn; `fashion-mnist` and `mnist` are the four IDX files of
 the MNIST family in a directory; any other name is taken as such a directory.
 """
 
@@ -33,7 +33,7 @@ HOW_TO_GET = {
     "mnist": "download the four MNIST files (train-images-idx3-ubyte.gz, ...) "
     "and pass root=DIR (fbprop --data-dir DIR) or set FBPROP_DATA to a directory with them in DIR/mnist",
 }
-# The digits test set is the same for every ``seed``, so test scores stay comparable.
+# The digits test set is the same for every `seed`, so test scores stay comparable.
 TEST_SEED = 12345
 MAX_CLASSES = 65536
 DIGITS_TEST_FRACTION = 0.2
@@ -44,7 +44,7 @@ CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", 
 
 @dataclass
 class Split:
-    """Inputs ``x`` (n, …) — images (n, c, h, w) or feature vectors (n, d) — and their answers ``y``,
+    """Inputs `x` (n, …) — images (n, c, h, w) or feature vectors (n, d) — and their answers `y`,
     batch axis first: integer labels (n,) for a classifier, real-valued targets (n, t) for a regression."""
 
     x: np.ndarray
@@ -66,8 +66,8 @@ class Split:
 class Normalisation:
     """Raw pixels to a model's inputs: x' = (x / pixel_scale − mean) / std.
 
-    ``pixel_scale`` brings integer pixels to [0, 1] (255 for 8-bit images, 16 for the digits'
-    counts, 1 for float images taken as already in [0, 1]); ``mean`` and ``std`` are those of
+    `pixel_scale` brings integer pixels to [0, 1] (255 for 8-bit images, 16 for the digits'
+    counts, 1 for float images taken as already in [0, 1]); `mean` and `std` are those of
     the training split after that scaling. Training, evaluation and prediction all go through it.
     """
 
@@ -76,7 +76,7 @@ class Normalisation:
     pixel_scale: float = 255.0
 
     def __call__(self, x: np.ndarray, dtype: DTypeLike = np.float32, unit: bool = False) -> np.ndarray:
-        """Standardised float copy of raw images ``x`` (``unit``: already scaled to [0, 1])."""
+        """Standardised float copy of raw images `x` (`unit`: already scaled to [0, 1])."""
         dtype = np.dtype(dtype)
         x = _to_unit(x, 1.0 if unit else 1.0 / self.pixel_scale, dtype)
         x -= dtype.type(self.mean)
@@ -84,7 +84,7 @@ class Normalisation:
         return x
 
     def convert(self, x: np.ndarray, target: Normalisation) -> None:
-        """Re-standardise ``x`` (standardised by this) in place as ``target`` would have."""
+        """Re-standardise `x` (standardised by this) in place as `target` would have."""
         x *= x.dtype.type(self.std / target.std)
         x += x.dtype.type((self.mean - target.mean) / target.std)
 
@@ -98,10 +98,10 @@ class Normalisation:
 
 @dataclass
 class Dataset:
-    """Train/val/test splits standardised with the train split's pixel ``mean`` and ``std``.
+    """Train/val/test splits standardised with the train split's pixel `mean` and `std`.
 
-    ``task`` is "classification" (``n_classes`` labels) or "regression" (``n_classes`` is then the
-    number of real-valued targets per sample, the width of the machine's output); ``class_names``
+    `task` is "classification" (`n_classes` labels) or "regression" (`n_classes` is then the
+    number of real-valued targets per sample, the width of the machine's output); `class_names`
     names the classes where they are known.
     """
 
@@ -122,40 +122,32 @@ class Dataset:
         return Normalisation(self.mean, self.std, self.pixel_scale)
 
     def standardise_as(self, target: Normalisation) -> None:
-        """Re-standardise every split in place as ``target`` would have (a model's own normalisation)."""
+        """Re-standardise every split in place as `target` would have (a model's own normalisation)."""
         if (self.mean, self.std) != (target.mean, target.std):
             for split in (self.train, self.val, self.test):
                 self.normalisation.convert(split.x, target)
             self.mean, self.std = target.mean, target.std
 
 
-def load_dataset(
-    name: str = "digits",
-    root: str | os.PathLike | None = None,
-    *,
-    val_size: float = 0.1,
-    seed: int = 0,
-    dtype: DTypeLike = np.float32,
-    limit: int | None = None,
-    task: str = "auto",
-    label_column: str | None = None,
-) -> Dataset:
-    """Load ``name`` and split it into train/val/test.
+def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *, val_size: float = 0.1,
+                 seed: int = 0, dtype: DTypeLike = np.float32, limit: int | None = None, task: str = "auto",
+                 label_column: str | None = None) -> Dataset:
+    """Load `name` and split it into train/val/test.
 
-    ``fashion-mnist`` and ``mnist`` are looked for in ``root`` (or ``root/<name>``), else in
-    ``$FBPROP_DATA/<name>`` (fashion-mnist also directly in ``$FBPROP_DATA``), then for
+    `fashion-mnist` and `mnist` are looked for in `root` (or `root/<name>`), else in
+    `$FBPROP_DATA/<name>` (fashion-mnist also directly in `$FBPROP_DATA`), then for
     fashion-mnist in /usr/share/datasets/fashion-mnist.  Any other name is a directory of the
-    four IDX files.  ``root`` is ignored for ``digits`` and for a directory name.
+    four IDX files.  `root` is ignored for `digits` and for a directory name.
 
-    ``val_size`` (a count, or a fraction of the train split) samples are drawn into val by a
-    permutation from ``np.random.default_rng(seed)``.  ``limit`` caps the train split (not
-    val, not test), for quick runs.  Pixels are scaled to [0, 1], then standardised with the
-    scalar mean and std of the resulting train split: x' = (x - mean) / std.
+    `val_size` (a count, or a fraction of the train split) samples are drawn into val by a
+    permutation from `np.random.default_rng(seed)`.  `limit` caps the train split (not val,
+    not test), for quick runs.  Pixels are scaled to [0, 1], then standardised with the scalar
+    mean and std of the resulting train split: x' = (x - mean) / std.
 
-    ``name`` may also be your own data (fbprop.data.own): a folder of images in class
-    sub-folders, a CSV file (answers in ``label_column``), an .npz or .npy file; their values
+    `name` may also be your own data (fbprop.data.own): a folder of images in class
+    sub-folders, a CSV file (answers in `label_column`), an .npz or .npy file; their values
     are divided by 255 when they are 8-bit, else taken as they are, then standardised the same
-    way. ``task`` ("auto", "classification", "regression") says what their answers are.
+    way. `task` ("auto", "classification", "regression") says what their answers are.
     """
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
@@ -235,9 +227,9 @@ def _count_answers(name: str, raw) -> int:
 def batches(
     split: Split, batch_size: int, rng: np.random.Generator | None, shuffle: bool = True
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of ``(x, y)`` mini-batches of ``batch_size`` samples, the last one partial.
+    """One epoch of `(x, y)` mini-batches of `batch_size` samples, the last one partial.
 
-    With ``shuffle`` the order is a permutation drawn from ``rng``, so a seeded generator gives
+    With `shuffle` the order is a permutation drawn from `rng`, so a seeded generator gives
     the same epochs every run; without it the batches are views in stored order.
     """
     if not _is_int(batch_size) or batch_size < 1:
@@ -251,9 +243,7 @@ def batches(
     return _epoch(split, batch_size, order)
 
 
-def _epoch(
-    split: Split, batch_size: int, order: np.ndarray | None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _epoch(split: Split, batch_size: int, order: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(split), batch_size):
         chosen = slice(start, start + batch_size) if order is None else order[start:][:batch_size]
         yield split.x[chosen], split.y[chosen]
@@ -264,14 +254,15 @@ def _is_int(value: object) -> bool:
 
 
 def _to_unit(x: np.ndarray, scale: float, dtype: np.dtype) -> np.ndarray:
-    """Pixels as a fresh ``dtype`` array scaled to [0, 1]."""
-    x = x.astype(dtype, order="C")
+    """Pixels as a fresh `dtype` array scaled to [0, 1]."""
+    with np.errstate(over="ignore", invalid="ignore"):           # too large for dtype: inf, refused by callers
+        x = x.astype(dtype, order="C")
     x *= dtype.type(scale)
     return x
 
 
 def _centre(x: np.ndarray) -> tuple[float, float]:
-    """Subtract the mean of all elements from ``x`` in place; return that mean and the std."""
+    """Subtract the mean of all elements from `x` in place; return that mean and the std."""
     mean = float(x.mean(dtype=np.float64))
     x -= x.dtype.type(mean)
     flat = x.reshape(-1)
@@ -310,7 +301,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _find(name: str, root: str | os.PathLike | None) -> str:
-    """The directory holding the four IDX files of ``name``; FileNotFoundError if none."""
+    """The directory holding the four IDX files of `name`; FileNotFoundError if none."""
     env = os.environ.get("FBPROP_DATA")
     if name in DATASETS:
         if root is not None:
@@ -323,10 +314,8 @@ def _find(name: str, root: str | os.PathLike | None) -> str:
     elif os.path.isdir(os.path.expanduser(name)):
         candidates = [os.path.expanduser(name)]
     else:
-        raise ValueError(
-            f"load_dataset: expected a name in {DATASETS}, a directory of IDX files, a folder of images in class "
-            f"sub-folders, a .csv, .npz or .npy file, got {name!r}"
-        )
+        raise ValueError(f"load_dataset: expected a name in {DATASETS}, a directory of IDX files, a folder of images "
+                         f"in class sub-folders, a .csv, .npz or .npy file, got {name!r}")
     looked = []
     for directory in map(os.fspath, candidates):
         missing = [stem for stem in FILES if _locate(directory, stem) is None]
@@ -341,7 +330,7 @@ def _find(name: str, root: str | os.PathLike | None) -> str:
 
 
 def _locate(directory: str, stem: str) -> str | None:
-    """The file for ``stem`` in ``directory``, plain or gzipped, ``-idx`` or ``.idx`` naming."""
+    """The file for `stem` in `directory`, plain or gzipped, `-idx` or `.idx` naming."""
     dotted = stem.replace("-idx", ".idx")
     for candidate in (stem, stem + ".gz", dotted, dotted + ".gz"):
         path = os.path.join(directory, candidate)
@@ -350,11 +339,9 @@ def _locate(directory: str, stem: str) -> str | None:
     return None
 
 
-def _read_four(
-    directory: str, n_classes: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _read_four(directory: str, n_classes: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Train images and labels, test images and labels, checked; then the number of classes,
-    ``n_classes`` or else the largest train label + 1."""
+    `n_classes` or else the largest train label + 1."""
     paths = [_locate(directory, stem) for stem in FILES]
     x_train, y_train, x_test, y_test = (read_idx(path) for path in paths)
     for x, y, x_path, y_path in ((x_train, y_train, *paths[:2]), (x_test, y_test, *paths[2:])):
@@ -366,10 +353,7 @@ def _read_four(
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{x_path}: expected finite pixel values, got NaN or inf")
         if y.shape != x.shape[:1]:
-            raise ValueError(
-                f"{y_path}: expected {len(x)} labels, one per image in {x_path}, "
-                f"got shape {y.shape}"
-            )
+            raise ValueError(f"{y_path}: expected {len(x)} labels, one per image in {x_path}, " f"got shape {y.shape}")
         if y.dtype.kind not in "iu":
             raise ValueError(f"{y_path}: expected integer labels, got {y.dtype}")
     if len(x_train) == 0:
@@ -390,8 +374,5 @@ def _read_four(
         n_classes = top + 1
     for y, y_path in ((y_train, paths[1]), (y_test, paths[3])):
         if len(y) and (y.min() < 0 or y.max() >= n_classes):
-            raise ValueError(
-                f"{y_path}: expected labels in [0, {n_classes}), "
-                f"got values in [{y.min()}, {y.max()}]"
-            )
+            raise ValueError(f"{y_path}: expected labels in [0, {n_classes}), " f"got values in [{y.min()}, {y.max()}]")
     return x_train, y_train, x_test, y_test, n_classes

@@ -12,8 +12,12 @@
 - an .npy array (n, d + 1): d features and the answer in the last column.
 
 Without a separate test set, `TEST_FRACTION` of the samples (drawn by a fixed seed, the same for
-every run) are the test split. The answers are labels (classification) unless `task` says
-"regression", or it is "auto" and they are real numbers that are not all whole.
+every run) are the test split. Like images, tables are standardised with one mean and one standard
+deviation over all their values (the model's `Normalisation`, shared by train, eval and predict);
+columns of very different scales are best standardised beforehand — `fbprop.sklearn`'s estimators
+standardise column by column. Regression targets are used as given. The answers are labels
+(classification) unless `task` says "regression", or it is "auto" and they are real numbers that
+are not all whole.
 """
 
 from __future__ import annotations

@@ -215,8 +215,8 @@ class MetricsFiles(Extension):
     def on_epoch_end(self, trainer: Trainer, record: dict) -> None:
         if not trainer.is_root:
             return
-        text = json.dumps({"spec": trainer.machine.spec, "history": trainer.history}, indent=1, allow_nan=False,
-                          default=str)
+        text = json.dumps(strict_json({"spec": trainer.machine.spec, "history": trainer.history}), indent=1,
+                          allow_nan=False)
         atomic_write(self.out_dir / "metrics.json", lambda f: f.write(text.encode()))
         keys = sorted({k for r in trainer.history for k in r}, key=lambda k: (k != "epoch", k))
         buf = io.StringIO()
@@ -236,6 +236,17 @@ class Plots(Extension):
         if trainer.is_root:
             from fbprop.plots import plot_curves
             plot_curves(trainer.history, self.out_dir / "curves.png", self.title)
+
+
+def strict_json(value):
+    """`value` with every NaN or infinity replaced by None: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def _finite_or_none(v: float) -> float | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 import numpy as np
 
 from fbprop.data.datasets import Dataset
-from fbprop.distributed import checksum, data_parallel
+from fbprop.distributed import data_parallel
 from fbprop.machine import Machine
 from fbprop.optim import OPTIMIZERS, Optimizer, make_optimizer
 from fbprop.train import extensions as ext
@@ -83,7 +83,7 @@ class Trainer:
     def fit(self) -> list[dict]:
         """Train from the current epoch to `epochs`; returns the history (one record per epoch)."""
         with self.machine.reducer.guard(collective=(TrainingDiverged,)):
-            self._join()
+            self.machine.reducer.join(self)
             self._call("on_fit_start")
             while self.epoch < self.epochs and not self.stop:
                 self.optimizer.set_lr(self.lr and self.lr * schedule_factor(self.schedule, self.epoch, self.epochs))
@@ -111,29 +111,9 @@ class Trainer:
         for extension in self.extensions:
             getattr(extension, hook)(self, *args)
 
-    def _join(self) -> None:
-        """Check that every process trains the same thing on the same data, then take the first one's state."""
-        r, pool, d = self.machine.reducer, self.machine.pool, self.data
-        r.agree("the training settings", {"parameters": pool.size, "dtype": pool.dtype.name, **self.settings(),
-                                          "epoch": self.epoch, "step": self.step})
-        r.agree("the data", {f"{name} checksum": checksum(s.x, s.y) for name, s in
-                             (("train", d.train), ("val", d.val), ("test", d.test))},
-                "; every process must load the same data set")
-        r.broadcast(pool.x)
-        self.optimizer.load_state({k: r.broadcast(v) for k, v in self.optimizer.state().items()})
-
     def evaluate(self, split) -> Meter:
         """Loss, error rate and confusion of the machine on a split (summed over processes)."""
         return evaluate(self.machine, split, self.data.n_classes)
-
-    # best parameters ----------------------------------------------------------------------
-    @property
-    def best_error(self) -> float:
-        return self.best.error
-
-    @property
-    def best_params(self) -> np.ndarray | None:
-        return self.best.params
 
     def restore_best(self) -> None:
         """Put the parameters of the best validation error back into the pool."""
