@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from common import SPECS
 
     import fbprop
-    from fbprop.distributed import DataParallel, shard, world
+    from fbprop.distributed import DataParallel, data_parallel, shard, world
 
     comm = world()
     parallel = DataParallel(comm) if comm is not None else None
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     y = rng.integers(0, 10, len(x))
     compute_at = {}
     for model in args.models.split(","):
-        machine = fbprop.build_machine({**SPECS[model], "dtype": "float32"})
+        machine = data_parallel(fbprop.build_machine({**SPECS[model], "dtype": "float32"}), comm)
         pool, sgd = machine.pool, fbprop.SGD(machine.pool, 0.001)
         part = shard(args.batch, rank, size)
 
@@ -146,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.steps + 3):                          # as the Trainer steps: no barrier
             xb, yb = batch(i)
             t0 = time.perf_counter()
-            if parallel is None:
-                machine.gradient(xb, yb)
-            else:
-                parallel.gradient(machine, xb, yb)
+            machine.gradient(xb, yb)
             sgd.step()
             if i >= 3:
                 steps.append(time.perf_counter() - t0)

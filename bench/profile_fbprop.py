@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from common import LR, SPECS, batch_starts, load_data, parse_workload
 
     import fbprop
+    import fbprop.network
 
     wl = parse_workload(args.workload)
     x, y, note = load_data(max(4096, wl.batch), args.data)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 totals[label] += time.perf_counter() - t
         return wrapper
 
-    leaves = fbprop.machine._leaves(machine.net)
+    leaves = list(fbprop.network.leaves(machine.net))
     for label, m in [(f"{i:2}", m) for i, m in enumerate(leaves)] + [("  ", machine.energy), ("  ", machine.loss)]:
         who = repr(m)                                            # before the wrappers join vars(m)
         for method in ("fprop", "bprop"):

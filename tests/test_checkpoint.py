@@ -157,7 +157,7 @@ def test_two_epochs_and_a_resume_for_two_more_equal_four_straight_bit_for_bit(di
     if optimizer != "sgd":
         key = "v" if optimizer == "momentum" else "h"
         assert np.array_equal(getattr(resumed.optimizer, key), getattr(straight.optimizer, key))
-    assert resumed.step == straight.step and resumed.best_error == straight.best_error
+    assert resumed.step == straight.step and resumed.best.error == straight.best.error
 
     def without_time(history):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
@@ -171,8 +171,8 @@ def test_resume_takes_the_best_parameters_from_best_npz_beside_the_checkpoint(di
     resumed = _trainer(digits, tmp_path, 3, "sgd")
     resumed.resume(tmp_path)
     best = load_checkpoint(tmp_path / "best.npz")
-    np.testing.assert_array_equal(resumed.best_params, best[1])
-    assert resumed.best_error == best[3]["val_error"]
+    np.testing.assert_array_equal(resumed.best.params, best[1])
+    assert resumed.best.error == best[3]["val_error"]
     resumed.restore_best()
     np.testing.assert_array_equal(resumed.machine.pool.x, best[1])
 

@@ -23,7 +23,7 @@ from fbprop.data import Split, load_dataset, write_idx
 from fbprop.models import build_machine
 from fbprop.train import evaluate
 
-RUN_FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "metrics.csv", "metrics.json",
+RUN_FILES = ["best.npz", "checkpoint.npz", "config.json", "confusion.png", "curves.png", "metrics.csv", "metrics.json",
              "result.json"]
 PNG = b"\x89PNG\r\n\x1a\n"
 SMALL = ("--hidden", "16", "--no-plots")
@@ -317,3 +317,110 @@ def test_plots_leave_the_callers_matplotlib_backend_alone(tmp_path):
         matplotlib.use(before)
     assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
     assert (tmp_path / "confusion.png").read_bytes()[:8] == PNG
+
+
+# resume keeps every setting of the run ------------------------------------------------------------
+RESUME_CASES = {
+    "sgd": ("--lr", "0.03"),
+    "momentum": ("--momentum", "0.5", "--lr", "0.02"),
+    "sdlm": ("--mu", "0.05", "--hessian-samples", "100"),
+    "batch": ("--lr", "0.3"),
+    "lbfgs": ("--lbfgs-iters", "4"),
+}
+
+
+def test_every_optimizer_has_a_resume_case():
+    from fbprop.optim import OPTIMIZERS
+    assert set(RESUME_CASES) == set(OPTIMIZERS)
+
+
+def interrupted_after(epoch: int, *argv) -> int:
+    """Run `fbprop train argv` and press Ctrl-C once epoch `epoch` is written (as a user would)."""
+    from fbprop.train.extensions import MetricsFiles
+    write = MetricsFiles.on_epoch_end
+
+    def write_then_interrupt(self, trainer, record):
+        write(self, trainer, record)
+        if record["epoch"] == epoch:
+            raise KeyboardInterrupt
+    with mock.patch.object(MetricsFiles, "on_epoch_end", write_then_interrupt):
+        code, _, err = call(*argv, debug=False)
+    assert err.splitlines()[-1] == "fbprop train: interrupted", err
+    return code
+
+
+@pytest.mark.parametrize("optimizer", list(RESUME_CASES))
+def test_an_interrupted_run_resumed_with_no_option_ends_bit_for_bit_as_the_uninterrupted_one(tmp_path, optimizer):
+    options = (*SMALL, "--dtype", "float64", "--limit", "400", "--optimizer", optimizer, *RESUME_CASES[optimizer],
+               "--batch-size", "16", "--schedule", "cosine", "--epochs", "4", "--seed", "5")
+    ok("train", *options, "--out", tmp_path / "straight")
+    assert interrupted_after(2, "train", *options, "--out", tmp_path / "split") == 130
+    assert load_checkpoint(tmp_path / "split")[3]["epoch"] == 2
+    _, err = ok("train", "--resume", tmp_path / "split")
+    assert [line[:9] for line in err.splitlines()[1:]] == ["epoch   3", "epoch   4"]
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "split")[1], load_checkpoint(tmp_path / "straight")[1])
+    split, straight = (load_checkpoint(tmp_path / d, with_arrays=True) for d in ("split", "straight"))
+    assert split[2].keys() == straight[2].keys()
+    for slot in split[2]:                                        # the optimizer's velocity, curvature, …
+        np.testing.assert_array_equal(split[2][slot], straight[2][slot])
+    np.testing.assert_array_equal(split[4]["best/params"], straight[4]["best/params"])
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "split" / "best.npz")[1],
+                                  load_checkpoint(tmp_path / "straight" / "best.npz")[1])
+
+
+def test_options_given_again_on_resume_must_equal_the_runs_and_epochs_may_grow(tmp_path):
+    run = tmp_path / "run"
+    ok("train", *SMALL, "--batch-size", "64", "--schedule", "cosine", "--epochs", "1", "--out", run)
+    before = load_checkpoint(run)[1]
+    for option, message in [(("--batch-size", "32"), "setting batch_size is 32 here but 64 in the run"),
+                            (("--schedule", "lenet"), "setting schedule is 'lenet' here but 'cosine' in the run"),
+                            (("--hidden", "8"), "model setting hidden is [8] here but [16] in the run"),
+                            (("--optimizer", "momentum"), "setting optimizer is 'momentum' here but 'sgd' in the run"),
+                            (("--val-size", "0.2"), "--val-size is 0.2 here but 0.1 in the run")]:
+        err = one_line(fail("train", "--resume", run, *option))
+        assert message in err, err
+    np.testing.assert_array_equal(load_checkpoint(run)[1], before)   # nothing trained, nothing written
+    _, err = ok("train", *SMALL, "--batch-size", "64", "--schedule", "cosine", "--resume", run, "--epochs", "2")
+    assert [line[:9] for line in err.splitlines()[1:]] == ["epoch   2"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["training"]["epochs"] == 2 and config["training"]["batch_size"] == 64
+
+
+def test_config_json_records_every_setting_the_data_and_the_version(run):
+    d, _, _ = run
+    config = json.loads((d / "config.json").read_text())
+    import fbprop
+    assert config["fbprop"] == fbprop.__version__
+    assert config["training"] == {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "hessian_samples": 500,
+                                  "epochs": 3, "schedule": "constant", "patience": None, "seed": 0}
+    assert config["model"]["hidden"] == [16] and config["model"]["dataset"] == "digits"
+    assert re.fullmatch(r"[0-9a-f]{8}", config["model"]["data_checksum"])
+    assert config["data"] == {"name": "digits", "train": 1293, "val": 144, "test": 360}
+
+
+def test_loss_arguments_reach_the_loss_and_unknown_ones_are_refused(tmp_path):
+    ok("train", *SMALL, "--epochs", "0", "--loss", "hinge", "--loss-arg", "margin=0.25", "--out", tmp_path / "a")
+    spec = json.loads((tmp_path / "a" / "config.json").read_text())["model"]
+    assert spec["loss"] == "hinge" and spec["loss_args"] == {"margin": 0.25}
+    err = one_line(fail("train", *SMALL, "--loss", "hinge", "--loss-arg", "gamma=2", "--out", tmp_path / "b"))
+    assert "loss 'hinge': unknown argument 'gamma' (it takes margin)" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--model", "lenet5", "--hidden", "10"), "--hidden is an option of mlp, not of lenet5"),
+    (("--momentum", "0.5"), "--momentum is an option of momentum, not of sgd"),
+    (("--optimizer", "lbfgs", "--lr", "0.1"), "--lr: lbfgs has no learning rate"),
+    (("--val-size", "2.5"), "--val-size: expected a fraction in [0, 1) or a whole count, got 2.5"),
+])
+def test_options_that_do_not_apply_are_refused_in_one_line(tmp_path, argv, message):
+    assert message in one_line(fail("train", *argv, "--out", tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_two_runs_claiming_one_directory_get_it_once(tmp_path):
+    from fbprop.runs import RunExists, claim
+    claim(tmp_path / "r", {"run": 1})
+    with pytest.raises(RunExists, match="already holds a run"):
+        claim(tmp_path / "r", {"run": 2})
+    assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"run": 1}
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json"]

@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 
 import fbprop as fb
+from cases_conv import CASES as CONV
 from cases_core import CASES as CORE
-
-try:
-    from cases_conv import CASES as CONV
-except ModuleNotFoundError as error:                            # not written yet; any other error surfaces
-    if error.name != "cases_conv":
-        raise
-    CONV = []
-
 from cases_net import CASES as NET
 
 ALL_CASES = [*CORE, *CONV, *NET]

@@ -184,3 +184,58 @@ def test_online_gradient_descent_follows_the_lecture_formula():
         _fbprop_step(pool, linear, tanh, x_data[i:i + 1], y_data[i:i + 1], 1.0, 1 / P, ETA)
         np.testing.assert_allclose(linear.w.x, w, rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(tanh.b.x, b, rtol=1e-12, atol=1e-14)
+
+
+# the registry -------------------------------------------------------------------------------------
+class SignSGD(fb.Optimizer):
+    """W ← W − η·scale·sign(dx): an optimizer defined outside fbprop, to add through the registry."""
+
+    def __init__(self, pool, lr, scale):
+        super().__init__(pool, lr)
+        self.scale = scale
+
+    def step(self):
+        self.pool.x -= self.lr * self.scale * np.sign(self.pool.dx)
+
+
+@pytest.fixture
+def sign_sgd():
+    from fbprop.optim import OPTIMIZERS, OptimizerEntry, register_optimizer
+    register_optimizer("sign", OptimizerEntry(lambda pool, lr, scale: SignSGD(pool, lr, scale), 0.01,
+                                              options={"scale": 1.0}, help="sign of the gradient"))
+    yield
+    del OPTIMIZERS["sign"]
+
+
+def test_an_optimizer_added_to_the_registry_trains_from_python_and_the_command_line(sign_sgd, tmp_path):
+    import json
+
+    from fbprop import cli
+    from fbprop.optim import make_optimizer
+    pool = fb.ParamPool(np.float64)
+    opt = make_optimizer("sign", pool, scale=0.5)
+    assert isinstance(opt, SignSGD) and opt.lr == 0.01 and opt.scale == 0.5
+    assert cli.main(["train", "--hidden", "16", "--no-plots", "--epochs", "2", "--optimizer", "sign",
+                     "--optimizer-arg", "scale=0.5", "--out", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["training"]["optimizer"] == "sign" and config["training"]["scale"] == 0.5
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert history[-1]["val_error"] < 0.5                        # chance is 0.9
+
+
+def test_unknown_optimizer_and_unknown_option_are_value_errors_naming_them():
+    from fbprop.optim import make_optimizer
+    pool = fb.ParamPool(np.float64)
+    with pytest.raises(ValueError, match="unknown optimizer 'adadelta': expected one of sgd, momentum"):
+        make_optimizer("adadelta", pool)
+    with pytest.raises(ValueError, match="optimizer 'sgd': unknown option 'momentum' \\(it takes no options\\)"):
+        make_optimizer("sgd", pool, momentum=0.9)
+
+
+def test_every_registered_optimizer_builds_with_its_defaults():
+    from fbprop.optim import OPTIMIZERS, make_optimizer
+    pool = fb.ParamPool(np.float64)
+    fb.Linear(3, 2, pool)
+    for name, entry in OPTIMIZERS.items():
+        opt = make_optimizer(name, pool)
+        assert opt.lr == entry.lr and entry.updater in ("minibatch", "full-batch", "lbfgs"), name

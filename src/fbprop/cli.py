@@ -21,18 +21,24 @@ from pathlib import Path
 
 import numpy as np
 
-from fbprop.checkpoint import CheckpointError, atomic_write, load_checkpoint
-from fbprop.data.datasets import DATASETS, load_dataset
+from fbprop import __version__
+from fbprop.checkpoint import CheckpointError, check_spec, load_checkpoint
+from fbprop.data.datasets import DATASETS, Normalisation, load_dataset
 from fbprop.data.idx import IdxError, read_idx
-from fbprop.distributed import DataParallel, MPIUnavailable, world
+from fbprop.distributed import SingleProcess, checksum, world
+from fbprop.files import atomic_write
 from fbprop.losses import LOSSES
-from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec
-from fbprop.train import OPTIMIZERS, SCHEDULES, Trainer, TrainingDiverged, evaluate
+from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec, model_entry
+from fbprop.network import leaves
+from fbprop.optim import OPTIMIZERS
+from fbprop.runs import claim, new_run_dir, write_config
+from fbprop.train import SCHEDULES, Plots, Trainer, TrainingDiverged, evaluate
+from fbprop.train.extensions import strict_json
 
-DEFAULT_LR = {"sgd": 0.05, "momentum": 0.01, "sdlm": 0.001, "batch": 0.5, "lbfgs": 1.0}
-RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.json", "metrics.csv", "result.json")
 CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
+# Settings a resumed run may change; every other one given again must equal the run's.
+RESUMABLE = ("epochs", "patience")
 
 
 class CommandError(Exception):
@@ -75,6 +81,18 @@ def _positive(kind):
     return parse
 
 
+def _key_value(text: str) -> tuple[str, float | int | str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, e.g. beta=0.5, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="NAME",
                    help=f"dataset: {', '.join(DATASETS)}, or a directory holding the four MNIST-format files "
@@ -83,43 +101,66 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive(int), default=None, help="use at most this many training samples")
 
 
+def train_options() -> dict[str, tuple]:
+    """train's options: name -> (default, argparse keywords), from the registries as they are now.
+
+    The parser's defaults are None and the settings are filled in after parsing, so that a resumed
+    run can tell the options given again from those left out.
+    """
+    return {
+        "model": ("mlp", {"choices": list(MODELS), "help": "; ".join(f"{k}: {e.help}" for k, e in MODELS.items())}),
+        "hidden": (None, {"type": _sizes, "help": "hidden layer sizes of mlp (default 300,100)"}),
+        "squash": (None, {"choices": list(SQUASHES), "help": "mlp's sigmoid (default tanh)"}),
+        "energy": (None, {"choices": ENERGIES, "help": "scores: energies are negated outputs; rbf: distances to "
+                                                       "per-class target codes (default: the model's)"}),
+        "loss": (None, {"choices": list(LOSSES), "help": "energy-based loss (default: the model's, nll)"}),
+        "beta": (None, {"type": _positive(float), "help": "inverse temperature of the nll loss (--loss-arg beta=)"}),
+        "margin": (None, {"type": _positive(float), "help": "margin of hinge / square-square (--loss-arg margin=)"}),
+        "loss_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
+                            "help": "any argument of the loss, e.g. --loss-arg gamma=2 (repeatable)"}),
+        "optimizer": ("sgd", {"choices": list(OPTIMIZERS),
+                              "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())}),
+        "lr": (None, {"type": _positive(float), "help": "learning rate η (default per optimizer: " + ", ".join(
+            f"{k} {e.lr:g}" for k, e in OPTIMIZERS.items() if e.lr) + ")"}),
+        "optimizer_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
+                                 "help": "any option of the optimizer, e.g. momentum=0.5 (repeatable)"}),
+        "momentum": (None, {"type": float, "help": "momentum's α (default 0.9)"}),
+        "mu": (None, {"type": _positive(float), "help": "SDLM's μ in η/(μ + h_kk) (default 0.02)"}),
+        "lbfgs_iters": (None, {"type": _positive(int), "help": "L-BFGS iterations per epoch (default 20)"}),
+        "hessian_samples": (500, {"type": _positive(int), "help": "samples for SDLM's Hessian estimate"}),
+        "schedule": ("constant", {"choices": list(SCHEDULES)}),
+        "epochs": (20, {"type": int}),
+        "batch_size": (32, {"type": _positive(int), "help": "1 is on-line learning"}),
+        "l2": (0.0, {"type": float, "help": "λ of the L2 regularizer ½‖W‖²"}),
+        "l1": (0.0, {"type": float, "help": "λ of the L1 regularizer ‖W‖₁"}),
+        "val_size": (0.1, {"type": float, "help": "validation fraction (or count) of the training set"}),
+        "patience": (None, {"type": _positive(int), "help": "early stopping after this many epochs without a better "
+                                                           "validation error (default: none)"}),
+        "dtype": ("float32", {"choices": ["float32", "float64"]}),
+        "seed": (0, {"type": int}),
+    }
+# optimizer options of the command line -> the registry's names
+OPTIMIZER_FLAGS = {"momentum": "momentum", "mu": "mu", "lbfgs_iters": "max_iter"}
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fbprop", description="Gradient-based learning in multi-module systems.",
                                      epilog="Errors are one line on stderr; set FBPROP_DEBUG=1 for a traceback.")
+    parser.add_argument("--version", action="version", version=f"fbprop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model and write checkpoint, metrics and plots",
-                       formatter_class=_DefaultsFormatter)
+    t = sub.add_parser("train", help="train a model and write checkpoint, metrics and plots")
     _data_args(t)
-    t.add_argument("--model", default="mlp", choices=MODELS)
-    t.add_argument("--hidden", type=_sizes, default=None, help="hidden layer sizes of mlp (default 300,100)")
-    t.add_argument("--squash", default=None, choices=list(SQUASHES), help="mlp's sigmoid (default tanh)")
-    t.add_argument("--energy", default=None, choices=ENERGIES,
-                   help="scores: energies are negated outputs; rbf: distances to per-class target codes")
-    t.add_argument("--loss", default=None, choices=list(LOSSES), help="energy-based loss (default nll)")
-    t.add_argument("--beta", type=_positive(float), default=None, help="inverse temperature of the nll loss")
-    t.add_argument("--margin", type=_positive(float), default=None, help="margin of hinge / square-square")
-    t.add_argument("--optimizer", default=None, choices=OPTIMIZERS, help="update rule (default sgd)")
-    t.add_argument("--lr", type=_positive(float), default=None,
-                   help="learning rate η (default per optimizer: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--mu", type=_positive(float), default=0.02, help="SDLM's μ in η/(μ + h_kk)")
-    t.add_argument("--hessian-samples", type=_positive(int), default=500, help="samples for SDLM's Hessian estimate")
-    t.add_argument("--schedule", default="constant", choices=SCHEDULES)
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=_positive(int), default=32, help="1 is on-line learning")
-    t.add_argument("--l2", type=float, default=0.0, help="λ of the L2 regularizer ½‖W‖²")
-    t.add_argument("--l1", type=float, default=0.0, help="λ of the L1 regularizer ‖W‖₁")
-    t.add_argument("--val-size", type=float, default=0.1, help="validation fraction (or count) of the training set")
-    t.add_argument("--patience", type=_positive(int), default=None, help="early stopping after this many epochs "
-                   "without a better validation error")
-    t.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    t.add_argument("--seed", type=int, default=0)
+    for name, (default, kwargs) in train_options().items():
+        kwargs = dict(kwargs)
+        if default is not None:
+            kwargs["help"] = f"{kwargs.get('help', '')} (default: {default})".lstrip()
+        t.add_argument("--" + name.replace("_", "-"), default=None, **kwargs)
     t.add_argument("--out", default=None, metavar="DIR", help="output directory (default runs/DATA-MODEL-TIME)")
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="continue a run from its checkpoint.npz (or its directory); the model, data split, "
-                        "seed and dtype are the run's, the optimizer and lr too unless given")
+                   help="continue a run from its checkpoint.npz (or its directory) with the run's own settings "
+                        "(config.json); options given again must equal the run's, except "
+                        + ", ".join(f"--{k}" for k in RESUMABLE))
     t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
@@ -166,14 +207,19 @@ def cmd_siamese(args) -> int:
 
     name = args.data or "digits"
     if args.eval:
-        path, spec, machine = _load_model(args.eval)
+        path, spec, machine = _load_model(args.eval, needed=("model", "input_shape"))
         data = load_dataset(args.data or spec.get("dataset", "digits"), args.data_dir, val_size=0,
                             seed=spec.get("seed", 0), dtype=machine.pool.dtype, limit=args.limit)
         print(json.dumps({"checkpoint": str(path), **evaluate_siamese(machine, data, args.k)}))
         return 0
     data = load_dataset(name, args.data_dir, val_size=0, seed=args.seed, dtype=np.dtype(args.dtype), limit=args.limit)
-    out = Path(args.out) if args.out else Path("runs") / f"{data.name}-siamese-{time.strftime('%Y%m%d-%H%M%S')}"
-    _refuse_existing_run(out)
+    config = {"fbprop": __version__, "command": "siamese", "settings": {k: v for k, v in vars(args).items()
+                                                                         if k not in ("parallel", "eval")}}
+    if args.out:
+        out = Path(args.out)
+        claim(out, config)
+    else:
+        out = new_run_dir(Path("runs"), f"{data.name}-siamese", config)
     result = train_siamese(data, hidden=args.hidden, dim=args.dim, margin=args.margin, lr=args.lr,
                            momentum=args.momentum, batch_size=args.batch_size, epochs=args.epochs, pairs=args.pairs,
                            k=args.k, seed=args.seed, dtype=args.dtype, out_dir=out)
@@ -182,107 +228,197 @@ def cmd_siamese(args) -> int:
     return 0
 
 
-def _spec(args, data) -> dict:
-    spec = default_spec(args.model)
-    for key in ("hidden", "squash", "energy", "loss"):
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _model_spec(args, base: dict) -> dict:
+    """The model spec: `base` with the model options given on the command line applied."""
+    spec = dict(base)
+    entry = model_entry(spec["model"])
+    for key in ("hidden", "squash"):
+        if getattr(args, key) is not None:
+            if key not in entry.options:
+                owners = ", ".join(k for k, e in MODELS.items() if key in e.options)
+                raise CommandError(f"{_flag(key)} is an option of {owners}, not of {spec['model']}")
+            spec[key] = getattr(args, key)
+    if args.energy is not None:
+        spec["energy"] = args.energy
+    loss_args = dict(spec.get("loss_args", {}))
+    if args.loss is not None and args.loss != spec.get("loss"):
+        spec["loss"], loss_args = args.loss, {}                  # another loss starts from its own defaults
+    for key, value in [("beta", args.beta), ("margin", args.margin), *(args.loss_arg or [])]:
+        if value is not None:
+            loss_args[key] = value
+    spec["loss_args"] = loss_args
+    l2, l1 = args.l2 or 0.0, args.l1 or 0.0
+    if l2 and l1:
+        raise CommandError("give one regularizer: --l2 or --l1, not both")
+    if args.l2 is not None or args.l1 is not None:
+        spec["regularizer"] = {"kind": "l2" if l2 else "l1", "lam": l2 or l1} if l2 or l1 else None
+    for key in ("dtype", "seed"):
         if getattr(args, key) is not None:
             spec[key] = getattr(args, key)
-    loss_args = dict(spec.get("loss_args", {})) if spec.get("loss") == default_spec(args.model)["loss"] else {}
-    if args.beta is not None:
-        loss_args["beta"] = args.beta
-    if args.margin is not None:
-        loss_args["margin"] = args.margin
-    spec["loss_args"] = loss_args
-    if args.l2 and args.l1:
-        raise CommandError("give one regularizer: --l2 or --l1, not both")
-    if args.l2 or args.l1:
-        spec["regularizer"] = {"kind": "l2" if args.l2 else "l1", "lam": args.l2 or args.l1}
-    spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dtype=args.dtype, seed=args.seed,
-                dataset=data.name, val_size=len(data.val), limit=args.limit,
-                normalisation={"mean": data.mean, "std": data.std,
-                                                  "pixel_scale": 16.0 if data.name == "digits" else 255.0})
     return spec
 
 
-def _build(spec: dict):
-    try:
-        return build_machine(spec)
-    except TypeError as e:
-        raise CommandError(f"bad option for loss {spec.get('loss')!r}: {e}") from None
+def _training_settings(args, base: dict) -> dict:
+    """The Trainer's settings: `base` with the training options given on the command line applied."""
+    settings = dict(base)
+    optimizer = args.optimizer or settings["optimizer"]
+    entry = OPTIMIZERS[optimizer]
+    if optimizer != settings["optimizer"]:                       # another optimizer: its own defaults
+        settings = {**{k: v for k, v in settings.items() if k not in OPTIMIZERS[settings["optimizer"]].options},
+                    "optimizer": optimizer, "lr": entry.lr, **entry.options}
+    given = [(_flag(flag), option, getattr(args, flag)) for flag, option in OPTIMIZER_FLAGS.items()]
+    given += [(f"--optimizer-arg {k}", k, v) for k, v in args.optimizer_arg or []]
+    for flag, option, value in given:
+        if value is not None:
+            if option not in entry.options:
+                owners = ", ".join(k for k, e in OPTIMIZERS.items() if option in e.options) or "no optimizer"
+                raise CommandError(f"{flag} is an option of {owners}, not of {optimizer}")
+            settings[option] = value
+    if args.lr is not None:
+        if entry.lr is None:
+            raise CommandError(f"--lr: {optimizer} has no learning rate (its line search sets each step)")
+        settings["lr"] = args.lr
+    for key in ("batch_size", "hessian_samples", "epochs", "schedule", "patience", "seed"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    if settings["epochs"] < 0:
+        raise CommandError(f"--epochs: expected a count >= 0, got {settings['epochs']}")
+    return settings
+
+
+def _defaults() -> dict:
+    entry = OPTIMIZERS["sgd"]
+    return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
+            "epochs": 20, "schedule": "constant", "patience": None, "seed": 0}
+
+
+def _refuse_changes(what: str, run: dict, now: dict, allowed: tuple[str, ...] = ()) -> dict:
+    """Raise CommandError naming the first setting given on resume that differs from the run's."""
+    for key in sorted(set(run) | set(now), key=lambda k: (k not in ("optimizer", "model"), k)):
+        if key not in allowed and run.get(key) != now.get(key):
+            raise CommandError(f"--resume: {what} {key} is {now.get(key)!r} here but {run.get(key)!r} in the run; "
+                               f"a resumed run keeps its settings (only {', '.join(map(_flag, allowed))} may change)")
+    return now
+
+
+def _load_data(name: str, args, spec: dict, limit: int | None, dtype: str):
+    val = spec.get("val_size", 0.1)
+    val = int(val) if val >= 1 else val
+    return load_dataset(name, args.data_dir, val_size=val, seed=spec.get("seed", 0), dtype=np.dtype(dtype), limit=limit)
+
+
+NEEDED = ("model", "input_shape", "n_classes", "normalisation")
+
+
+def _require(path: Path, spec: dict, needed: tuple[str, ...] = NEEDED) -> dict:
+    """The spec, when it has the fields the command line needs to rebuild the machine and its inputs."""
+    for key in needed:
+        if key not in spec:
+            raise CommandError(f"{path}: the architecture has no {key!r} (saved outside `fbprop train`?)")
+    return spec
 
 
 def _run_data(path: Path, spec: dict, args, limit: int | None):
     """The data set a checkpoint was trained on: its split (seed, validation size) and its standardisation."""
-    data = load_dataset(args.data or spec.get("dataset", "digits"), args.data_dir, val_size=spec.get("val_size", 0.1),
-                        seed=spec.get("seed", 0), dtype=np.dtype(spec.get("dtype", "float32")), limit=limit)
+    _require(path, spec)
+    data = _load_data(args.data or spec.get("dataset", "digits"), args, spec, limit, spec.get("dtype", "float32"))
     if list(data.image_shape) != list(spec["input_shape"]) or data.n_classes != spec["n_classes"]:
         raise CommandError(f"{path}: the model expects images {tuple(spec['input_shape'])} in {spec['n_classes']} "
                            f"classes, dataset {data.name} has {data.image_shape} in {data.n_classes}")
-    norm = spec["normalisation"]
-    if (data.mean, data.std) != (norm["mean"], norm["std"]):    # the model's x' = (x − mean) / std, not this split's
-        for split in (data.train, data.val, data.test):
-            split.x *= split.x.dtype.type(data.std / norm["std"])
-            split.x += split.x.dtype.type((data.mean - norm["mean"]) / norm["std"])
+    data.standardise_as(Normalisation.from_dict(spec["normalisation"]))   # the model's x' = (x − mean) / std
     return data
 
 
-def _refuse_existing_run(out: Path) -> None:
-    if any((out / name).exists() for name in RUN_FILES):
-        raise CommandError(f"{out} already holds a run; pass --resume {out / 'checkpoint.npz'} or another --out")
+def _new_run(args, root: bool):
+    """Data, model spec, training settings, and the claimed output directory of a new run."""
+    val_size = args.val_size if args.val_size is not None else 0.1
+    if val_size >= 1 and val_size != int(val_size):
+        raise CommandError(f"--val-size: expected a fraction in [0, 1) or a whole count, got {val_size}")
+    spec = _model_spec(args, default_spec(args.model or "mlp"))
+    spec.setdefault("seed", 0)
+    spec["val_size"] = int(val_size) if val_size >= 1 else val_size
+    settings = _training_settings(args, {**_defaults(), "seed": spec["seed"]})
+    data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
+    spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,
+                normalisation=data.normalisation.as_dict(), data_checksum=checksum(data.train.x, data.train.y))
+    return data, spec, settings
 
 
-def _parallel(use_mpi: bool | None) -> DataParallel | None:
-    try:
-        comm = world(use_mpi)
-    except MPIUnavailable as e:
-        raise CommandError(str(e)) from None
-    return DataParallel(comm) if comm is not None else None
+def _read_resume(resume: Path) -> tuple[dict, dict]:
+    """(spec, trainer state) of the run to resume; a run killed before its first checkpoint starts
+    over from its config.json ({"settings": …} with no epoch done)."""
+    config = resume.parent / "config.json"
+    if not resume.exists() and resume.name == "checkpoint.npz" and config.is_file():
+        try:
+            run = json.loads(config.read_text())
+            spec, settings = run["model"], run["training"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CommandError(f"{config}: unreadable run configuration ({type(e).__name__}: {e})") from None
+        check_spec(config, spec)
+        return spec, {"settings": settings, "fresh": True}
+    spec, _, _, state = load_checkpoint(resume)
+    return spec, state
+
+
+def _resumed_run(args, resume: Path, parallel):
+    spec, state = parallel.share(_read_resume(resume) if parallel.is_root else None)   # rank 0 reads
+    run_settings = state.get("settings") or {**_defaults(), "optimizer": state.get("optimizer", "sgd"),
+                                             "lr": state.get("lr"), "seed": spec.get("seed", 0)}
+    _refuse_changes("model setting", spec, {**_model_spec(args, spec)})
+    given = {"dataset": args.data, "limit": args.limit, "val_size": args.val_size}
+    for key, value in given.items():
+        if value is not None and value != spec.get(key):
+            raise CommandError(f"--resume: {_flag(key if key != 'dataset' else 'data')} is {value!r} here but "
+                               f"{spec.get(key)!r} in the run; a resumed run keeps its data")
+    settings = _refuse_changes("setting", run_settings, _training_settings(args, run_settings), RESUMABLE)
+    data = _run_data(resume, spec, args, spec.get("limit"))
+    if "data_checksum" in spec and checksum(data.train.x, data.train.y) != spec["data_checksum"]:
+        raise CommandError(f"--resume: the training data differ from the run's ({data.name} changed on disk?)")
+    return data, spec, settings
 
 
 def cmd_train(args) -> int:
-    parallel = getattr(args, "parallel", None)
-    root = parallel is None or parallel.is_root
-    if args.epochs < 0:
-        raise CommandError(f"--epochs: expected a count >= 0, got {args.epochs}")
+    parallel = args.parallel or SingleProcess()
+    root = parallel.is_root
     if args.resume:
         resume = Path(args.resume)
         resume = resume / "checkpoint.npz" if resume.is_dir() else resume
-        spec, state = None, None
-        if root:                                                 # rank 0 reads, the others hear
-            spec, _, _, state = load_checkpoint(resume)
-        if parallel is not None:
-            spec, state = parallel.share((spec, state))
-        data = _run_data(resume, spec, args, spec.get("limit"))
+        data, spec, settings = _resumed_run(args, resume, parallel)
         out = Path(args.out) if args.out else resume.parent
-        if out != resume.parent and root:
-            _refuse_existing_run(out)
-        optimizer = args.optimizer or state.get("optimizer", "sgd")
-        lr = args.lr or (state.get("lr") if optimizer == state.get("optimizer") else None)
     else:
-        val = int(args.val_size) if args.val_size >= 1 else args.val_size
-        data = load_dataset(args.data or "digits", args.data_dir, val_size=val, seed=args.seed,
-                            dtype=np.dtype(args.dtype), limit=args.limit)
-        spec = _spec(args, data)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out) if args.out else Path("runs") / f"{data.name}-{args.model}-{stamp}"
-        if parallel is not None:
-            out = parallel.share(out)                            # rank 0's clock names the run
-        if root:
-            _refuse_existing_run(out)
-        optimizer, lr = args.optimizer or "sgd", args.lr
-    lr = lr or DEFAULT_LR[optimizer]
-    machine = _build(spec)
-    trainer = Trainer(machine, data, optimizer=optimizer, lr=lr, batch_size=args.batch_size, epochs=args.epochs,
-                      momentum=args.momentum, mu=args.mu, schedule=args.schedule, patience=args.patience,
-                      seed=spec["seed"], hessian_samples=args.hessian_samples, out_dir=out, progress=args.progress,
-                      comm=parallel.comm if parallel is not None else None)
-    if args.resume:
+        data, spec, settings = _new_run(args, root)
+        out = Path(args.out) if args.out else None
+    config = {"fbprop": __version__, "model": spec, "training": settings,
+              "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test)}}
+    if root:
+        if args.resume and out == resume.parent:
+            write_config(out, config)
+        elif out is None:
+            out = new_run_dir(Path("runs"), f"{data.name}-{spec['model']}", config)
+        else:
+            claim(out, config)
+    out = parallel.share(out)                                    # rank 0's clock names the run
+    machine = build_machine(spec)
+    takes = OPTIMIZERS[settings["optimizer"]].options
+    options = {k: v for k, v in settings.items() if k in takes}
+    extensions = [] if args.no_plots else [Plots(out, f"{spec['model']} on {data.name}")]
+    trainer = Trainer(machine, data, optimizer=settings["optimizer"], lr=settings["lr"],
+                      batch_size=settings["batch_size"], epochs=settings["epochs"], schedule=settings["schedule"],
+                      patience=settings["patience"], seed=settings["seed"], hessian_samples=settings["hessian_samples"],
+                      out_dir=out, progress=args.progress, extensions=extensions,
+                      comm=getattr(parallel, "comm", None), **options)
+    if args.resume and resume.exists():
         trainer.resume(resume)
     if root:
-        where = f" on {parallel.size} processes" if parallel is not None else ""
+        where = f" on {parallel.size} processes" if parallel.size > 1 else ""
+        rate = f" lr {settings['lr']:g}" if settings["lr"] else ""
         print(f"fbprop train: {data.name} ({len(data.train)} train / {len(data.val)} val / {len(data.test)} test), "
-              f"{machine.pool.size} parameters, {optimizer} lr {lr:g}, batch {args.batch_size}{where}, -> {out}",
-              file=sys.stderr)
+              f"{machine.pool.size} parameters, {settings['optimizer']}{rate}, batch {settings['batch_size']}{where}, "
+              f"-> {out}", file=sys.stderr)
     start = time.perf_counter()
     try:
         trainer.fit()
@@ -295,15 +431,14 @@ def cmd_train(args) -> int:
     test = trainer.evaluate(data.test)
     if not root:
         return 0
-    best = trainer.best_error if len(data.val) and math.isfinite(trainer.best_error) else None   # strict JSON
+    best = trainer.best.error if len(data.val) and math.isfinite(trainer.best.error) else None   # strict JSON
     summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
                "epochs": trainer.epoch, "best_val_error": best,
                "confusion": test.confusion.tolist()}
-    text = json.dumps(summary, indent=1)
+    text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
     atomic_write(out / "result.json", lambda f: f.write(text.encode()))
     if not args.no_plots:
-        from fbprop.plots import plot_confusion, plot_curves
-        plot_curves(trainer.history, out / "curves.png", f"{spec['model']} on {data.name}")
+        from fbprop.plots import plot_confusion
         plot_confusion(test.confusion, out / "confusion.png", f"{spec['model']} on {data.name}: test",
                        CLASS_NAMES.get(data.name))
     print(f"test error {100 * test.error:.2f}% (accuracy {100 * (1 - test.error):.2f}%) "
@@ -311,13 +446,15 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_model(checkpoint: str):
+def _load_model(checkpoint: str, needed: tuple[str, ...] = NEEDED):
     """The machine of a checkpoint file, or of a run directory's best.npz (else its checkpoint.npz)."""
     path = Path(checkpoint)
     if path.is_dir():
         path = path / "best.npz" if (path / "best.npz").exists() else path / "checkpoint.npz"
     spec, params, _, _ = load_checkpoint(path)
-    machine = _build(spec)
+    machine = build_machine(_require(path, spec, needed))
+    if params.shape != machine.pool.x.shape:
+        raise CommandError(f"{path}: expected {machine.pool.size} parameters for its architecture, got {params.size}")
     machine.pool.load(params)
     return path, spec, machine
 
@@ -337,20 +474,27 @@ def cmd_predict(args) -> int:
     path = Path(args.file)
     if not path.exists():
         raise CommandError(f"{path}: no such file")
-    x = np.load(path, allow_pickle=False) if path.suffix == ".npy" else read_idx(path)
-    if not isinstance(x, np.ndarray):
-        raise CommandError(f"{path}: expected one array in a .npy file, got an .npz archive")
+    if not path.is_file():
+        raise CommandError(f"{path}: expected a file of images, got a directory, device or FIFO")
+    x = _open_images(path)
     shape, given = tuple(spec["input_shape"]), x.shape
     if x.ndim == len(shape) and shape[0] == 1:                  # (n, h, w): one input plane
         x = x[:, None]
     if x.shape[1:] != shape:
         raise CommandError(f"{path}: expected images of shape (n, {', '.join(map(str, shape[1:]))}), got {given}")
-    norm = spec["normalisation"]
-    x = x.astype(np.float64) / norm["pixel_scale"] if x.dtype.kind in "iu" else x.astype(np.float64)
-    if not np.isfinite(x).all():
-        raise CommandError(f"{path}: the images hold NaN or infinite values")
-    x = ((x - norm["mean"]) / norm["std"]).astype(machine.pool.dtype)
-    answers = machine.predict(x)
+    if x.dtype.kind not in "fiub":
+        raise CommandError(f"{path}: expected integer or float pixels, got {x.dtype}")
+    normalise = Normalisation.from_dict(spec["normalisation"])
+    answers = []
+    for i in range(0, len(x), PREDICT_BATCH):                   # one batch in memory at a time
+        batch = x[i:i + PREDICT_BATCH]
+        if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+            raise CommandError(f"{path}: the images hold NaN or infinite values (from image {i} on)")
+        inputs = normalise(batch, machine.pool.dtype, unit=batch.dtype.kind == "f")
+        if not np.isfinite(inputs).all():
+            raise CommandError(f"{path}: pixel values too large for {machine.pool.dtype} (from image {i} on)")
+        answers.append(machine.predict(inputs))
+    answers = np.concatenate(answers) if answers else np.zeros(0, np.intp)
     if args.out:
         atomic_write(args.out, lambda f: np.save(f, answers))
         print(f"{len(answers)} answers written to {args.out}")
@@ -359,16 +503,38 @@ def cmd_predict(args) -> int:
     return 0
 
 
+PREDICT_BATCH = 4096
+MAX_GRADCHECK_INPUT = 1 << 16
+
+
+def _open_images(path: Path) -> np.ndarray:
+    """The images of an .npy file (memory-mapped: read as they are used) or of an IDX file."""
+    if path.suffix != ".npy":
+        return read_idx(path)
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        text = str(e).split(";")[0]
+        if "pickle" in text or "object" in text:
+            text = "it holds Python objects, which are refused: loading them could run code"
+        raise CommandError(f"{path}: not a readable .npy array ({text})") from None
+    if not isinstance(x, np.ndarray):
+        raise CommandError(f"{path}: expected one array in a .npy file, got an .npz archive")
+    return x
+
+
 def cmd_gradcheck(args) -> int:
     from fbprop.gradcheck import gradcheck
-    from fbprop.machine import _leaves
     from fbprop.state import State
 
+    if math.prod(args.input_shape) > MAX_GRADCHECK_INPUT:
+        raise CommandError(f"--input-shape: expected at most {MAX_GRADCHECK_INPUT} values a sample, "
+                           f"got {math.prod(args.input_shape)}")
     spec = {**default_spec(args.model), "input_shape": args.input_shape, "n_classes": 10, "dtype": "float64"}
-    machine = _build(spec)
+    machine = build_machine(spec)
     state = State(np.random.default_rng(0).standard_normal((2, *args.input_shape)))
     failures = 0
-    for m in [*_leaves(machine.net), machine.energy]:
+    for m in [*leaves(machine.net), machine.energy]:
         report = gradcheck(m, state.x.copy(), samples=args.samples, raise_on_fail=False)
         print(f"{'ok  ' if report.ok else 'FAIL'} {m!r}: {len(report.checked)} checks")
         for line in report.failures:
@@ -381,6 +547,21 @@ def cmd_gradcheck(args) -> int:
     return 1 if failures else 0
 
 
+def _parallel(use_mpi: bool | None):
+    """The DataParallel reducer of this process when MPI is in use, else None."""
+    from fbprop.distributed import DataParallel, MPIUnavailable
+    try:
+        comm = world(use_mpi)
+    except MPIUnavailable as e:
+        raise CommandError(str(e)) from None
+    return DataParallel(comm) if comm is not None else None
+
+
+def _guarded(parallel, command, args) -> int:
+    with parallel.guard(f"fbprop {args.command}", USER_ERRORS, collective=(CollectiveError,)):
+        return command[args.command](args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     command = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "gradcheck": cmd_gradcheck,
@@ -389,10 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             args.parallel = parallel = _parallel(args.mpi)
-        if parallel is None:
-            return command[args.command](args)
-        with parallel.abort_on_error(f"fbprop {args.command}", USER_ERRORS, collective=(CollectiveError,)):
-            return command[args.command](args)
+            if parallel is not None:
+                return _guarded(parallel, command, args)
+        return command[args.command](args)
     except USER_ERRORS as e:
         if os.environ.get("FBPROP_DEBUG", "0") not in ("", "0"):
             raise

@@ -1,13 +1,14 @@
-"""Data-parallel training over MPI: K processes, one model, one allreduce of the flat gradient a step.
+"""How a machine's sums are taken: in one process, or over K MPI processes (data-parallel training).
 
-Every process holds the whole model and the whole data set and draws the same global mini-batch
-from the same seeded generator; process r takes its contiguous shard of it and adds
-(1/B) Σ_shard ∂L_i/∂W into `pool.dx`; one in-place Allreduce(SUM) of `pool.dx` then leaves on
-every process the single-process gradient (1/B) Σ_B ∂L_i/∂W, and the regularizer's (λ/P) ∂H/∂W
-is added once, after the sum. Every process applies the same update to the same parameters, so
-the parameters stay identical without being sent again. Full-batch and L-BFGS objectives are
-summed over shards of the training set the same way, and SDLM's Gauss-Newton diagonal `pool.ddx`
-over shards of the Hessian sample.
+A `Machine` computes every gradient, objective and curvature through its `reducer`: the reducer
+says which part of a batch this process takes (`part`) and adds arrays up over processes (`sum`).
+`SingleProcess`, every machine's default, takes the whole batch and adds nothing. `DataParallel`
+is the MPI wrapper, in the pattern of Horovod's optimizer wrapper: every process holds the whole
+model and the whole data set and draws the same global mini-batch from the same seeded generator;
+process r takes its contiguous shard and adds (1/B) Σ_shard ∂L_i/∂W into `pool.dx`; one in-place
+Allreduce(SUM) of `pool.dx` leaves on every process the single-process gradient, and every
+process applies the same update to the same parameters. The epoch loop never knows how many
+processes there are: `data_parallel(machine, comm)` is the only switch.
 
 mpi4py is imported only when a communicator is asked for: `world()` returns MPI.COMM_WORLD when
 an MPI launcher started this process as one of several, else None (nothing imported).
@@ -15,21 +16,21 @@ an MPI launcher started this process as one of several, else None (nothing impor
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import sys
+import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fbprop.machine import Machine
-from fbprop.optim import lbfgs
-
 if TYPE_CHECKING:
     from mpi4py import MPI
+
+    from fbprop.machine import Machine
 
 # The world size that MPI launchers put in each process's environment: MPICH and Intel MPI
 # (hydra; also Slurm's PMI-2), Open MPI, MVAPICH2.
@@ -83,14 +84,58 @@ def checksum(*arrays: np.ndarray) -> str:
     return f"{crc:08x}"
 
 
-_guards = [0]                                                    # abort_on_error blocks entered, nested
+class SingleProcess:
+    """The reducer of a machine trained by one process: the whole batch here, sums are what they are."""
+
+    rank, size, is_root = 0, 1, True
+
+    def part(self, n: int) -> slice:
+        """The items of a batch of n that this process computes."""
+        return shard(n, self.rank, self.size)
+
+    def sum(self, a: np.ndarray) -> np.ndarray:
+        """a ← Σ over processes of a, in place."""
+        return a
+
+    def broadcast(self, a: np.ndarray) -> np.ndarray:
+        """a ← the first process's a, in place."""
+        return a
+
+    def share(self, obj: Any) -> Any:
+        """The first process's `obj` (settings, checkpoint contents) on every process."""
+        return obj
+
+    def agree(self, what: str, values: dict, hint: str = "") -> None:
+        """Raise ValueError on every process where one of `values` differs from the first's."""
+        root = self.share(values)
+        differ = [f"{k} {v} here, {root.get(k)} on rank 0" for k, v in values.items() if v != root.get(k)]
+        if differ:
+            raise ValueError(f"{what} differ from rank 0's: {'; '.join(differ)}{hint}")
+
+    def join(self, trainer) -> None:
+        """Before training: check that every process trains the same thing on the same data, then
+        give all the first one's parameters and optimizer state (nothing to do for one process)."""
+
+    def guard(self, who: str = "fbprop", user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),
+              collective: tuple[type[BaseException], ...] = ()) -> contextlib.AbstractContextManager:
+        """A block in which an error on one process must end all of them (nothing to do for one)."""
+        return contextlib.nullcontext()
+
+    def __repr__(self) -> str:
+        return "SingleProcess()"
 
 
-class DataParallel:
-    """One process of K training one model over an mpi4py communicator `comm`.
+# Seconds between the error line and Abort: Abort kills every process at once, and a launcher that
+# has not yet read the line from the failing process's pipe loses it.
+ABORT_GRACE = 1.0
+_guards = [0]                                                    # guard blocks entered, nested
+
+
+class DataParallel(SingleProcess):
+    """Process `rank` of K training one model over an mpi4py communicator `comm`.
 
     Collectives run on every process in the same order; a process that cannot go on must end the
-    job (`abort_on_error`), or the others wait for it for ever.
+    job (`guard`), or the others wait for it for ever.
     """
 
     def __init__(self, comm: MPI.Comm) -> None:
@@ -102,34 +147,30 @@ class DataParallel:
     def __repr__(self) -> str:
         return f"DataParallel(rank {self.rank} of {self.size})"
 
-    # collectives ------------------------------------------------------------------------------
-    def part(self, n: int) -> slice:
-        return shard(n, self.rank, self.size)
-
     def sum(self, a: np.ndarray) -> np.ndarray:
-        """a ← Σ_ranks a, in place (a contiguous array)."""
         self.comm.Allreduce(self._mpi.IN_PLACE, a, op=self._mpi.SUM)
         return a
 
     def broadcast(self, a: np.ndarray) -> np.ndarray:
-        """a ← rank 0's a, in place."""
         self.comm.Bcast(a, root=0)
         return a
 
-    def share(self, obj):
-        """Rank 0's `obj` on every rank (pickled by mpi4py: for settings and checkpoint contents)."""
-        return self.comm.bcast(obj, root=0)
+    def share(self, obj: Any) -> Any:
+        return self.comm.bcast(obj, root=0)                     # pickled by mpi4py: settings only
 
-    def agree(self, what: str, values: dict, hint: str = "") -> None:
-        """Raise ValueError on every rank where one of `values` differs from rank 0's."""
-        root = self.share(values)
-        differ = [f"{k} {v} here, {root.get(k)} on rank 0" for k, v in values.items() if v != root.get(k)]
-        if differ:
-            raise ValueError(f"{what} differ from rank 0's: {'; '.join(differ)}{hint}")
+    def join(self, trainer) -> None:
+        pool, d = trainer.machine.pool, trainer.data
+        self.agree("the training settings", {"parameters": pool.size, "dtype": pool.dtype.name, **trainer.settings(),
+                                             "epoch": trainer.epoch, "step": trainer.step})
+        self.agree("the data", {f"{name} checksum": checksum(s.x, s.y) for name, s in
+                                (("train", d.train), ("val", d.val), ("test", d.test))},
+                   "; every process must load the same data set")
+        self.broadcast(pool.x)
+        trainer.optimizer.load_state({k: self.broadcast(v) for k, v in trainer.optimizer.state().items()})
 
     @contextmanager
-    def abort_on_error(self, who: str = "fbprop", user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),
-                       collective: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    def guard(self, who: str = "fbprop", user_errors: tuple[type[BaseException], ...] = (ValueError, OSError),
+              collective: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
         """End the whole job when this rank raises: one line on stderr naming the rank, then Abort.
 
         Exceptions in `collective` are raised by every rank at the same point: they pass through.
@@ -155,75 +196,14 @@ class DataParallel:
             else:
                 code, text = 1, f"{type(e).__name__}: {e} (set FBPROP_DEBUG=1 for the traceback)"
             print(f"{who}: error on rank {self.rank} of {self.size}: {text}", file=sys.stderr, flush=True)
+            time.sleep(ABORT_GRACE)                              # let the launcher forward the line before the kill
             self.comm.Abort(code)
         finally:
             _guards[0] -= 1
 
-    # gradients --------------------------------------------------------------------------------
-    def gradient(self, machine: Machine, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        """Machine.gradient of the global batch (x, y), computed on this rank's shard of it.
 
-        Returns (the mean loss of the shard, the shard's labels). The loss is NaN on every rank
-        when any rank's is not finite: that rank poisons its gradient before the one allreduce.
-        """
-        pool, n = machine.pool, len(y)
-        part = self.part(n)
-        pool.clear_dx()
-        total = machine.accumulate(x[part], y[part], 1.0 / n) if part.stop > part.start else 0.0
-        if not math.isfinite(total):
-            pool.dx[0] = np.nan                                  # NaN + anything = NaN: every rank sees it
-        self.sum(pool.dx)                                        # dx = (1/B) Σ_B ∂L_i/∂W
-        if not math.isfinite(pool.dx[0]):
-            return math.nan, y[part]
-        if machine.regularizer is not None:
-            machine.regularizer.bprop(pool, 1.0 / machine.n_train)   # + (λ/P) ∂H/∂W, once
-        return total / max(part.stop - part.start, 1), y[part]
-
-    def full_gradient(self, machine: Machine, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
-        """Machine.full_gradient over all of (x, y), each rank summing its shard of it."""
-        pool, p = machine.pool, len(x)
-        part = self.part(p)
-        pool.clear_dx()
-        total = np.array([machine.accumulate_all(x[part], y[part], 1.0 / p, batch_size)], dtype=np.float64)
-        self.sum(pool.dx)                                        # dx = (1/P) Σ_i ∂L_i/∂W
-        self.sum(total)
-        value = float(total[0])
-        if machine.regularizer is not None:
-            machine.regularizer.bprop(pool, 1.0 / p)
-            value += machine.regularizer.fprop(pool)
-        return value / p
-
-    def curvature(self, machine: Machine, x: np.ndarray, y: np.ndarray) -> None:
-        """pool.ddx ← Machine.curvature's Gauss-Newton diagonal of (x, y), from shards (dx is left local)."""
-        pool, n = machine.pool, len(y)
-        part = self.part(n)
-        pool.clear_dx()
-        pool.clear_ddx()
-        if part.stop > part.start:
-            machine.accumulate(x[part], y[part], 1.0 / n)        # the fprop and ∂objective/∂L_i that bbprop reads
-            machine.bbprop()
-        self.sum(pool.ddx)
-        if machine.regularizer is not None:
-            machine.regularizer.bbprop(pool, 1.0 / machine.n_train)
-
-    def lbfgs(self, machine: Machine, objective: Callable[[], float], max_iter: int) -> None:
-        """L-BFGS driven by rank 0 alone; the others evaluate `objective` at the points it sends.
-
-        `objective()` is collective (it sums over ranks). Only one scipy runs, so no difference
-        in floating-point rounding between machines can make the ranks' line searches disagree.
-        """
-        pool, go = machine.pool, np.zeros(1, np.int64)
-        if self.is_root:
-            def evaluate_everywhere() -> float:
-                go[0] = 1
-                self.broadcast(go)
-                self.broadcast(pool.x)
-                return objective()
-            lbfgs(pool, evaluate_everywhere, max_iter=max_iter)
-            go[0] = 0
-            self.broadcast(go)
-        else:
-            while self.broadcast(go)[0]:
-                self.broadcast(pool.x)
-                objective()
-        self.broadcast(pool.x)                                   # the point scipy returned
+def data_parallel(machine: Machine, comm: MPI.Comm | None) -> Machine:
+    """Make `machine` one of comm's K processes training one model (K = 1 or None: unchanged)."""
+    if comm is not None and comm.Get_size() > 1:
+        machine.reducer = DataParallel(comm)
+    return machine

@@ -24,9 +24,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(temp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:       # e.g. ENOSPC from write or fsync: name the file
+            raise OSError(e.errno, f"{path}: {e.strerror or e}") from None
         raise

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fbprop.module import Cascade
+from fbprop.models import ModelEntry, register_model
+from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
-from fbprop.modules.distance import RBF, random_codes
+from fbprop.modules.distance import RBF, NegatedScores, random_codes
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten, Pad
 from fbprop.modules.squash import Bias, ReLU, ScaledTanh
@@ -64,7 +65,7 @@ class ImageCascade(Cascade):
         return self.name + super().__repr__().removeprefix("Cascade")
 
 
-def lenet5(pool: ParamPool, n_classes: int = 10, pad: int = 2) -> Cascade:
+def lenet5(pool: ParamPool, pad: int = 2) -> Cascade:
     """LeNet-5 up to F6: images (n, 1, 32 − 2·pad, 32 − 2·pad) -> F6 states (n, 84).
 
     Pad - C1 Conv(1→6, 5×5) - tanh - S2 Subsampling(2) - tanh - C3 Conv(6→16, 5×5, Table I) - tanh -
@@ -73,13 +74,11 @@ def lenet5(pool: ParamPool, n_classes: int = 10, pad: int = 2) -> Cascade:
     `pad` zero-pads the input up to that: 2 for MNIST's 28×28, 0 for 32×32, 12 for 8×8 digits
     (or upsample those). The bias of each map sits in the ScaledTanh after C1, C3, C5 and F6 and
     in the Subsampling layers (whose squashing has none), so the counts are the paper's: 156, 12,
-    1516, 32, 48120, 10164 — 60000 trainable parameters. `n_classes` sizes only the energy stage,
-    `lenet5_energy(pool, n_classes)`, which follows F6.
+    1516, 32, 48120, 10164 — 60000 trainable parameters. The number of classes sizes only the
+    energy stage, `lenet5_energy(pool, n_classes)`, which follows F6.
     """
     if int(pad) != pad or not 0 <= pad <= 14:
         raise ValueError(f"lenet5: expected 0 <= pad <= 14 (images of 32 − 2·pad pixels), got {pad}")
-    if n_classes < 1:
-        raise ValueError(f"lenet5: expected n_classes >= 1, got {n_classes}")
     size = 32 - 2 * pad
     return ImageCascade(
         f"LeNet-5[{size}x{size}]", size, f" (images of {size}x{size} padded by {pad} to 32x32; choose pad)",
@@ -120,3 +119,26 @@ def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: i
         Linear(64 * q * q, hidden, pool), ReLU(hidden, pool),
         Linear(hidden, n_classes, pool), Bias(n_classes, pool),
     )
+
+
+def _build_lenet5(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
+    channels, h, w = spec["input_shape"]
+    if channels != 1 or h != w or (32 - w) % 2 or w > 32:
+        raise ValueError(f"lenet5: expected square one-channel images of at most 32x32 with an even border to 32 "
+                         f"(e.g. 28x28), got {tuple(spec['input_shape'])}")
+    net, k = lenet5(pool, pad=(32 - w) // 2), int(spec["n_classes"])
+    if spec.get("energy") == "rbf":
+        return net, lenet5_energy(pool, k)
+    return Cascade(net, Linear(84, k, pool), Bias(k, pool)), NegatedScores()     # F6's 84 units -> k scores
+
+
+def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
+    if spec.get("energy", "scores") != "scores":
+        raise ValueError(f"lenet-modern: expected energy 'scores', got {spec['energy']!r}")
+    return lenet_modern(pool, n_classes=int(spec["n_classes"]), size=spec["input_shape"][-1]), NegatedScores()
+
+
+register_model("lenet5", ModelEntry(_build_lenet5, {"energy": "rbf", "loss": "nll", "loss_args": {"beta": 0.1}},
+                                    help="LeNet-5 (1998): C1-S2-C3-S4-C5-F6, RBF energies"))
+register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"energy": "scores", "loss": "nll"},
+                                          help="a small ReLU / max-pooling convnet"))

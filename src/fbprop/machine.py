@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from fbprop.distributed import SingleProcess
 from fbprop.losses import Loss, Regularizer, infer
 from fbprop.module import Cascade, Module
-from fbprop.network import Network, leaves, short_name
+from fbprop.network import Network, short_name
 from fbprop.params import ParamPool
 from fbprop.state import State
 
@@ -38,6 +41,7 @@ class Machine:
         self.regularizer = regularizer
         self.spec = spec or {}
         self.n_train = 1
+        self.reducer = SingleProcess()                           # fbprop.distributed.data_parallel replaces it
         self.regression = energy is not None and energy.n_inputs == 2
         self.inp = State(requires_dx=False)
         self.out, self.target, self.energies, self.labels, self.losses = (State() for _ in range(5))
@@ -131,27 +135,45 @@ class Machine:
         self.bprop()
         return float(self.losses.x.sum())
 
+    def _accumulate_part(self, x: np.ndarray, y: np.ndarray, weight: float, batch_size: int | None = None) -> float:
+        """`accumulate` over this process's part of (x, y), in batches of `batch_size`; Σ_i L_i of that part."""
+        part = self.reducer.part(len(x))
+        x, y = x[part], y[part]
+        step = batch_size or max(len(x), 1)
+        return sum((self.accumulate(x[i:i + step], y[i:i + step], weight) for i in range(0, len(x), step)), 0.0)
+
+    def _summed_dx(self, total: float) -> float:
+        """pool.dx ← Σ over processes; NaN on every process when any process's total is not finite."""
+        if not math.isfinite(total):
+            self.pool.dx[0] = np.nan                             # NaN + anything = NaN: every process sees it
+        self.reducer.sum(self.pool.dx)
+        return total if math.isfinite(self.pool.dx[0]) else math.nan
+
     def gradient(self, x: np.ndarray, y: np.ndarray) -> float:
-        """pool.dx ← (1/B) Σ_B ∂L_i/∂W + (λ/P) ∂H/∂W; returns the batch's mean loss."""
+        """pool.dx ← (1/B) Σ_B ∂L_i/∂W + (λ/P) ∂H/∂W; returns the mean loss of the samples this process took.
+
+        NaN when any process's loss is not finite.
+        """
         self.pool.clear_dx()
-        total = self.accumulate(x, y, 1.0 / len(x))
+        total = self._summed_dx(self._accumulate_part(x, y, 1.0 / len(x)))
         if self.regularizer is not None:
             self.regularizer.bprop(self.pool, 1.0 / self.n_train)
-        return total / len(x)
+        part = self.reducer.part(len(x))
+        return total / max(part.stop - part.start, 1)
 
     def curvature(self, x: np.ndarray, y: np.ndarray) -> float:
-        """pool.ddx ← Gauss-Newton diagonal of the same objective as `gradient` (also sets dx)."""
-        loss = self.gradient(x, y)
+        """pool.ddx ← Gauss-Newton diagonal of the same objective as `gradient`; dx is left as the local part's."""
+        self.pool.clear_dx()
         self.pool.clear_ddx()
-        self.bbprop()
+        part = self.reducer.part(len(x))
+        total = 0.0
+        if part.stop > part.start:
+            total = self.accumulate(x[part], y[part], 1.0 / len(x))   # the fprop and ∂objective/∂L_i bbprop reads
+            self.bbprop()
+        self.reducer.sum(self.pool.ddx)
         if self.regularizer is not None:
             self.regularizer.bbprop(self.pool, 1.0 / self.n_train)
-        return loss
-
-    def accumulate_all(self, x: np.ndarray, y: np.ndarray, weight: float, batch_size: int = 1024) -> float:
-        """`accumulate` over all of (x, y) in batches of `batch_size`; returns Σ_i L_i."""
-        return sum(self.accumulate(x[i:i + batch_size], y[i:i + batch_size], weight)
-                   for i in range(0, len(x), batch_size))
+        return total / max(part.stop - part.start, 1)
 
     def full_gradient(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
         """The lecture's batch gradient: pool.dx ← (1/P)[Σ_i ∂L_i/∂W + λ ∂H/∂W] over all of x.
@@ -160,11 +182,13 @@ class Machine:
         """
         p = len(x)
         self.pool.clear_dx()
-        total = self.accumulate_all(x, y, 1.0 / p, batch_size)
+        total = np.array([self._accumulate_part(x, y, 1.0 / p, batch_size)])
+        self.reducer.sum(self.pool.dx)
+        value = float(self.reducer.sum(total)[0])
         if self.regularizer is not None:
             self.regularizer.bprop(self.pool, 1.0 / p)
-            total += self.regularizer.fprop(self.pool)
-        return total / p
+            value += self.regularizer.fprop(self.pool)
+        return value / p
 
     def first_nonfinite(self, x: np.ndarray, y: np.ndarray | None = None) -> str | None:
         """Run x forward module by module and name the first module whose output is not finite."""
@@ -203,8 +227,3 @@ def _first_nonfinite(module: Module, inputs: list[State]) -> tuple[str | None, l
     module.fprop(*inputs, *outs)
     bad = any(o.x.dtype.kind == "f" and not np.isfinite(o.x).all() for o in outs)
     return (repr(module) if bad else None), outs
-
-
-def _leaves(m: Module) -> list[Module]:
-    """The modules inside m, depth first (kept for callers of the old name; see fbprop.network.leaves)."""
-    return list(leaves(m))

@@ -1,8 +1,19 @@
-"""The nets of the lecture and of LeNet, built from a JSON-able spec (what checkpoints store)."""
+"""The model registry: the lecture's nets, LeNet-5 and others, each built from a JSON-able spec.
+
+A spec (what checkpoints store) names a model of `MODELS` and gives its settings: the input shape
+and the number of classes (from the data), the model's own options (e.g. mlp's hidden sizes), the
+energy, the loss and its arguments, the regularizer, the dtype and the seed. `build_machine(spec)`
+turns it into a Machine. Adding a model is a builder and a `register_model` call in the file that
+defines the net (lenet.py registers lenet5 and lenet-modern).
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,8 +27,36 @@ from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Tanh
 from fbprop.params import ParamPool
 
 SQUASHES = {"tanh": Tanh, "scaled-tanh": ScaledTanh, "logistic": Logistic, "relu": ReLU}
-MODELS = ("mlp", "linear", "lenet5", "lenet-modern")
 ENERGIES = ("scores", "rbf")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """build(spec, pool) -> (net, energy); `defaults` are the spec's defaults (its options, energy,
+    loss, loss_args); `options` are the spec keys a user may set beyond energy and loss."""
+
+    build: Callable[[dict, ParamPool], tuple[Module, Module]]
+    defaults: dict = field(default_factory=dict)
+    options: tuple[str, ...] = ()
+    help: str = ""
+
+
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, entry: ModelEntry) -> None:
+    MODELS[name] = entry
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def default_spec(model: str) -> dict:
+    """The documented defaults of a model: {"model": name, **its defaults}."""
+    return {"model": model, **model_entry(model).defaults}
 
 
 def nn_layer(n_in: int, n_out: int, pool: ParamPool, squash: type = Tanh) -> Cascade:
@@ -40,57 +79,77 @@ def mlp(sizes: list[int], pool: ParamPool, squash: type = Tanh, squash_output: b
     return Cascade(*layers)
 
 
-def default_spec(model: str) -> dict:
-    """The documented defaults of each model."""
-    if model == "mlp":
-        return {"model": "mlp", "hidden": [300, 100], "squash": "tanh", "energy": "scores", "loss": "nll"}
-    if model == "linear":
-        return {"model": "linear", "energy": "scores", "loss": "nll"}
-    if model == "lenet5":
-        return {"model": "lenet5", "energy": "rbf", "loss": "nll", "loss_args": {"beta": 0.1}}
-    if model == "lenet-modern":
-        return {"model": "lenet-modern", "energy": "scores", "loss": "nll"}
-    raise ValueError(f"unknown model {model!r}: expected one of {', '.join(MODELS)}")
+def output_energy(spec: dict, pool: ParamPool) -> Module:
+    """The energy stage of a classifier: negated scores, or RBF distances to one-hot codes."""
+    kind = spec.get("energy", "scores")
+    if kind not in ENERGIES:
+        raise ValueError(f"unknown energy {kind!r}: expected one of {', '.join(ENERGIES)}")
+    k = int(spec["n_classes"])
+    return RBF(onehot_codes(k), pool) if kind == "rbf" else NegatedScores()
+
+
+def _build_mlp(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
+    squash = SQUASHES.get(spec.get("squash", "tanh"))
+    if squash is None:
+        raise ValueError(f"unknown squash {spec['squash']!r}: expected one of {', '.join(SQUASHES)}")
+    hidden = spec.get("hidden", []) if spec["model"] == "mlp" else []
+    sizes = [math.prod(spec["input_shape"]), *hidden, int(spec["n_classes"])]
+    check_size(spec, sum(a * b + b for a, b in zip(sizes, sizes[1:])))
+    net = Cascade(Flatten(), mlp(sizes, pool, squash, squash_output=spec.get("energy") == "rbf"))
+    return net, output_energy(spec, pool)
+
+
+register_model("mlp", ModelEntry(_build_mlp, {"hidden": [300, 100], "squash": "tanh", "energy": "scores",
+                                              "loss": "nll"}, ("hidden", "squash"),
+                                 "the lecture's multi-layer net of nn-layers"))
+register_model("linear", ModelEntry(_build_mlp, {"energy": "scores", "loss": "nll"}, (),
+                                    "one linear layer with bias"))
+
+
+MAX_PARAMETERS = 1 << 31
+
+
+def check_size(spec: dict, n_params: int) -> None:
+    """Refuse a net whose parameter vectors (x, dx, ddx and two optimizer slots) cannot fit in memory."""
+    itemsize = np.dtype(spec.get("dtype", "float32")).itemsize
+    need = 5 * n_params * itemsize
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):                # not every system says
+        memory = MAX_PARAMETERS * itemsize
+    if n_params > MAX_PARAMETERS or need > memory:
+        raise ValueError(f"{spec['model']}: {n_params:,} parameters need about {need / 2**30:.1f} GiB, more than "
+                         f"this machine's {memory / 2**30:.1f} GiB; choose smaller layers")
+
+
+def make_loss(name: str, args: dict | None = None) -> Loss:
+    """The loss `name` of LOSSES with keyword arguments `args`, each checked against its signature."""
+    cls = LOSSES.get(name)
+    if cls is None:
+        raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}")
+    args = args or {}
+    takes = [p for p in inspect.signature(cls).parameters if p != "self"]
+    for key in args:
+        if key not in takes:
+            raise ValueError(f"loss {name!r}: unknown argument {key!r} (it takes {', '.join(takes) or 'none'})")
+    return cls(**args)
 
 
 def build_machine(spec: dict) -> Machine:
-    """A Machine from a spec: model, input_shape, n_classes, dtype, seed, loss, energy, regularizer."""
+    """A Machine from a spec: model, input_shape, n_classes, dtype, seed, loss, loss_args, energy, regularizer."""
     if spec.get("model") == "siamese":                           # a network of modules of its own
         from fbprop.siamese import build_siamese
         return build_siamese(spec)
     spec = {**default_spec(spec.get("model", "mlp")), **spec}
+    for key in ("input_shape", "n_classes"):
+        if key not in spec:
+            raise ValueError(f"build_machine: the spec has no {key!r}")
     pool = ParamPool(np.dtype(spec.get("dtype", "float32")), seed=spec.get("seed", 0))
-    shape, k = tuple(spec["input_shape"]), int(spec["n_classes"])
-    squash = SQUASHES.get(spec.get("squash", "tanh"))
-    if squash is None:
-        raise ValueError(f"unknown squash {spec['squash']!r}: expected one of {', '.join(SQUASHES)}")
-    energy_kind = spec.get("energy", "scores")
-    if energy_kind not in ENERGIES:
-        raise ValueError(f"unknown energy {energy_kind!r}: expected one of {', '.join(ENERGIES)}")
-    model = spec["model"]
-    if model in ("mlp", "linear"):
-        sizes = [math.prod(shape), *(spec.get("hidden", []) if model == "mlp" else []), k]
-        net = Cascade(Flatten(), mlp(sizes, pool, squash, squash_output=energy_kind == "rbf"))
-        energy: Module = RBF(onehot_codes(k), pool) if energy_kind == "rbf" else NegatedScores()
-    else:
-        from fbprop import lenet
-        if model == "lenet5":
-            if shape[0] != 1 or shape[1] != shape[2] or (32 - shape[-1]) % 2 or shape[-1] > 32:
-                raise ValueError(f"lenet5: expected square one-channel images of at most 32x32 with an even "
-                                 f"border to 32 (e.g. 28x28), got {shape}")
-            net = lenet.lenet5(pool, n_classes=k, pad=(32 - shape[-1]) // 2)
-            if energy_kind == "rbf":
-                energy = lenet.lenet5_energy(pool, k)
-            else:                                                # F6's 84 units -> k scores
-                net = Cascade(net, Linear(84, k, pool), Bias(k, pool))
-                energy = NegatedScores()
-        else:
-            net = lenet.lenet_modern(pool, n_classes=k, size=shape[-1])
-            energy = NegatedScores()
-    loss_cls = LOSSES.get(spec.get("loss", "nll"))
-    if loss_cls is None:
-        raise ValueError(f"unknown loss {spec['loss']!r}: expected one of {', '.join(LOSSES)}")
-    loss: Loss = loss_cls(**spec.get("loss_args", {}))
+    net, energy = model_entry(spec["model"]).build(spec, pool)
+    loss = make_loss(spec.get("loss", "nll"), spec.get("loss_args"))
     reg = spec.get("regularizer") or {}
     regularizer = {"l2": L2, "l1": L1}[reg["kind"]](reg["lam"]) if reg.get("lam") else None
     return Machine(net, energy, loss, pool, regularizer, spec=spec)
+
+
+from fbprop import lenet  # noqa: E402,F401  (registers lenet5 and lenet-modern)

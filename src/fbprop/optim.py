@@ -5,12 +5,18 @@ Scaling follows the lecture. With the objective Σ_i L_i + λH(W) over P trainin
 - on-line (one sample): W ← W − η [∂L_i/∂W + (λ/P) ∂H/∂W];
 - a mini-batch of B samples sits between the two: W ← W − η [(1/B) Σ_B ∂L_i/∂W + (λ/P) ∂H/∂W].
 So in every case the gradient an optimizer sees in `pool.dx` is the batch mean of ∂L/∂W plus
-(λ/P) ∂H/∂W (see `fbprop.train.Machine.gradient`), and `step` applies W ← W − η·dx.
+(λ/P) ∂H/∂W (see `fbprop.machine.Machine.gradient`), and `step` applies W ← W − η·dx.
+
+`OPTIMIZERS` is the one table of names the command line, checkpoints and Python share: each entry
+says how to build the optimizer, its default learning rate, its options and how it uses the data
+(the updater: mini-batches, the full batch, or L-BFGS's own iterations). Adding an optimizer is a
+class and a `register_optimizer` call in this file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +25,8 @@ from fbprop.params import ParamPool
 
 class Optimizer:
     """An update rule on `pool.x` from `pool.dx` (and `pool.ddx` for second-order rules)."""
+
+    needs_curvature = False                                      # True: wants pool.ddx estimated before each epoch
 
     def __init__(self, pool: ParamPool, lr: float) -> None:
         if not lr > 0:
@@ -37,8 +45,16 @@ class Optimizer:
         return {}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Copy saved slots in; a slot this optimizer does not have, or of another length, is refused."""
+        mine = self.state()
         for k, v in state.items():
-            np.copyto(getattr(self, k), v)
+            if k not in mine:
+                raise ValueError(f"{self!r}: unknown optimizer slot {k!r} (expected {', '.join(mine) or 'none'})")
+            v = np.asarray(v)
+            if v.shape != mine[k].shape or v.dtype.kind not in "fiu":
+                raise ValueError(f"{self!r}: slot {k!r}: expected a real {mine[k].shape} vector, "
+                                 f"got {v.dtype} {v.shape}")
+            np.copyto(mine[k], v, casting="same_kind")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr:g})"
@@ -80,6 +96,8 @@ class SDLM(Optimizer):
     before each pass as in LeCun et al. 1998). The per-weight rates are recomputed only when
     h changes. μ keeps the step bounded where the curvature is small.
     """
+
+    needs_curvature = True
 
     def __init__(self, pool: ParamPool, lr: float, mu: float = 0.02, gamma: float = 0.01) -> None:
         super().__init__(pool, lr)
@@ -153,3 +171,78 @@ def lbfgs(pool: ParamPool, objective: Callable[[], float], max_iter: int = 100, 
     np.copyto(pool.x, result.x, casting="same_kind")
     return {"fun": float(result.fun), "nit": int(result.nit), "nfev": int(result.nfev),
             "success": bool(result.success), "message": str(result.message)}
+
+
+class LBFGS(Optimizer):
+    """L-BFGS on the full-batch objective: `minimize` runs `max_iter` iterations of `lbfgs`.
+
+    It has no learning rate (its line search chooses each step), so schedules do not apply.
+    """
+
+    def __init__(self, pool: ParamPool, max_iter: int = 20) -> None:
+        if not (isinstance(max_iter, int) and max_iter >= 1):
+            raise ValueError(f"LBFGS: expected max_iter an int >= 1, got {max_iter!r}")
+        self.pool, self.lr, self.max_iter = pool, None, max_iter
+
+    def set_lr(self, lr: float | None) -> None:
+        pass
+
+    def step(self) -> None:
+        raise TypeError("LBFGS takes no single steps: call minimize(objective)")
+
+    def minimize(self, objective: Callable[[], float]) -> dict:
+        return lbfgs(self.pool, objective, max_iter=self.max_iter)
+
+    def __repr__(self) -> str:
+        return f"LBFGS(max_iter={self.max_iter})"
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    """How a named optimizer is built and used.
+
+    build(pool, lr, **options) makes it (lr is None for optimizers without one); `lr` is the
+    default learning rate; `options` maps each option it takes to its default; `updater` is how
+    it uses the training data: "minibatch" (on-line when the batch is 1), "full-batch" (the
+    lecture's batch gradient descent, one step an epoch) or "lbfgs".
+    """
+
+    build: Callable[..., Optimizer]
+    lr: float | None
+    updater: str = "minibatch"
+    options: dict[str, float | int] = field(default_factory=dict)
+    help: str = ""
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {}
+
+
+def register_optimizer(name: str, entry: OptimizerEntry) -> None:
+    if entry.updater not in ("minibatch", "full-batch", "lbfgs"):
+        raise ValueError(f"register_optimizer({name!r}): unknown updater {entry.updater!r}")
+    OPTIMIZERS[name] = entry
+
+
+def make_optimizer(name: str, pool: ParamPool, lr: float | None = None, **options) -> Optimizer:
+    """The optimizer `name` of OPTIMIZERS on `pool`, with its default rate and options where not given."""
+    entry = OPTIMIZERS.get(name)
+    if entry is None:
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        takes = ", ".join(entry.options) or "no options"
+        raise ValueError(f"optimizer {name!r}: unknown option {unknown[0]!r} (it takes {takes})")
+    return entry.build(pool, entry.lr if lr is None else lr, **{**entry.options, **options})
+
+
+register_optimizer("sgd", OptimizerEntry(lambda pool, lr: SGD(pool, lr), 0.05,
+                                         help="on-line (batch 1) or mini-batch gradient descent"))
+register_optimizer("momentum", OptimizerEntry(lambda pool, lr, momentum: SGD(pool, lr, momentum=momentum), 0.01,
+                                              options={"momentum": 0.9}, help="SGD with momentum"))
+register_optimizer("sdlm", OptimizerEntry(lambda pool, lr, mu: SDLM(pool, lr, mu=mu), 0.001, options={"mu": 0.02},
+                                          help="stochastic diagonal Levenberg-Marquardt, η/(μ + h_kk)"))
+register_optimizer("batch", OptimizerEntry(lambda pool, lr: SGD(pool, lr), 0.5, updater="full-batch",
+                                           help="the lecture's full-batch gradient descent, W ← W − (η/P)·∂/∂W"))
+register_optimizer("lbfgs", OptimizerEntry(lambda pool, lr, max_iter: LBFGS(pool, max_iter=max_iter), None,
+                                           updater="lbfgs", options={"max_iter": 20},
+                                           help="L-BFGS on the full-batch objective, max_iter iterations an epoch"))

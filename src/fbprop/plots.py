@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fbprop.checkpoint import atomic_write
+from fbprop.files import atomic_write
 
 
 def _figure(figsize: tuple[float, float]):

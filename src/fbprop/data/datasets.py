@@ -1,6 +1,6 @@
 """Image classification data sets as standardised (n, 1, h, w) arrays, and mini-batches.
 
-``digits`` comes with scikit-learn; ``fashion-mnist`` and ``mnist`` are the four IDX files of
+`digits` comes with scikit-learn; `fashion-mnist` and `mnist` are the four IDX files of
 the MNIST family in a directory; any other name is taken as such a directory.
 """
 
@@ -16,7 +16,7 @@ from numpy.typing import DTypeLike
 
 from .idx import read_idx
 
-__all__ = ["DATASETS", "Dataset", "Split", "batches", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "Normalisation", "Split", "batches", "load_dataset"]
 
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "mnist")
 FILES: tuple[str, ...] = (
@@ -32,14 +32,15 @@ HOW_TO_GET = {
     "mnist": "download the four MNIST files (train-images-idx3-ubyte.gz, ...) "
     "and pass root=DIR (fbprop --data-dir DIR) or set FBPROP_DATA to a directory with them in DIR/mnist",
 }
-# The digits test set is the same for every ``seed``, so test scores stay comparable.
+# The digits test set is the same for every `seed`, so test scores stay comparable.
 TEST_SEED = 12345
+MAX_CLASSES = 65536
 DIGITS_TEST_FRACTION = 0.2
 
 
 @dataclass
 class Split:
-    """Images ``x`` (n, 1, h, w) and integer labels ``y`` (n,), batch axis first."""
+    """Images `x` (n, 1, h, w) and integer labels `y` (n,), batch axis first."""
 
     x: np.ndarray
     y: np.ndarray
@@ -55,9 +56,43 @@ class Split:
         return len(self.y)
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """Raw pixels to a model's inputs: x' = (x / pixel_scale − mean) / std.
+
+    `pixel_scale` brings integer pixels to [0, 1] (255 for 8-bit images, 16 for the digits'
+    counts, 1 for float images taken as already in [0, 1]); `mean` and `std` are those of
+    the training split after that scaling. Training, evaluation and prediction all go through it.
+    """
+
+    mean: float
+    std: float
+    pixel_scale: float = 255.0
+
+    def __call__(self, x: np.ndarray, dtype: DTypeLike = np.float32, unit: bool = False) -> np.ndarray:
+        """Standardised float copy of raw images `x` (`unit`: already scaled to [0, 1])."""
+        dtype = np.dtype(dtype)
+        x = _to_unit(x, 1.0 if unit else 1.0 / self.pixel_scale, dtype)
+        x -= dtype.type(self.mean)
+        x /= dtype.type(self.std)
+        return x
+
+    def convert(self, x: np.ndarray, target: Normalisation) -> None:
+        """Re-standardise `x` (standardised by this) in place as `target` would have."""
+        x *= x.dtype.type(self.std / target.std)
+        x += x.dtype.type((self.mean - target.mean) / target.std)
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "pixel_scale": self.pixel_scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Normalisation:
+        return cls(float(d["mean"]), float(d["std"]), float(d.get("pixel_scale", 255.0)))
+
+
 @dataclass
 class Dataset:
-    """Train/val/test splits standardised with the train split's pixel ``mean`` and ``std``."""
+    """Train/val/test splits standardised with the train split's pixel `mean` and `std`."""
 
     name: str
     train: Split
@@ -67,26 +102,31 @@ class Dataset:
     image_shape: tuple[int, int, int]
     mean: float
     std: float
+    pixel_scale: float = 255.0
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return Normalisation(self.mean, self.std, self.pixel_scale)
+
+    def standardise_as(self, target: Normalisation) -> None:
+        """Re-standardise every split in place as `target` would have (a model's own normalisation)."""
+        if (self.mean, self.std) != (target.mean, target.std):
+            for split in (self.train, self.val, self.test):
+                self.normalisation.convert(split.x, target)
+            self.mean, self.std = target.mean, target.std
 
 
-def load_dataset(
-    name: str = "digits",
-    root: str | os.PathLike | None = None,
-    *,
-    val_size: float = 0.1,
-    seed: int = 0,
-    dtype: DTypeLike = np.float32,
-    limit: int | None = None,
-) -> Dataset:
-    """Load ``name`` and split it into train/val/test.
+def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *, val_size: float = 0.1,
+                 seed: int = 0, dtype: DTypeLike = np.float32, limit: int | None = None) -> Dataset:
+    """Load `name` and split it into train/val/test.
 
-    ``fashion-mnist`` and ``mnist`` are looked for in ``root`` (or ``root/<name>``), else in
-    ``$FBPROP_DATA/<name>`` (fashion-mnist also directly in ``$FBPROP_DATA``), then for
+    `fashion-mnist` and `mnist` are looked for in `root` (or `root/<name>`), else in
+    `$FBPROP_DATA/<name>` (fashion-mnist also directly in `$FBPROP_DATA`), then for
     fashion-mnist in /usr/share/datasets/fashion-mnist.  Any other name is a directory of the
-    four IDX files.  ``root`` is ignored for ``digits`` and for a directory name.
+    four IDX files.  `root` is ignored for `digits` and for a directory name.
 
-    ``val_size`` (a count, or a fraction of the train split) samples are drawn into val by a
-    permutation from ``np.random.default_rng(seed)``.  ``limit`` caps the train and the test
+    `val_size` (a count, or a fraction of the train split) samples are drawn into val by a
+    permutation from `np.random.default_rng(seed)`.  `limit` caps the train and the test
     split, for quick runs.  Pixels are scaled to [0, 1], then standardised with the scalar
     mean and std of the resulting train split: x' = (x - mean) / std.
     """
@@ -97,12 +137,18 @@ def load_dataset(
         raise ValueError(f"load_dataset: expected limit None or an int >= 1, got {limit!r}")
     if name == "digits":
         x_all, y_all, x_test, y_test = _digits()
-        scale, n_classes = 1 / 16, 10  # digits pixels are counts 0..16
+        pixel_scale, n_classes = 16.0, 10  # digits pixels are counts 0..16, stored as floats
+
+        def unit(x: np.ndarray) -> bool:
+            return False
     else:
         directory = _find(name, root)
         known = 10 if name in DATASETS else None
         x_all, y_all, x_test, y_test, n_classes = _read_four(directory, known)
-        scale = 1 / 255 if x_all.dtype == np.uint8 else 1.0  # float images taken as in [0, 1]
+        pixel_scale = 255.0  # 8-bit images; float images are taken as in [0, 1], each file by its own type
+
+        def unit(x: np.ndarray) -> bool:
+            return x.dtype.kind == "f"
 
     n_val = _val_count(val_size, len(y_all))
     order = np.random.default_rng(seed).permutation(len(y_all))
@@ -112,34 +158,35 @@ def load_dataset(
         # A fixed random subset of test: the same for every seed, unbiased for sorted files.
         test = np.random.default_rng(TEST_SEED).permutation(len(y_test))[:limit]
 
-    x_train = _to_unit(x_all[train], scale, dtype)
+    x_train = _to_unit(x_all[train], 1.0 if unit(x_all) else 1 / pixel_scale, dtype)
     mean, std = _centre(x_train)
     x_train /= dtype.type(std)
-
-    def standardised(x: np.ndarray) -> np.ndarray:
-        x = _to_unit(x, scale, dtype)
-        x -= dtype.type(mean)  # x' = (x - mean) / std
-        x /= dtype.type(std)
-        return x
+    normalisation = Normalisation(mean, std, pixel_scale)
+    val_x, test_x = (normalisation(x[i], dtype, unit=unit(x)) for x, i in ((x_all, val), (x_test, test)))
+    for split, x in (("train", x_train), ("val", val_x), ("test", test_x)):
+        if not np.isfinite(x).all():
+            raise ValueError(f"load_dataset({name!r}): the {split} images hold values that are not finite "
+                             f"in {dtype} once standardised (pixels too large for the data type?)")
 
     return Dataset(
         name=name,
         train=_split(x_train, y_all[train]),
-        val=_split(standardised(x_all[val]), y_all[val]),
-        test=_split(standardised(x_test[test]), y_test[test]),
+        val=_split(val_x, y_all[val]),
+        test=_split(test_x, y_test[test]),
         n_classes=n_classes,
         image_shape=(1, *x_train.shape[1:]),
         mean=mean,
         std=std,
+        pixel_scale=pixel_scale,
     )
 
 
 def batches(
     split: Split, batch_size: int, rng: np.random.Generator | None, shuffle: bool = True
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One epoch of ``(x, y)`` mini-batches of ``batch_size`` samples, the last one partial.
+    """One epoch of `(x, y)` mini-batches of `batch_size` samples, the last one partial.
 
-    With ``shuffle`` the order is a permutation drawn from ``rng``, so a seeded generator gives
+    With `shuffle` the order is a permutation drawn from `rng`, so a seeded generator gives
     the same epochs every run; without it the batches are views in stored order.
     """
     if not _is_int(batch_size) or batch_size < 1:
@@ -153,9 +200,7 @@ def batches(
     return _epoch(split, batch_size, order)
 
 
-def _epoch(
-    split: Split, batch_size: int, order: np.ndarray | None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _epoch(split: Split, batch_size: int, order: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(split), batch_size):
         chosen = slice(start, start + batch_size) if order is None else order[start:][:batch_size]
         yield split.x[chosen], split.y[chosen]
@@ -166,14 +211,15 @@ def _is_int(value: object) -> bool:
 
 
 def _to_unit(x: np.ndarray, scale: float, dtype: np.dtype) -> np.ndarray:
-    """Pixels as a fresh ``dtype`` array scaled to [0, 1]."""
-    x = x.astype(dtype, order="C")
+    """Pixels as a fresh `dtype` array scaled to [0, 1]."""
+    with np.errstate(over="ignore", invalid="ignore"):           # too large for dtype: inf, refused by callers
+        x = x.astype(dtype, order="C")
     x *= dtype.type(scale)
     return x
 
 
 def _centre(x: np.ndarray) -> tuple[float, float]:
-    """Subtract the mean of all elements from ``x`` in place; return that mean and the std."""
+    """Subtract the mean of all elements from `x` in place; return that mean and the std."""
     mean = float(x.mean(dtype=np.float64))
     x -= x.dtype.type(mean)
     flat = x.reshape(-1)
@@ -212,7 +258,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _find(name: str, root: str | os.PathLike | None) -> str:
-    """The directory holding the four IDX files of ``name``; FileNotFoundError if none."""
+    """The directory holding the four IDX files of `name`; FileNotFoundError if none."""
     env = os.environ.get("FBPROP_DATA")
     if name in DATASETS:
         if root is not None:
@@ -225,9 +271,7 @@ def _find(name: str, root: str | os.PathLike | None) -> str:
     elif os.path.isdir(os.path.expanduser(name)):
         candidates = [os.path.expanduser(name)]
     else:
-        raise ValueError(
-            f"load_dataset: expected a name in {DATASETS} or a directory of IDX files, got {name!r}"
-        )
+        raise ValueError(f"load_dataset: expected a name in {DATASETS} or a directory of IDX files, got {name!r}")
     looked = []
     for directory in map(os.fspath, candidates):
         missing = [stem for stem in FILES if _locate(directory, stem) is None]
@@ -241,7 +285,7 @@ def _find(name: str, root: str | os.PathLike | None) -> str:
 
 
 def _locate(directory: str, stem: str) -> str | None:
-    """The file for ``stem`` in ``directory``, plain or gzipped, ``-idx`` or ``.idx`` naming."""
+    """The file for `stem` in `directory`, plain or gzipped, `-idx` or `.idx` naming."""
     dotted = stem.replace("-idx", ".idx")
     for candidate in (stem, stem + ".gz", dotted, dotted + ".gz"):
         path = os.path.join(directory, candidate)
@@ -250,11 +294,9 @@ def _locate(directory: str, stem: str) -> str | None:
     return None
 
 
-def _read_four(
-    directory: str, n_classes: int | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _read_four(directory: str, n_classes: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Train images and labels, test images and labels, checked; then the number of classes,
-    ``n_classes`` or else the largest train label + 1."""
+    `n_classes` or else the largest train label + 1."""
     paths = [_locate(directory, stem) for stem in FILES]
     x_train, y_train, x_test, y_test = (read_idx(path) for path in paths)
     for x, y, x_path, y_path in ((x_train, y_train, *paths[:2]), (x_test, y_test, *paths[2:])):
@@ -266,25 +308,26 @@ def _read_four(
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ValueError(f"{x_path}: expected finite pixel values, got NaN or inf")
         if y.shape != x.shape[:1]:
-            raise ValueError(
-                f"{y_path}: expected {len(x)} labels, one per image in {x_path}, "
-                f"got shape {y.shape}"
-            )
+            raise ValueError(f"{y_path}: expected {len(x)} labels, one per image in {x_path}, " f"got shape {y.shape}")
         if y.dtype.kind not in "iu":
             raise ValueError(f"{y_path}: expected integer labels, got {y.dtype}")
     if len(x_train) == 0:
         raise ValueError(f"{paths[0]}: expected at least one training image, got none")
+    if len(x_test) == 0:
+        raise ValueError(f"{paths[2]}: expected at least one test image, got none")
+    if 0 in x_train.shape[1:]:
+        raise ValueError(f"{paths[0]}: expected images of at least 1x1 pixels, got {x_train.shape[1:]}")
     if x_test.shape[1:] != x_train.shape[1:]:
         raise ValueError(
             f"{paths[2]}: expected images of size {x_train.shape[1:]} as in {paths[0]}, "
             f"got {x_test.shape[1:]}"
         )
     if n_classes is None:
-        n_classes = int(y_train.max()) + 1 if len(y_train) else 0
+        top = int(y_train.max()) if len(y_train) else 0
+        if top >= MAX_CLASSES:
+            raise ValueError(f"{paths[1]}: expected labels below {MAX_CLASSES}, got {top}")
+        n_classes = top + 1
     for y, y_path in ((y_train, paths[1]), (y_test, paths[3])):
         if len(y) and (y.min() < 0 or y.max() >= n_classes):
-            raise ValueError(
-                f"{y_path}: expected labels in [0, {n_classes}), "
-                f"got values in [{y.min()}, {y.max()}]"
-            )
+            raise ValueError(f"{y_path}: expected labels in [0, {n_classes}), " f"got values in [{y.min()}, {y.max()}]")
     return x_train, y_train, x_test, y_test, n_classes

@@ -1,8 +1,8 @@
 """The IDX file format of the MNIST family, read and written with numpy.
 
-Layout: two zero bytes, a type code, the number of dimensions ``ndim``; then ``ndim``
+Layout: two zero bytes, a type code, the number of dimensions `ndim`; then `ndim`
 big-endian uint32 sizes; then the elements, big-endian, in C order.  A file whose first two
-bytes are ``1f 8b`` is gzip-compressed; the same layout then holds for its decompressed
+bytes are `1f 8b` is gzip-compressed; the same layout then holds for its decompressed
 content.  Every problem with a file raises one :class:`IdxError` naming the file.
 """
 
@@ -64,7 +64,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _parse(path: str, stream: BinaryIO, available: int | None, bound: int) -> np.ndarray:
-    """Header then data; ``available`` is the exact byte count of a raw file, None for gzip."""
+    """Header then data; `available` is the exact byte count of a raw file, None for gzip."""
     where = f"IDX file {path!r}" + (" (gzip)" if available is None else "")
     magic = _read_up_to(stream, 4)
     if len(magic) < 4:
@@ -104,9 +104,9 @@ def _parse(path: str, stream: BinaryIO, available: int | None, bound: int) -> np
 
 
 def _read_up_to(stream: BinaryIO, n: int) -> bytearray:
-    """Up to ``n`` bytes, fewer only at end of stream, in a buffer numpy may write to.
+    """Up to `n` bytes, fewer only at end of stream, in a buffer numpy may write to.
 
-    Read in chunks: memory grows with the bytes actually there, not with ``n``.
+    Read in chunks: memory grows with the bytes actually there, not with `n`.
     """
     parts = []
     while n > 0:
@@ -119,10 +119,10 @@ def _read_up_to(stream: BinaryIO, n: int) -> bytearray:
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``array`` as IDX, gzip-compressed when ``path`` ends in ``.gz``.
+    """Write `array` as IDX, gzip-compressed when `path` ends in `.gz`.
 
     The file is written under a temporary name in the same directory, flushed to disk and
-    renamed over ``path``, so ``path`` holds either its old content or the complete new file.
+    renamed over `path`, so `path` holds either its old content or the complete new file.
     """
     path = os.fspath(path)
     array = np.asarray(array)
@@ -130,13 +130,9 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     if code is None or array.dtype.kind == "b":
         raise ValueError(f"write_idx({path!r}): expected dtype in {SUPPORTED}, got {array.dtype}")
     if not 1 <= array.ndim <= MAX_NDIM:
-        raise ValueError(
-            f"write_idx({path!r}): expected 1 to {MAX_NDIM} dimensions, got {array.ndim}"
-        )
+        raise ValueError(f"write_idx({path!r}): expected 1 to {MAX_NDIM} dimensions, got {array.ndim}")
     if max(array.shape) > 0xFFFFFFFF:
-        raise ValueError(
-            f"write_idx({path!r}): expected every size below 2**32, got shape {array.shape}"
-        )
+        raise ValueError(f"write_idx({path!r}): expected every size below 2**32, got shape {array.shape}")
     header = struct.pack(f">BBBB{array.ndim}I", 0, 0, code, array.ndim, *array.shape)
     big_endian = np.ascontiguousarray(array, dtype=DTYPES[code])
     payload = memoryview(big_endian.reshape(-1).view(np.uint8))
