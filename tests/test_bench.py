@@ -39,3 +39,11 @@ def test_run_quick_prints_the_check_and_the_table_for_the_available_systems():
         assert f" {system} " in out, out
     torch_here = "skipping pytorch" not in out
     assert (" pytorch " in out) == torch_here
+
+
+def test_siamese_script_trains_and_prints_accuracy_time_and_medians():
+    pytest.importorskip("sklearn")
+    p = _run(str(BENCH / "siamese.py"), "--data", "digits", "--epochs", "1", "--pairs", "2000", "--systems", "fbprop")
+    assert p.returncode == 0, p.stderr
+    assert "digits repeat 0 fbprop   train" in p.stdout and "5-NN test accuracy" in p.stdout
+    assert "digits: 1 x 2000 pairs, batch 64, 1 thread(s), medians of 1:" in p.stdout

@@ -110,3 +110,29 @@ def test_pair_dataset_has_two_classes_and_fixed_test_pairs():
     assert a.n_classes == 2 and a.image_shape == (2, 1, 8, 8) and len(a.val) == 0
     np.testing.assert_array_equal(a.test.x.pairs, b.test.x.pairs)
     assert set(np.unique(a.train.y)) == {0, 1}
+
+
+def test_siamese_training_follows_pytorch_step_for_step_in_float64():
+    torch = pytest.importorskip("torch")
+    images = fb.data.load_dataset("digits", val_size=0, dtype=np.float64)
+    machine = build_siamese({"input_shape": [1, 8, 8], "hidden": [32, 16], "dtype": "float64"})
+    layers = [m for m in branch_of(machine).modules if m.params()]          # Linear, Tanh, Linear, Tanh, Linear, Bias
+    g = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16), torch.nn.Tanh(),
+                            torch.nn.Linear(16, 2)).double()
+    with torch.no_grad():
+        for i, lin in enumerate((g[0], g[2], g[4])):
+            lin.weight.copy_(torch.from_numpy(layers[2 * i].w.x))
+            lin.bias.copy_(torch.from_numpy(layers[2 * i + 1].b.x))
+    ours, theirs = fb.SGD(machine.pool, 0.01, momentum=0.9), torch.optim.SGD(g.parameters(), lr=0.01, momentum=0.9)
+    pairs, y = draw_pairs(images.train.y, 64 * 100, np.random.default_rng(0))
+    x = torch.from_numpy(images.train.x.reshape(len(images.train.x), -1))
+    for i in range(0, len(y), 64):
+        p, t = pairs[i:i + 64], torch.from_numpy(y[i:i + 64].astype(np.float64))
+        d = torch.linalg.vector_norm(g(x[p[:, 0]]) - g(x[p[:, 1]]), dim=1)
+        loss = ((1 - t) * 0.5 * d**2 + t * 0.5 * torch.clamp(1.0 - d, min=0) ** 2).mean()
+        theirs.zero_grad()
+        loss.backward()
+        theirs.step()
+        assert machine.gradient(PairArray(images.train.x, p)[:], y[i:i + 64]) == pytest.approx(loss.item(), rel=1e-12)
+        ours.step()
+    np.testing.assert_allclose(layers[0].w.x, g[0].weight.detach().numpy(), rtol=1e-9, atol=1e-12)

@@ -42,8 +42,15 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.bbprop")
 
     def params(self) -> list[State]:
-        """The parameter handles this module owns or shares (each listed once)."""
-        return [v for v in vars(self).values() if isinstance(v, Param)]
+        """The parameter handles this module owns or shares, then those of the modules it contains
+        (a container's `modules`), each listed once."""
+        seen: dict[int, State] = {}
+        for p in [v for v in vars(self).values() if isinstance(v, Param)]:
+            seen.setdefault(id(p), p)
+        for m in getattr(self, "modules", ()):
+            for p in m.params():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
 
     def share(self) -> Module:
         """A twin of this module holding the same parameter handles (shared weights) and its own scratch.
@@ -114,13 +121,6 @@ class Cascade(Module):
             s.clear_ddx()
         for i in reversed(range(len(self.modules))):
             self.modules[i].bbprop(chain[i], chain[i + 1])
-
-    def params(self) -> list[State]:
-        seen: dict[int, State] = {}
-        for m in self.modules:
-            for p in m.params():
-                seen.setdefault(id(p), p)
-        return list(seen.values())
 
     def __getitem__(self, i: int) -> Module:
         return self.modules[i]

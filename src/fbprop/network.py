@@ -234,13 +234,6 @@ class Network(Module):
         self._sweep(states, "bbprop", "ddx")
 
     # inspection -------------------------------------------------------------------------------
-    def params(self) -> list[State]:
-        seen: dict[int, State] = {}
-        for m in self.modules:
-            for p in m.params():
-                seen.setdefault(id(p), p)
-        return list(seen.values())
-
     def state(self, name: str) -> State:
         """An intermediate state by name (its value after the last fprop)."""
         if name not in self.states:
