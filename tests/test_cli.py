@@ -286,7 +286,8 @@ def test_fbprop_script_trains_digits_with_no_option_and_prints_the_test_error(tm
     script = Path(sysconfig.get_path("scripts")) / "fbprop"
     done = _process(str(script), "train", "--out", "run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert re.fullmatch(r"test error \d+\.\d\d% \(accuracy \d+\.\d\d%\) after 20 epochs in \d+\.\ds; results in run\n",
+    assert re.fullmatch(r"test error \d+\.\d\d% \(accuracy \d+\.\d\d%\) after 20 epochs in \d+\.\ds, "
+                        r"parameters of epoch \d+ \(best validation error\); results in run\n",
                         done.stdout)
     lines = done.stderr.splitlines()
     assert lines[0].endswith("50610 parameters, sgd lr 0.05, batch 32, -> run")

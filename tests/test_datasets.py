@@ -91,9 +91,9 @@ def test_bad_val_size_rejected(val_size):
         load_dataset("digits", val_size=val_size)
 
 
-def test_limit_caps_train_and_test_and_dtype_is_honoured():
+def test_limit_caps_only_the_train_split_and_dtype_is_honoured():
     ds = load_dataset("digits", limit=50, dtype=np.float64)
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 144, 50)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 144, 360)
     assert ds.train.x.dtype == np.float64 and abs(ds.train.x.mean()) < 1e-12
     with pytest.raises(ValueError, match="floating dtype, got int32"):
         load_dataset("digits", dtype=np.int32)

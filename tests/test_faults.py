@@ -298,9 +298,9 @@ def trained(tmp_path_factory) -> Path:
 def test_predict_refuses_a_fifo_and_a_directory_instead_of_hanging(trained, tmp_path):
     fifo = tmp_path / "images.npy"
     os.mkfifo(fifo)
-    for target in (fifo, tmp_path):
-        code, err = call("predict", trained, target)
-        assert code == 2 and "expected a file of images" in err
+    for target, message in ((fifo, "expected a file of images"), (tmp_path, "a folder without images")):
+        code, err = call("predict", trained, target)                 # a folder is read for its image files
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 def test_predict_of_pixels_too_large_for_the_net_is_one_line_not_a_learning_rate_hint(trained, tmp_path):

@@ -184,7 +184,14 @@ def check_spec(path, spec: dict) -> None:
         _field(path, "architecture.hidden", spec["hidden"], list, what="a list of layer sizes")
         for v in spec["hidden"]:
             _field(path, "architecture.hidden", v, int, size, f"sizes from 1 to {MAX_SIZE}")
-    for key in ("squash", "energy", "loss", "dataset"):
+    if "task" in spec:
+        _field(path, "architecture.task", spec["task"], str, lambda v: v in ("classification", "regression"),
+               "classification or regression")
+    if "class_names" in spec:
+        _field(path, "architecture.class_names", spec["class_names"], list,
+               lambda v: len(v) == spec.get("n_classes", len(v)) and all(isinstance(n, str) for n in v),
+               "one name (a string) per class")
+    for key in ("squash", "energy", "loss", "dataset", "label_column"):
         if key in spec:
             _field(path, f"architecture.{key}", spec[key], str, what="a name")
     if "dtype" in spec:

@@ -23,8 +23,9 @@ import numpy as np
 
 from fbprop import __version__
 from fbprop.checkpoint import CheckpointError, check_spec, load_checkpoint
-from fbprop.data.datasets import DATASETS, Normalisation, load_dataset
+from fbprop.data.datasets import CLASS_NAMES, DATASETS, Normalisation, load_dataset
 from fbprop.data.idx import IdxError, read_idx
+from fbprop.data.own import IMAGE_SUFFIXES, TASKS, read_images
 from fbprop.distributed import SingleProcess, checksum, world
 from fbprop.files import atomic_write
 from fbprop.losses import LOSSES
@@ -35,8 +36,6 @@ from fbprop.runs import claim, new_run_dir, write_config
 from fbprop.train import SCHEDULES, Plots, Trainer, TrainingDiverged, evaluate
 from fbprop.train.extensions import strict_json
 
-CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
 # Settings a resumed run may change; every other one given again must equal the run's.
 RESUMABLE = ("epochs", "patience")
 
@@ -94,11 +93,19 @@ def _key_value(text: str) -> tuple[str, float | int | str]:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=None, metavar="NAME",
-                   help=f"dataset: {', '.join(DATASETS)}, or a directory holding the four MNIST-format files "
+    p.add_argument("--data", default=None, metavar="NAME|PATH",
+                   help=f"dataset: {', '.join(DATASETS)}; a directory holding the four MNIST-format files; a folder "
+                        "of images in class sub-folders, or with train/ and test/ folders of them (PNG, JPEG, ...; "
+                        "grey or colour, all of one size); a CSV file with a header row (answers in --label-column); "
+                        "an .npz with x_train, y_train and optionally x_test, y_test, class_names; an .npy (n, d+1) "
+                        "with the answer last. Data without a test set has 20%% of its samples held out for testing "
                         "(default: a checkpoint's own, else digits, scikit-learn's bundled 8x8 digits)")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset's files are (or set FBPROP_DATA)")
-    p.add_argument("--limit", type=_positive(int), default=None, help="use at most this many training samples")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="where the dataset's files are (default: FBPROP_DATA, then the system's)")
+    p.add_argument("--label-column", default=None, metavar="NAME",
+                   help="the CSV column holding the answers (default: 'label', else the last column)")
+    p.add_argument("--limit", type=_positive(int), default=None,
+                   help="use at most this many training samples; validation and test sets stay whole (default: all)")
 
 
 def train_options() -> dict[str, tuple]:
@@ -108,36 +115,41 @@ def train_options() -> dict[str, tuple]:
     run can tell the options given again from those left out.
     """
     return {
+        "task": (None, {"choices": TASKS, "help": "what the answers are. auto: labels, unless a CSV, .npz or .npy "
+                                                  "holds real numbers that are not all whole: then a regression, "
+                                                  "energy ½‖G(X) − Y‖² (euclidean), energy loss (default: auto)"}),
         "model": ("mlp", {"choices": list(MODELS), "help": "; ".join(f"{k}: {e.help}" for k, e in MODELS.items())}),
         "hidden": (None, {"type": _sizes, "help": "hidden layer sizes of mlp (default 300,100)"}),
         "squash": (None, {"choices": list(SQUASHES), "help": "mlp's sigmoid (default tanh)"}),
         "energy": (None, {"choices": ENERGIES, "help": "scores: energies are negated outputs; rbf: distances to "
                                                        "per-class target codes (default: the model's)"}),
         "loss": (None, {"choices": list(LOSSES), "help": "energy-based loss (default: the model's, nll)"}),
-        "beta": (None, {"type": _positive(float), "help": "inverse temperature of the nll loss (--loss-arg beta=)"}),
-        "margin": (None, {"type": _positive(float), "help": "margin of hinge / square-square (--loss-arg margin=)"}),
+        "beta": (None, {"type": _positive(float), "help": "inverse temperature of the nll loss (--loss-arg beta=; "
+                                                                     "default: the model's, 1; lenet5's 0.1)"}),
+        "margin": (None, {"type": _positive(float), "help": "margin of hinge / square-square (--loss-arg margin=; "
+                                                                       "default: the loss's own)"}),
         "loss_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
-                            "help": "any argument of the loss, e.g. --loss-arg gamma=2 (repeatable)"}),
+                            "help": "any argument of the loss, e.g. --loss-arg gamma=2 (repeatable; default: none)"}),
         "optimizer": ("sgd", {"choices": list(OPTIMIZERS),
                               "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())}),
         "lr": (None, {"type": _positive(float), "help": "learning rate η (default per optimizer: " + ", ".join(
             f"{k} {e.lr:g}" for k, e in OPTIMIZERS.items() if e.lr) + ")"}),
         "optimizer_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
-                                 "help": "any option of the optimizer, e.g. momentum=0.5 (repeatable)"}),
+                                 "help": "any option of the optimizer, e.g. momentum=0.5 (repeatable; default: none)"}),
         "momentum": (None, {"type": float, "help": "momentum's α (default 0.9)"}),
         "mu": (None, {"type": _positive(float), "help": "SDLM's μ in η/(μ + h_kk) (default 0.02)"}),
         "lbfgs_iters": (None, {"type": _positive(int), "help": "L-BFGS iterations per epoch (default 20)"}),
         "hessian_samples": (500, {"type": _positive(int), "help": "samples for SDLM's Hessian estimate"}),
-        "schedule": ("constant", {"choices": list(SCHEDULES)}),
-        "epochs": (20, {"type": int}),
+        "schedule": ("constant", {"choices": list(SCHEDULES), "help": "learning-rate schedule over the epochs"}),
+        "epochs": (20, {"type": int, "help": "passes over the training set"}),
         "batch_size": (32, {"type": _positive(int), "help": "1 is on-line learning"}),
         "l2": (0.0, {"type": float, "help": "λ of the L2 regularizer ½‖W‖²"}),
         "l1": (0.0, {"type": float, "help": "λ of the L1 regularizer ‖W‖₁"}),
         "val_size": (0.1, {"type": float, "help": "validation fraction (or count) of the training set"}),
         "patience": (None, {"type": _positive(int), "help": "early stopping after this many epochs without a better "
                                                            "validation error (default: none)"}),
-        "dtype": ("float32", {"choices": ["float32", "float64"]}),
-        "seed": (0, {"type": int}),
+        "dtype": ("float32", {"choices": ["float32", "float64"], "help": "parameters and data"}),
+        "seed": (0, {"type": int, "help": "initial weights, validation split and batch order"}),
     }
 # optimizer options of the command line -> the registry's names
 OPTIMIZER_FLAGS = {"momentum": "momentum", "mu": "mu", "lbfgs_iters": "max_iter"}
@@ -160,8 +172,8 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue a run from its checkpoint.npz (or its directory) with the run's own settings "
                         "(config.json); options given again must equal the run's, except "
-                        + ", ".join(f"--{k}" for k in RESUMABLE))
-    t.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+                        + ", ".join(f"--{k}" for k in RESUMABLE) + " (default: a new run)")
+    t.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: write them)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
     t.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=None,
@@ -171,12 +183,23 @@ def make_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint on a dataset split")
     e.add_argument("checkpoint", help="a checkpoint .npz or a run directory (uses best.npz there)")
     _data_args(e)
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="(default: test)")
 
-    p = sub.add_parser("predict", help="answers of a checkpoint for images in an IDX or .npy file")
-    p.add_argument("checkpoint")
-    p.add_argument("file", help="images (n, h, w) as IDX (.idx3-ubyte, optionally .gz) or .npy")
-    p.add_argument("--out", default=None, help="write the answers to this .npy (default: print them)")
+    p = sub.add_parser("predict", help="answers of a checkpoint for images: IDX, .npy, image files, folders")
+    p.add_argument("checkpoint", help="a checkpoint .npz or a run directory (uses best.npz there)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="images (n, h, w), (n, c, h, w) or (n, h, w, c) as IDX (.idx3-ubyte, optionally .gz) or .npy "
+                        "(feature vectors (n, d) for a model trained on them); PNG/JPEG/... image files; folders of "
+                        "them (searched recursively, in sorted order). Integer pixels, and float pixels when any "
+                        "exceeds 1, are scaled as the training images were; float pixels all within [0, 1] are "
+                        "taken as already scaled")
+    p.add_argument("--proba", action="store_true",
+                   help="print each sample's class probabilities softmax(−βE), β the nll loss's (else 1)")
+    p.add_argument("--top-k", type=_positive(int), default=None, metavar="K",
+                   help="print each sample's K most probable classes with their probabilities, by name when the "
+                        "data set names its classes")
+    p.add_argument("--out", default=None, help="write the answers (with --proba the probabilities) to this .npy "
+                                               "(default: print them)")
 
     x = sub.add_parser("export", help="write a trained model as ONNX (graph to the energies) and/or safetensors")
     x.add_argument("checkpoint", help="a checkpoint .npz or a run directory (uses best.npz there)")
@@ -190,8 +213,10 @@ def make_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gradcheck", help="finite-difference check of every module of a model (float64)")
     g.add_argument("model", choices=MODELS)
-    g.add_argument("--input-shape", type=_sizes, default=[1, 28, 28], help="one sample's shape, e.g. 1,28,28")
-    g.add_argument("--samples", type=_positive(int), default=20, help="entries checked per input and parameter")
+    g.add_argument("--input-shape", type=_sizes, default=[1, 28, 28],
+                   help="one sample's shape (default: 1,28,28)")
+    g.add_argument("--samples", type=_positive(int), default=20,
+                   help="entries checked per input and parameter (default: 20)")
     s = sub.add_parser("siamese", help="train a siamese energy machine on pairs (DrLIM contrastive loss): "
                        "k-NN accuracy and scatter plot of the learned embedding", formatter_class=_DefaultsFormatter)
     _data_args(s)
@@ -318,7 +343,10 @@ def _refuse_changes(what: str, run: dict, now: dict, allowed: tuple[str, ...] = 
 def _load_data(name: str, args, spec: dict, limit: int | None, dtype: str):
     val = spec.get("val_size", 0.1)
     val = int(val) if val >= 1 else val
-    return load_dataset(name, args.data_dir, val_size=val, seed=spec.get("seed", 0), dtype=np.dtype(dtype), limit=limit)
+    task = getattr(args, "task", None) or spec.get("task", "auto")
+    column = args.label_column or spec.get("label_column")
+    return load_dataset(name, args.data_dir, val_size=val, seed=spec.get("seed", 0), dtype=np.dtype(dtype), limit=limit,
+                        task=task, label_column=column)
 
 
 NEEDED = ("model", "input_shape", "n_classes", "normalisation")
@@ -354,7 +382,18 @@ def _new_run(args, root: bool):
     settings = _training_settings(args, {**_defaults(), "seed": spec["seed"]})
     data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,
-                normalisation=data.normalisation.as_dict(), data_checksum=checksum(data.train.x, data.train.y))
+                normalisation=data.normalisation.as_dict(), data_checksum=checksum(data.train.x, data.train.y),
+                task=data.task)
+    if data.class_names:
+        spec["class_names"] = list(data.class_names)
+    if args.label_column:
+        spec["label_column"] = args.label_column
+    if data.task == "regression":                                # G(X) is the answer: Euclidean energy
+        if args.energy is not None:
+            raise CommandError(f"--energy {args.energy}: a regression's energy is ½‖G(X) − Y‖² (euclidean)")
+        spec["energy"] = "euclidean"
+        if args.loss is None:
+            spec["loss"], spec["loss_args"] = "energy", {}
     return data, spec, settings
 
 
@@ -442,17 +481,28 @@ def cmd_train(args) -> int:
     if not root:
         return 0
     best = trainer.best.error if len(data.val) and math.isfinite(trainer.best.error) else None   # strict JSON
-    summary = {"test_error": test.error, "test_loss": test.loss, "seconds": round(seconds, 2),
-               "epochs": trainer.epoch, "best_val_error": best,
-               "confusion": test.confusion.tolist()}
+    which = trainer.best.epoch if trainer.best.params is not None else trainer.epoch
+    split = "validation" if len(data.val) else "training"
+    measure = "RMSE" if data.task == "regression" else "error"
+    reported = (f"parameters of epoch {which} (best {split} {measure})" if trainer.best.params is not None
+                else f"parameters of epoch {which} (the last)")
+    summary = {"test_loss": test.loss, "seconds": round(seconds, 2), "epochs": trainer.epoch, "params_epoch": which}
+    if data.task == "regression":
+        summary.update(test_rmse=test.rmse, test_mae=test.mae, best_val_rmse=best)
+        line = f"test RMSE {test.rmse:.4g}, MAE {test.mae:.4g}"
+    else:
+        total = test.confusion.sum(axis=1, keepdims=True)
+        normalised = np.divide(test.confusion, total, out=np.zeros(test.confusion.shape), where=total > 0)
+        summary.update(test_error=test.error, best_val_error=best, confusion=test.confusion.tolist(),
+                       confusion_normalised=np.round(normalised, 6).tolist())
+        line = f"test error {100 * test.error:.2f}% (accuracy {100 * (1 - test.error):.2f}%)"
     text = json.dumps(strict_json(summary), indent=1, allow_nan=False)
     atomic_write(out / "result.json", lambda f: f.write(text.encode()))
-    if not args.no_plots:
+    if not args.no_plots and data.task != "regression":
         from fbprop.plots import plot_confusion
         plot_confusion(test.confusion, out / "confusion.png", f"{spec['model']} on {data.name}: test",
-                       CLASS_NAMES.get(data.name))
-    print(f"test error {100 * test.error:.2f}% (accuracy {100 * (1 - test.error):.2f}%) "
-          f"after {trainer.epoch} epochs in {seconds:.1f}s; results in {out}")
+                       data.class_names or CLASS_NAMES.get(data.name))
+    print(f"{line} after {trainer.epoch} epochs in {seconds:.1f}s, {reported}; results in {out}")
     return 0
 
 
@@ -474,43 +524,123 @@ def cmd_eval(args) -> int:
     data = _run_data(path, spec, args, args.limit)
     split = getattr(data, args.split)
     meter = evaluate(machine, split, data.n_classes)
-    print(json.dumps({"split": args.split, "samples": len(split), "error": meter.error,
-                      "accuracy": 1 - meter.error, "loss": meter.loss}))
+    if machine.regression:
+        print(json.dumps({"split": args.split, "samples": len(split), "rmse": meter.rmse, "mae": meter.mae,
+                          "loss": meter.loss}))
+    else:
+        print(json.dumps({"split": args.split, "samples": len(split), "error": meter.error,
+                          "accuracy": 1 - meter.error, "loss": meter.loss}))
     return 0
 
 
 def cmd_predict(args) -> int:
     _, spec, machine = _load_model(args.checkpoint)
-    path = Path(args.file)
-    if not path.exists():
-        raise CommandError(f"{path}: no such file")
-    if not path.is_file():
-        raise CommandError(f"{path}: expected a file of images, got a directory, device or FIFO")
-    x = _open_images(path)
-    shape, given = tuple(spec["input_shape"]), x.shape
-    if x.ndim == len(shape) and shape[0] == 1:                  # (n, h, w): one input plane
-        x = x[:, None]
-    if x.shape[1:] != shape:
-        raise CommandError(f"{path}: expected images of shape (n, {', '.join(map(str, shape[1:]))}), got {given}")
-    if x.dtype.kind not in "fiub":
-        raise CommandError(f"{path}: expected integer or float pixels, got {x.dtype}")
+    regression = machine.regression
+    if (args.proba or args.top_k) and regression:
+        raise CommandError("--proba and --top-k need a classifier; this model is a regression (its answers are G(X))")
+    names = spec.get("class_names") or CLASS_NAMES.get(spec.get("dataset", "")) or \
+        [str(i) for i in range(spec["n_classes"])]
     normalise = Normalisation.from_dict(spec["normalisation"])
-    answers = []
-    for i in range(0, len(x), PREDICT_BATCH):                   # one batch in memory at a time
-        batch = x[i:i + PREDICT_BATCH]
-        if batch.dtype.kind == "f" and not np.isfinite(batch).all():
-            raise CommandError(f"{path}: the images hold NaN or infinite values (from image {i} on)")
-        inputs = normalise(batch, machine.pool.dtype, unit=batch.dtype.kind == "f")
-        if not np.isfinite(inputs).all():
-            raise CommandError(f"{path}: pixel values too large for {machine.pool.dtype} (from image {i} on)")
-        answers.append(machine.predict(inputs))
-    answers = np.concatenate(answers) if answers else np.zeros(0, np.intp)
+    rows, labels = [], []
+    for path, x, tags in _inputs(args.files, tuple(spec["input_shape"])):
+        unit = x.dtype.kind == "f" and normalise.pixel_scale != 1 and not _above_one(x, path)
+        for i in range(0, len(x), PREDICT_BATCH):               # one batch in memory at a time
+            batch = x[i:i + PREDICT_BATCH]
+            if batch.dtype.kind == "f" and not np.isfinite(batch).all():
+                raise CommandError(f"{path}: the images hold NaN or infinite values (from image {i} on)")
+            inputs = normalise(batch, machine.pool.dtype, unit=unit)
+            if not np.isfinite(inputs).all():
+                raise CommandError(f"{path}: pixel values too large for {machine.pool.dtype} (from image {i} on)")
+            if regression:
+                rows.append(machine.predict(inputs).reshape(len(batch), -1))
+            elif args.proba or args.top_k:
+                rows.append(machine.proba(inputs))
+            else:
+                rows.append(machine.predict(inputs))
+        labels += tags
+    answers = np.concatenate(rows)
+    if args.out and Path(args.out).is_dir():
+        raise CommandError(f"--out {args.out}: is a directory; give a file name, e.g. {Path(args.out) / 'answers.npy'}")
     if args.out:
         atomic_write(args.out, lambda f: np.save(f, answers))
-        print(f"{len(answers)} answers written to {args.out}")
-    else:
-        print("\n".join(map(str, answers.tolist())))
+        print(f"{len(answers)} {'probability rows' if args.proba else 'answers'} written to {args.out}")
+        return 0
+    lines = _answer_lines(answers, args, names, regression)
+    prefix = [f"{tag}\t" if tag else "" for tag in labels]
+    try:
+        sys.stdout.write("".join(f"{p}{line}\n" for p, line in zip(prefix, lines)))
+        sys.stdout.flush()
+    except BrokenPipeError:                                      # `fbprop predict ... | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error when Python exits
+        raise CommandError("the output was closed before every answer was written (broken pipe)") from None
     return 0
+
+
+def _answer_lines(answers: np.ndarray, args, names: list[str], regression: bool) -> list[str]:
+    if regression:
+        return [" ".join(f"{v:.6g}" for v in row) for row in answers]
+    if args.top_k:
+        k = min(args.top_k, answers.shape[1])
+        top = np.argsort(-answers, axis=1, kind="stable")[:, :k]
+        return ["\t".join(f"{names[j]} {p[j]:.4f}" for j in order) for p, order in zip(answers, top)]
+    if args.proba:
+        return [" ".join(f"{v:.4f}" for v in row) for row in answers]
+    return [str(a) for a in answers.tolist()]
+
+
+def _above_one(x: np.ndarray, path: Path) -> bool:
+    """Whether float pixels go above 1 anywhere in the file (then they are 0-255 like integers)."""
+    for i in range(0, len(x), PREDICT_BATCH):
+        batch = x[i:i + PREDICT_BATCH]
+        if np.isfinite(batch).all() and batch.size and batch.max() > 1:
+            return True
+    return False
+
+
+def _inputs(files: list[str], shape: tuple):
+    """(path, samples in the model's input shape, a tag per sample) for each array file, image file or folder;
+    images read from files are tagged with their file name, samples of an array file are not tagged."""
+    images: list[Path] = []
+    for name in files:
+        path = Path(name)
+        if not path.exists():
+            raise CommandError(f"{path}: no such file or folder")
+        if path.is_dir():
+            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CommandError(f"{path}: a folder without images ({', '.join(IMAGE_SUFFIXES)})")
+            images += found
+        elif not path.is_file():
+            raise CommandError(f"{path}: expected a file of images, got a device or FIFO")
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        else:
+            x = _shaped(_open_images(path), shape, path)
+            yield path, x, [""] * len(x)
+    if images:
+        x = read_images(images)
+        yield images[0].parent, _shaped(x, shape, images[0].parent, images), [str(f) for f in images]
+
+
+def _shaped(x: np.ndarray, shape: tuple, path: Path, files: list[Path] | None = None) -> np.ndarray:
+    """x as (n, *shape): a channel axis added to grey (n, h, w) images, channels-last images turned; else one error."""
+    given = x.shape
+    if x.dtype.kind not in "fiub":
+        raise CommandError(f"{path}: expected integer or float pixels, got {x.dtype}")
+    if x.ndim == len(shape) and shape[0] == 1 and len(shape) == 3:  # (n, h, w): one input plane
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1:] != shape and x.shape[-1] == shape[0] and x.shape[1:3] == shape[1:]:
+        x = x.transpose(0, 3, 1, 2)                              # (n, h, w, c): channels last
+    if x.shape[1:] != shape:
+        if files and len(shape) == 3:
+            raise CommandError(f"{path}: the model takes images of {shape[0]} channel(s) of {shape[2]}x{shape[1]} "
+                               f"pixels, got {given[1]} channel(s) of {given[3]}x{given[2]}")
+        c, rest = shape[0], ", ".join(map(str, shape[1:]))
+        forms = (f"(n, {rest})" if c == 1 else f"(n, {c}, {rest}) or (n, {rest}, {c})") if len(shape) == 3 \
+            else f"(n, {', '.join(map(str, shape))})"
+        raise CommandError(f"{path}: expected {'images' if len(shape) == 3 else 'samples'} of shape {forms}, "
+                           f"got {given}")
+    return x
 
 
 PREDICT_BATCH = 4096
@@ -519,6 +649,9 @@ MAX_GRADCHECK_INPUT = 1 << 16
 
 def _open_images(path: Path) -> np.ndarray:
     """The images of an .npy file (memory-mapped: read as they are used) or of an IDX file."""
+    if path.suffix.lower() in (".npz", ".csv"):
+        raise CommandError(f"{path}: predict reads images (IDX, .npy, PNG/JPEG files or folders) or an .npy of "
+                           f"feature vectors, not {path.suffix}; save the inputs as an .npy array")
     if path.suffix != ".npy":
         return read_idx(path)
     try:

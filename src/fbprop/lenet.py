@@ -49,15 +49,15 @@ def lenet5_codes(k: int) -> np.ndarray:
 
 
 class ImageCascade(Cascade):
-    """A Cascade that first checks its input is a batch of one-channel images of one size."""
+    """A Cascade that first checks its input is a batch of `channels`-map images of one size."""
 
-    def __init__(self, name: str, size: int, hint: str, *modules) -> None:
+    def __init__(self, name: str, size: int, hint: str, *modules, channels: int = 1) -> None:
         super().__init__(*modules)
-        self.name, self.size, self.hint = name, size, hint
+        self.name, self.size, self.hint, self.channels = name, size, hint, channels
 
     def fprop(self, inp: State, out: State) -> None:
-        if inp.x.shape[1:] != (1, self.size, self.size):
-            raise ValueError(f"{self.name}: expected input of shape (n, 1, {self.size}, {self.size}), "
+        if inp.x.shape[1:] != (self.channels, self.size, self.size):
+            raise ValueError(f"{self.name}: expected input of shape (n, {self.channels}, {self.size}, {self.size}), "
                              f"got {inp.x.shape}{self.hint}")
         super().fprop(inp, out)
 
@@ -98,11 +98,13 @@ def lenet5_energy(pool: ParamPool, n_classes: int = 10) -> RBF:
     return RBF(lenet5_codes(n_classes), pool, trainable=False)
 
 
-def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int = 128) -> Cascade:
-    """Conv(1→32, 3×3, pad 1) - ReLU - MaxPool 2 - Conv(32→64, 3×3, pad 1) - ReLU - MaxPool 2 -
+def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int = 128,
+                 channels: int = 1) -> Cascade:
+    """Conv(C→32, 3×3, pad 1) - ReLU - MaxPool 2 - Conv(32→64, 3×3, pad 1) - ReLU - MaxPool 2 -
     Flatten - Linear(64·(size/4)² → hidden) - ReLU - Linear(hidden → n_classes) - Bias.
 
-    Input (n, 1, size, size) with size a multiple of 4 (28 for MNIST, 8 for the 8×8 digits),
+    Input (n, C, size, size), C = `channels` input maps (1 grey, 3 RGB), with size a multiple
+    of 4 (28 for MNIST, 8 for the 8×8 digits),
     output scores (n, n_classes): feed them to NegatedScores and NLLLoss. Each ReLU carries its
     layer's bias (y = max(0, x + b), one b per map after a convolution), as Bias then ReLU would.
     """
@@ -110,22 +112,26 @@ def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: i
         raise ValueError(f"lenet_modern: expected an image size that is a multiple of 4, got {size}")
     if n_classes < 1:
         raise ValueError(f"lenet_modern: expected n_classes >= 1, got {n_classes}")
+    if int(channels) != channels or channels < 1:
+        raise ValueError(f"lenet_modern: expected channels >= 1 input maps, got {channels}")
     q = size // 4
     return ImageCascade(
-        f"LeNetModern[{size}x{size}]", size, " (set size=, a multiple of 4)",
-        Conv2d(1, 32, 3, pool, padding=1), ReLU((32, 1, 1), pool), MaxPool(2),
+        f"LeNetModern[{size}x{size}]" if channels == 1 else f"LeNetModern[{channels}x{size}x{size}]", size,
+        " (set size=, a multiple of 4, and channels=)",
+        Conv2d(channels, 32, 3, pool, padding=1), ReLU((32, 1, 1), pool), MaxPool(2),
         Conv2d(32, 64, 3, pool, padding=1), ReLU((64, 1, 1), pool), MaxPool(2),
         Flatten(),
         Linear(64 * q * q, hidden, pool), ReLU(hidden, pool),
-        Linear(hidden, n_classes, pool), Bias(n_classes, pool),
+        Linear(hidden, n_classes, pool), Bias(n_classes, pool), channels=channels,
     )
 
 
 def _build_lenet5(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
-    channels, h, w = spec["input_shape"]
-    if channels != 1 or h != w or (32 - w) % 2 or w > 32:
+    shape = tuple(spec["input_shape"])
+    if len(shape) != 3 or shape[0] != 1 or shape[1] != shape[2] or (32 - shape[2]) % 2 or shape[2] > 32:
         raise ValueError(f"lenet5: expected square one-channel images of at most 32x32 with an even border to 32 "
-                         f"(e.g. 28x28), got {tuple(spec['input_shape'])}")
+                         f"(e.g. 28x28; colour images go to lenet-modern or mlp), got {shape}")
+    w = shape[2]
     net, k = lenet5(pool, pad=(32 - w) // 2), int(spec["n_classes"])
     if spec.get("energy") == "rbf":
         return net, lenet5_energy(pool, k)
@@ -135,7 +141,10 @@ def _build_lenet5(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
 def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
     if spec.get("energy", "scores") != "scores":
         raise ValueError(f"lenet-modern: expected energy 'scores', got {spec['energy']!r}")
-    return lenet_modern(pool, n_classes=int(spec["n_classes"]), size=spec["input_shape"][-1]), NegatedScores()
+    shape = tuple(spec["input_shape"])
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"lenet-modern: expected square images (channels, size, size), got {shape}")
+    return lenet_modern(pool, n_classes=int(spec["n_classes"]), size=shape[2], channels=shape[0]), NegatedScores()
 
 
 register_model("lenet5", ModelEntry(_build_lenet5, {"energy": "rbf", "loss": "nll", "loss_args": {"beta": 0.1}},

@@ -20,7 +20,7 @@ import numpy as np
 from fbprop.losses import L1, L2, LOSSES, Loss
 from fbprop.machine import Machine
 from fbprop.module import Cascade, Module
-from fbprop.modules.distance import RBF, NegatedScores, onehot_codes
+from fbprop.modules.distance import RBF, Euclidean, NegatedScores, onehot_codes
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten
 from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Tanh
@@ -135,17 +135,35 @@ def make_loss(name: str, args: dict | None = None) -> Loss:
     return cls(**args)
 
 
+TASKS = ("classification", "regression")
+
+
 def build_machine(spec: dict) -> Machine:
-    """A Machine from a spec: model, input_shape, n_classes, dtype, seed, loss, loss_args, energy, regularizer."""
+    """A Machine from a spec: model, input_shape, n_classes, dtype, seed, loss, loss_args, energy, regularizer, task.
+
+    With task "regression" the model is built as a classifier of `n_classes` scores, which become
+    the answer G(X) (n_classes real values, no squashing at the output); its energy is the Euclidean
+    ½‖G(X) − Y‖² and its loss the energy loss L = E unless the spec names another.
+    """
     if spec.get("model") == "siamese":                           # a network of modules of its own
         from fbprop.siamese import build_siamese
         return build_siamese(spec)
-    spec = {**default_spec(spec.get("model", "mlp")), **spec}
+    task = spec.get("task", "classification")
+    if task not in TASKS:
+        raise ValueError(f"build_machine: unknown task {task!r}: expected one of {', '.join(TASKS)}")
+    regression = {"energy": "euclidean", "loss": "energy", "loss_args": {}} if task == "regression" else {}
+    spec = {**default_spec(spec.get("model", "mlp")), **regression, **spec}
     for key in ("input_shape", "n_classes"):
         if key not in spec:
             raise ValueError(f"build_machine: the spec has no {key!r}")
     pool = ParamPool(np.dtype(spec.get("dtype", "float32")), seed=spec.get("seed", 0))
-    net, energy = model_entry(spec["model"]).build(spec, pool)
+    if regression:
+        if spec["energy"] != "euclidean":
+            raise ValueError(f"build_machine: a regression's energy is 'euclidean', got {spec['energy']!r}")
+        net, _ = model_entry(spec["model"]).build({**spec, "energy": "scores"}, pool)
+        energy: Module = Euclidean()
+    else:
+        net, energy = model_entry(spec["model"]).build(spec, pool)
     loss = make_loss(spec.get("loss", "nll"), spec.get("loss_args"))
     reg = spec.get("regularizer") or {}
     regularizer = {"l2": L2, "l1": L1}[reg["kind"]](reg["lam"]) if reg.get("lam") else None

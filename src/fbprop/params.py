@@ -109,6 +109,10 @@ class ParamPool:
     def __setstate__(self, state: dict) -> None:
         # a copy or an unpickled pool: its handles are re-pointed at its own new vectors
         self.__dict__.update(state)
+        for name in ("x", "dx", "ddx"):                          # a read-only memory map (joblib's mmap_mode)
+            v = getattr(self, name, None)
+            if isinstance(v, np.ndarray) and not v.flags.writeable:
+                setattr(self, name, v.copy())
         for h, off, shp in self.handles:
             self._bind(h, off, shp)
 

@@ -35,7 +35,10 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
             ax_err.plot(epochs, [100 * r.get(f"{name}_error", np.nan) for r in history], style, label=name, ms=3)
     ax_loss.set(xlabel="epoch", ylabel="mean loss", title="loss")
     ax_err.set(xlabel="epoch", ylabel="error rate (%)", title="error rate")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_err):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole
         ax.grid(alpha=0.3)
         if ax.lines:                                             # no epoch yet, no curve
             ax.legend()
@@ -45,18 +48,23 @@ def plot_curves(history: list[dict], path: str | Path, title: str = "") -> None:
 
 
 def plot_confusion(confusion: np.ndarray, path: str | Path, title: str = "", labels: list[str] | None = None) -> None:
-    """The confusion matrix (rows: true class, columns: answer), counts in each cell."""
+    """The confusion matrix (rows: true class, columns: answer): counts on the left, and on the right
+    each row divided by its total (the fraction of each true class given each answer)."""
     k = confusion.shape[0]
-    fig = _figure((1.0 + 0.6 * k, 0.8 + 0.6 * k))
-    ax = fig.subplots()
-    ax.imshow(confusion, cmap="Blues")
-    high = confusion.max() / 2 if confusion.size else 0
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if confusion[i, j] > high else "black")
+    totals = confusion.sum(axis=1, keepdims=True)
+    rates = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+    fig = _figure((2 * (1.0 + 0.6 * k), 0.8 + 0.6 * k))
     ticks = labels or [str(i) for i in range(k)]
-    ax.set_xticks(range(k), ticks, rotation=45 if labels else 0, ha="right" if labels else "center")
-    ax.set_yticks(range(k), ticks)
-    ax.set(xlabel="answer", ylabel="true class", title=title or "confusion matrix")
+    for ax, values, text, name in zip(fig.subplots(1, 2), (confusion, rates), (str, "{:.2f}".format),
+                                      ("counts", "normalised by true class")):
+        ax.imshow(values, cmap="Blues", vmin=0)
+        high = values.max() / 2 if values.size else 0
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, text(values[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] > high else "black")
+        ax.set_xticks(range(k), ticks, rotation=45 if labels else 0, ha="right" if labels else "center")
+        ax.set_yticks(range(k), ticks)
+        ax.set(xlabel="answer", ylabel="true class", title=name)
+    fig.suptitle(title or "confusion matrix")
     _save(fig, Path(path))

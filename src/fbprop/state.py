@@ -28,6 +28,14 @@ class State:
         self._dx: np.ndarray | None = None
         self._ddx: np.ndarray | None = None
 
+    def __setstate__(self, state: tuple) -> None:
+        # slots come back as (None, {name: value}); a buffer unpickled as a read-only memory map
+        # (joblib's mmap_mode) is copied, since modules write into it
+        for name, value in state[1].items():
+            if isinstance(value, np.ndarray) and not value.flags.writeable:
+                value = value.copy()
+            setattr(self, name, value)
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.x.shape

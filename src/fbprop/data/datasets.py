@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from .idx import read_idx
+from .own import is_own, read_own
 
 __all__ = ["DATASETS", "Dataset", "Normalisation", "Split", "batches", "load_dataset"]
 
@@ -36,20 +37,25 @@ HOW_TO_GET = {
 TEST_SEED = 12345
 MAX_CLASSES = 65536
 DIGITS_TEST_FRACTION = 0.2
+CLASS_NAMES = {"fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+               "digits": [str(d) for d in range(10)], "mnist": [str(d) for d in range(10)]}
 
 
 @dataclass
 class Split:
-    """Images `x` (n, 1, h, w) and integer labels `y` (n,), batch axis first."""
+    """Inputs `x` (n, …) — images (n, c, h, w) or feature vectors (n, d) — and their answers `y`,
+    batch axis first: integer labels (n,) for a classifier, real-valued targets (n, t) for a regression."""
 
     x: np.ndarray
     y: np.ndarray
 
     def __post_init__(self) -> None:
-        if self.x.shape[:1] != self.y.shape:
+        float_targets = self.y.dtype.kind == "f" and self.y.ndim == 2
+        if self.x.shape[:1] != self.y.shape[:1] or not (self.y.ndim == 1 or float_targets):
             raise ValueError(
-                f"Split: expected labels of shape ({self.x.shape[0]},) to match images "
-                f"{self.x.shape}, got {self.y.shape}"
+                f"Split: expected labels of shape ({self.x.shape[0]},) or real targets of shape "
+                f"({self.x.shape[0]}, t) to match inputs {self.x.shape}, got {self.y.shape} ({self.y.dtype})"
             )
 
     def __len__(self) -> int:
@@ -92,17 +98,24 @@ class Normalisation:
 
 @dataclass
 class Dataset:
-    """Train/val/test splits standardised with the train split's pixel `mean` and `std`."""
+    """Train/val/test splits standardised with the train split's pixel `mean` and `std`.
+
+    `task` is "classification" (`n_classes` labels) or "regression" (`n_classes` is then the
+    number of real-valued targets per sample, the width of the machine's output); `class_names`
+    names the classes where they are known.
+    """
 
     name: str
     train: Split
     val: Split
     test: Split
     n_classes: int
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     mean: float
     std: float
     pixel_scale: float = 255.0
+    task: str = "classification"
+    class_names: list[str] | None = None
 
     @property
     def normalisation(self) -> Normalisation:
@@ -117,7 +130,8 @@ class Dataset:
 
 
 def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *, val_size: float = 0.1,
-                 seed: int = 0, dtype: DTypeLike = np.float32, limit: int | None = None) -> Dataset:
+                 seed: int = 0, dtype: DTypeLike = np.float32, limit: int | None = None, task: str = "auto",
+                 label_column: str | None = None) -> Dataset:
     """Load `name` and split it into train/val/test.
 
     `fashion-mnist` and `mnist` are looked for in `root` (or `root/<name>`), else in
@@ -126,18 +140,32 @@ def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *,
     four IDX files.  `root` is ignored for `digits` and for a directory name.
 
     `val_size` (a count, or a fraction of the train split) samples are drawn into val by a
-    permutation from `np.random.default_rng(seed)`.  `limit` caps the train and the test
-    split, for quick runs.  Pixels are scaled to [0, 1], then standardised with the scalar
+    permutation from `np.random.default_rng(seed)`.  `limit` caps the train split (not val,
+    not test), for quick runs.  Pixels are scaled to [0, 1], then standardised with the scalar
     mean and std of the resulting train split: x' = (x - mean) / std.
+
+    `name` may also be your own data (fbprop.data.own): a folder of images in class
+    sub-folders, a CSV file (answers in `label_column`), an .npz or .npy file; their values
+    are divided by 255 when they are 8-bit, else taken as they are, then standardised the same
+    way. `task` ("auto", "classification", "regression") says what their answers are.
     """
     dtype = np.dtype(dtype)
     if dtype.kind != "f":
         raise ValueError(f"load_dataset: expected a floating dtype, got {dtype}")
     if limit is not None and (not _is_int(limit) or limit < 1):
         raise ValueError(f"load_dataset: expected limit None or an int >= 1, got {limit!r}")
+    class_names, kind = CLASS_NAMES.get(name), "classification"
     if name == "digits":
         x_all, y_all, x_test, y_test = _digits()
         pixel_scale, n_classes = 16.0, 10  # digits pixels are counts 0..16, stored as floats
+
+        def unit(x: np.ndarray) -> bool:
+            return False
+    elif name not in DATASETS and is_own(name):
+        raw = read_own(name, task, label_column)
+        x_all, y_all, x_test, y_test, kind = raw.x, raw.y, raw.x_test, raw.y_test, raw.task
+        pixel_scale, class_names = raw.pixel_scale, raw.class_names
+        n_classes = _count_answers(name, raw)
 
         def unit(x: np.ndarray) -> bool:
             return False
@@ -154,9 +182,6 @@ def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *,
     order = np.random.default_rng(seed).permutation(len(y_all))
     val, train = order[:n_val], order[n_val:][:limit]
     test = np.arange(len(y_test))
-    if limit is not None:
-        # A fixed random subset of test: the same for every seed, unbiased for sorted files.
-        test = np.random.default_rng(TEST_SEED).permutation(len(y_test))[:limit]
 
     x_train = _to_unit(x_all[train], 1.0 if unit(x_all) else 1 / pixel_scale, dtype)
     mean, std = _centre(x_train)
@@ -168,17 +193,35 @@ def load_dataset(name: str = "digits", root: str | os.PathLike | None = None, *,
             raise ValueError(f"load_dataset({name!r}): the {split} images hold values that are not finite "
                              f"in {dtype} once standardised (pixels too large for the data type?)")
 
+    answers = (lambda y: y.astype(dtype)) if kind == "regression" else (lambda y: y.astype(np.int64))
+    splits = [_split(x, answers(y)) for x, y in ((x_train, y_all[train]), (val_x, y_all[val]), (test_x, y_test[test]))]
     return Dataset(
         name=name,
-        train=_split(x_train, y_all[train]),
-        val=_split(val_x, y_all[val]),
-        test=_split(test_x, y_test[test]),
+        train=splits[0],
+        val=splits[1],
+        test=splits[2],
         n_classes=n_classes,
-        image_shape=(1, *x_train.shape[1:]),
+        image_shape=tuple(splits[0].x.shape[1:]),
         mean=mean,
         std=std,
         pixel_scale=pixel_scale,
+        task=kind,
+        class_names=class_names,
     )
+
+
+def _count_answers(name: str, raw) -> int:
+    """The number of classes (the largest label + 1, or the class names given) or of regression targets."""
+    if raw.task == "regression":
+        return int(raw.y.shape[1])
+    top = int(max(raw.y.max(initial=0), raw.y_test.max(initial=0)))
+    if min(raw.y.min(initial=0), raw.y_test.min(initial=0)) < 0 or top >= MAX_CLASSES:
+        raise ValueError(f"{name}: expected labels in [0, {MAX_CLASSES}), got values from "
+                         f"{min(raw.y.min(), raw.y_test.min())} to {top}")
+    n = max(top + 1, len(raw.class_names or ()))
+    if raw.class_names is not None and len(raw.class_names) != n:
+        raise ValueError(f"{name}: {len(raw.class_names)} class names for labels up to {top}")
+    return n
 
 
 def batches(
@@ -229,8 +272,8 @@ def _centre(x: np.ndarray) -> tuple[float, float]:
 
 
 def _split(x: np.ndarray, y: np.ndarray) -> Split:
-    """(n, h, w) images as (n, 1, h, w): one input plane."""
-    return Split(x.reshape(len(x), 1, *x.shape[1:]), y.astype(np.int64))
+    """(n, h, w) images as (n, 1, h, w): one input plane; (n, c, h, w) images and (n, d) vectors as they are."""
+    return Split(x.reshape(len(x), 1, *x.shape[1:]) if x.ndim == 3 else x, y)
 
 
 def _val_count(val_size: float, n: int) -> int:
@@ -271,7 +314,8 @@ def _find(name: str, root: str | os.PathLike | None) -> str:
     elif os.path.isdir(os.path.expanduser(name)):
         candidates = [os.path.expanduser(name)]
     else:
-        raise ValueError(f"load_dataset: expected a name in {DATASETS} or a directory of IDX files, got {name!r}")
+        raise ValueError(f"load_dataset: expected a name in {DATASETS}, a directory of IDX files, a folder of images "
+                         f"in class sub-folders, a .csv, .npz or .npy file, got {name!r}")
     looked = []
     for directory in map(os.fspath, candidates):
         missing = [stem for stem in FILES if _locate(directory, stem) is None]
@@ -280,7 +324,8 @@ def _find(name: str, root: str | os.PathLike | None) -> str:
         state = f"missing {missing[0]}[.gz]" if os.path.isdir(directory) else "no such directory"
         looked.append(f"{directory} ({state})")
     where = ", ".join(looked) or "nowhere (no root given, FBPROP_DATA not set)"
-    how = HOW_TO_GET.get(name, "put the four IDX files (train-images-idx3-ubyte[.gz], ...) in it")
+    how = HOW_TO_GET.get(name, "put the four IDX files (train-images-idx3-ubyte[.gz], ...) in it, or give a "
+                               "folder of images in class sub-folders, a .csv, .npz or .npy file")
     raise FileNotFoundError(f"load_dataset({name!r}): data set not found, looked in {where}; {how}")
 
 

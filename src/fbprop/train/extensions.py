@@ -80,6 +80,8 @@ class LogLine(Extension):
         for split in ("train", "val", "test"):
             if f"{split}_error" in r and not math.isnan(r[f"{split}_error"]):
                 parts.append(f"{split} err {100 * r[f'{split}_error']:.2f}%")
+            elif f"{split}_rmse" in r:
+                parts.append(f"{split} rmse {r[f'{split}_rmse']:.4g}")
             elif f"{split}_loss" in r and split != "train":
                 parts.append(f"{split} loss {r[f'{split}_loss']:.4f}")
         parts.append(f"{r['seconds']:.1f}s")
@@ -114,9 +116,10 @@ class ProgressBar(Extension):
 
 
 class BestParams(Extension):
-    """Keeps the parameters of the lowest validation error (training error without a validation set),
-    the lower loss breaking ties (a 144-sample validation set ties often); with `patience`, stops
-    after that many epochs without a strictly lower error (only a strictly lower one resets it)."""
+    """Keeps the parameters of the lowest validation error (a regression's RMSE; the training one
+    without a validation set), the lower loss breaking ties (a 144-sample validation set ties
+    often); with `patience`, stops after that many epochs without a strictly lower error (only a
+    strictly lower one resets it)."""
 
     name = "best"
 
@@ -139,7 +142,9 @@ class BestParams(Extension):
         """Take `params` when the record's error (then loss) is the best so far; True when taken."""
         split = "val" if "val_loss" in record else "train"
         error, loss = record.get(f"{split}_error", math.nan), record.get(f"{split}_loss", math.inf)
-        if math.isnan(error):                                    # no answers (regression, siamese): the loss decides
+        if math.isnan(error):                                    # a regression: its RMSE
+            error = record.get(f"{split}_rmse", math.nan)
+        if math.isnan(error):                                    # no answers (siamese): the loss decides
             error = loss
         if error is None or math.isnan(error):
             self.stale += 1

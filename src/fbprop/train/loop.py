@@ -135,4 +135,6 @@ def _record(name: str, meter: Meter) -> dict:
     record = {f"{name}_loss": meter.loss}
     if not math.isnan(meter.error):
         record[f"{name}_error"] = meter.error
+    if meter.values:
+        record.update({f"{name}_rmse": meter.rmse, f"{name}_mae": meter.mae})
     return record
