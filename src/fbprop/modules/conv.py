@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from fbprop.module import Module
 from fbprop.modules.shape import Pad, expect_images
-from fbprop.modules.squash import sum_to
+from fbprop.modules.squash import add_sum_to
 from fbprop.params import ParamPool
 from fbprop.state import State
 
@@ -218,7 +218,7 @@ class Subsampling(Module):
         self.n_maps, self.size = int(n_maps), int(size)
         self.a = pool.alloc(self.n_maps, 1, 1, value=1.0)
         self.b = pool.alloc(self.n_maps, 1, 1, value=0.0)
-        self._m = State()
+        self._m, self._sum = State(), State()
         self._m_of: np.ndarray | None = None
 
     def _windows(self, inp: State) -> list[tuple[slice, ...]]:
@@ -250,20 +250,20 @@ class Subsampling(Module):
         out.x += self.b.x                                        # y = a m + b
 
     def bprop(self, inp: State, out: State) -> None:
-        g, m, shape = out.dx, self._means(inp), self.a.x.shape
+        g, m = out.dx, self._means(inp)
         gx = g * (self.a.x / self.size**2)                       # ∂E/∂x = (a/s²) ∂E/∂y on each window
         for at in self._windows(inp):
             inp.dx[at] += gx
-        self.a.dx += sum_to(g * m, shape)                        # ∂E/∂a = Σ ∂E/∂y · m
-        self.b.dx += sum_to(g, shape)                            # ∂E/∂b = Σ ∂E/∂y
+        add_sum_to(self.a.dx, g * m, self._sum)                  # ∂E/∂a = Σ ∂E/∂y · m
+        add_sum_to(self.b.dx, g, self._sum)                      # ∂E/∂b = Σ ∂E/∂y
 
     def bbprop(self, inp: State, out: State) -> None:
-        h, m, shape = out.ddx, self._means(inp), self.a.x.shape
+        h, m = out.ddx, self._means(inp)
         hx = h * (self.a.x / self.size**2) ** 2                  # ∂²E/∂x² = (a/s²)² ∂²E/∂y²
         for at in self._windows(inp):
             inp.ddx[at] += hx
-        self.a.ddx += sum_to(h * m * m, shape)                   # Σ ∂²E/∂y² · m²
-        self.b.ddx += sum_to(h, shape)                           # Σ ∂²E/∂y²
+        add_sum_to(self.a.ddx, h * m * m, self._sum)             # Σ ∂²E/∂y² · m²
+        add_sum_to(self.b.ddx, h, self._sum)                     # Σ ∂²E/∂y²
 
     def __repr__(self) -> str:
         return f"Subsampling({self.n_maps} maps, {self.size}x{self.size})"
