@@ -248,23 +248,31 @@ class Subsampling(Module):
         self.n_maps, self.size = int(n_maps), int(size)
         self.a = pool.alloc(self.n_maps, 1, 1, value=1.0)
         self.b = pool.alloc(self.n_maps, 1, 1, value=0.0)
-        self._m, self._sum = State(), State()
+        self._m, self._sum, self._t, self._u = (State() for _ in range(4))
         self._m_of: np.ndarray | None = None
+        self._u_for: tuple | None = None
 
-    def _windows(self, inp: State) -> list[tuple[slice, ...]]:
-        """The size² strided views x[:, :, s·i + a, s·j + b], one per offset (a, b) in the window."""
-        h_out, w_out = inp.x.shape[2] // self.size, inp.x.shape[3] // self.size
-        return [_offset(a, b, h_out, w_out, self.size) for a in range(self.size) for b in range(self.size)]
+    def _spread(self, w: int, dtype: np.dtype) -> np.ndarray:
+        """U (w/s, s·w) with U[j, a·w + s·j + b] = 1/s²: a row of s image rows times Uᵀ gives the
+        means of its w/s windows, and a row of window values times U spreads each over its s×s
+        pixels. Pooling is then one product on contiguous rows, not s² strided passes."""
+        s = self.size
+        u = self._u.resize(w // s, s * w, dtype=dtype).x
+        if self._u_for != (w, u.dtype):
+            u.fill(0)
+            for j in range(w // s):
+                for a in range(s):
+                    u[j, a * w + s * j:a * w + s * j + s] = 1.0 / s**2
+            self._u_for = (w, u.dtype)
+        return u
 
     def _means(self, inp: State) -> np.ndarray:
         if self._m_of is not inp.x:
             n, c, h, w = inp.x.shape
-            m = self._m.resize(n, c, h // self.size, w // self.size, dtype=inp.x.dtype).x
-            first, *rest = self._windows(inp)
-            np.copyto(m, inp.x[first])
-            for at in rest:
-                m += inp.x[at]                                   # Σ_window x
-            m *= 1.0 / self.size**2                              # m = (1/s²) Σ_window x
+            s = self.size
+            m = self._m.resize(n, c, h // s, w // s, dtype=inp.x.dtype).x
+            rows = inp.x.reshape(n * c * (h // s), s * w)             # each row: the s image rows of one row of windows
+            np.matmul(rows, self._spread(w, inp.x.dtype).T, out=m.reshape(-1, w // s))   # m = (1/s²) Σ_window x
             self._m_of = inp.x
         return self._m.x
 
@@ -279,21 +287,28 @@ class Subsampling(Module):
         np.multiply(m, self.a.x, out=out.x)
         out.x += self.b.x                                        # y = a m + b
 
+    def _back(self, inp: State, g: np.ndarray, power: int, slot: str) -> None:
+        """Adds (a/s²)^power g on every pixel of each window into the input's `slot`, and
+        Σ g m^power, Σ g into the coefficient's and the bias's."""
+        m = self._means(inp)
+        t = self._t.resize(*g.shape, dtype=g.dtype).x
+        if inp.requires_dx:
+            n, c, h, w = inp.x.shape
+            np.multiply(g, self.a.x if power == 1 else self.a.x**2, out=t)
+            target = getattr(inp, slot).reshape(n * c * (h // self.size), self.size * w)
+            add_product(target, t.reshape(target.shape[0], -1), self._spread(w, g.dtype),
+                        alpha=1.0 / self.size ** (2 * power - 2))   # U holds 1/s²: (a/s²)^power overall
+        np.multiply(g, m, out=t)
+        if power == 2:
+            t *= m
+        add_sum_to(getattr(self.a, slot), t, self._sum)
+        add_sum_to(getattr(self.b, slot), g, self._sum)
+
     def bprop(self, inp: State, out: State) -> None:
-        g, m = out.dx, self._means(inp)
-        gx = g * (self.a.x / self.size**2)                       # ∂E/∂x = (a/s²) ∂E/∂y on each window
-        for at in self._windows(inp):
-            inp.dx[at] += gx
-        add_sum_to(self.a.dx, g * m, self._sum)                  # ∂E/∂a = Σ ∂E/∂y · m
-        add_sum_to(self.b.dx, g, self._sum)                      # ∂E/∂b = Σ ∂E/∂y
+        self._back(inp, out.dx, 1, "dx")             # ∂E/∂x = (a/s²) ∂E/∂y, ∂E/∂a = Σ ∂E/∂y m, ∂E/∂b = Σ ∂E/∂y
 
     def bbprop(self, inp: State, out: State) -> None:
-        h, m = out.ddx, self._means(inp)
-        hx = h * (self.a.x / self.size**2) ** 2                  # ∂²E/∂x² = (a/s²)² ∂²E/∂y²
-        for at in self._windows(inp):
-            inp.ddx[at] += hx
-        add_sum_to(self.a.ddx, h * m * m, self._sum)             # Σ ∂²E/∂y² · m²
-        add_sum_to(self.b.ddx, h, self._sum)                     # Σ ∂²E/∂y²
+        self._back(inp, out.ddx, 2, "ddx")           # (a/s²)² ∂²E/∂y², Σ ∂²E/∂y² m², Σ ∂²E/∂y²
 
     def __repr__(self) -> str:
         return f"Subsampling({self.n_maps} maps, {self.size}x{self.size})"
