@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 from common import MLP_SIZES, split
 
-SYSTEMS = ("fbprop", "pytorch", "sklearn", "numpy-ref")
+SYSTEMS = ("fbprop", "pytorch", "pytorch-idiomatic", "sklearn", "numpy-ref")
 MLP_ONLY = {"sklearn"}
+LENET5_ONLY = {"pytorch-idiomatic"}
 
 
 class FbpropSystem:
@@ -144,6 +145,9 @@ def make(system: str, model: str, **kw):
     if system == "pytorch":
         import sys_torch
         return sys_torch.TorchSystem(model, **kw)
+    if system == "pytorch-idiomatic":
+        import sys_torch
+        return sys_torch.TorchIdiomaticSystem(model, **kw)
     if system == "sklearn":
         return SklearnSystem(model, **kw)
     if system == "gemm":
@@ -154,6 +158,8 @@ def make(system: str, model: str, **kw):
 def supports(system: str, model: str, mode: str) -> bool:
     if system in MLP_ONLY:
         return model == "mlp"
+    if system in LENET5_ONLY:
+        return model == "lenet5"
     if system == "gemm":
         return model == "mlp" and mode == "train"
     return True

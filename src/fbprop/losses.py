@@ -62,9 +62,17 @@ class Loss(Module):
             return cached[1], cached[2]
         return self.terms(*self._read(energies, labels))[1:]
 
+    def _scratch(self, like: np.ndarray) -> np.ndarray:
+        buf = self.__dict__.get("_buf")
+        if buf is None:
+            buf = self._buf = State()
+        return buf.resize(*like.shape, dtype=like.dtype).x
+
     def bprop(self, energies: State, labels: State | None, out: State) -> None:
         g, _ = self._derivatives(energies, labels)
-        energies.dx += out.dx[:, None] * g                       # ∂L/∂E_k, scaled by ∂objective/∂L
+        t = self._scratch(g)
+        np.multiply(g, out.dx[:, None], out=t)
+        energies.dx += t                                         # ∂L/∂E_k, scaled by ∂objective/∂L
 
     def bbprop(self, energies: State, labels: State | None, out: State) -> None:
         g, h = self._derivatives(energies, labels)
@@ -165,19 +173,36 @@ class NLLLoss(Loss):
         if not beta > 0:
             raise ValueError(f"NLLLoss: expected beta > 0, got {beta}")
         self.beta = float(beta)
+        self._p, self._g, self._low, self._z, self._loss, self._ey, self._at = (State() for _ in range(7))
+        self._rows = np.arange(0)
 
     def terms(self, e, y):
-        b, rows = self.beta, _rows(e)
-        low = e.min(axis=1, keepdims=True)
-        p = e - low
-        p *= -b
+        b, (n, k) = self.beta, e.shape
+        if self._rows.shape != (n,):
+            self._rows = np.arange(n)
+        at = self._at.resize(n, dtype=np.intp).x
+        np.multiply(self._rows, k, out=at)
+        at += y                                                  # flat index of (i, Y_i): no fancy-index temporaries
+        p, g = (buf.resize(n, k, dtype=e.dtype).x for buf in (self._p, self._g))
+        low, z = (buf.resize(n, 1, dtype=e.dtype).x for buf in (self._low, self._z))
+        loss = self._loss.resize(n, dtype=e.dtype).x
+        np.min(e, axis=1, keepdims=True, out=low)
+        np.subtract(low, e, out=p)
+        p *= b
         np.exp(p, out=p)
-        z = p.sum(axis=1, keepdims=True)
+        np.sum(p, axis=1, keepdims=True, out=z)
         p /= z                                                   # p_k = exp(−βE_k) / Σ exp(−βE)
-        free = low[:, 0] - np.log(z[:, 0]) / b                   # −(1/β) log Σ exp(−βE)
-        g = -p
-        g[rows, y] += 1.0                                        # ∂L/∂E_k = δ_kY − p_k
-        return e[rows, y] - free, g, lambda: b * p * (1.0 - p)
+        np.log(z[:, 0], out=loss)
+        loss *= 1.0 / b
+        loss -= low[:, 0]                                        # −(1/β) log Σ exp(−βE) = −free
+        ey = self._ey.resize(n, dtype=e.dtype).x
+        np.take(e.reshape(-1), at, out=ey)
+        loss += ey                                               # L = E_Y − free
+        np.negative(p, out=g)
+        np.take(g.reshape(-1), at, out=ey)
+        ey += 1.0
+        np.put(g.reshape(-1), at, ey)                            # ∂L/∂E_k = δ_kY − p_k
+        return loss, g, lambda: b * p * (1.0 - p)
 
 
 class LogLoss(Loss):
