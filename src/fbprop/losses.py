@@ -173,36 +173,33 @@ class NLLLoss(Loss):
         if not beta > 0:
             raise ValueError(f"NLLLoss: expected beta > 0, got {beta}")
         self.beta = float(beta)
-        self._p, self._g, self._low, self._z, self._loss, self._ey, self._at = (State() for _ in range(7))
-        self._rows = np.arange(0)
+        self._nk, self._n = State(), State()
+        self._offsets = self._at = np.zeros(0, np.intp)
 
     def terms(self, e, y):
         b, (n, k) = self.beta, e.shape
-        if self._rows.shape != (n,):
-            self._rows = np.arange(n)
-        at = self._at.resize(n, dtype=np.intp).x
-        np.multiply(self._rows, k, out=at)
-        at += y                                                  # flat index of (i, Y_i): no fancy-index temporaries
-        p, g = (buf.resize(n, k, dtype=e.dtype).x for buf in (self._p, self._g))
-        low, z = (buf.resize(n, 1, dtype=e.dtype).x for buf in (self._low, self._z))
-        loss = self._loss.resize(n, dtype=e.dtype).x
-        np.min(e, axis=1, keepdims=True, out=low)
+        if self._offsets.shape != (n,):
+            self._offsets, self._at = np.arange(n) * k, np.empty(n, np.intp)
+        at = self._at
+        np.add(self._offsets, y, out=at)                         # flat index of (i, Y_i): no fancy-index temporaries
+        p, g = self._nk.resize(2, n, k, dtype=e.dtype).x
+        low, z, loss = self._n.resize(3, n, 1, dtype=e.dtype).x
+        np.minimum.reduce(e, axis=1, keepdims=True, out=low)
         np.subtract(low, e, out=p)
         p *= b
         np.exp(p, out=p)
-        np.sum(p, axis=1, keepdims=True, out=z)
+        np.add.reduce(p, axis=1, keepdims=True, out=z)
         p /= z                                                   # p_k = exp(−βE_k) / Σ exp(−βE)
-        np.log(z[:, 0], out=loss)
-        loss *= 1.0 / b
-        loss -= low[:, 0]                                        # −(1/β) log Σ exp(−βE) = −free
-        ey = self._ey.resize(n, dtype=e.dtype).x
-        np.take(e.reshape(-1), at, out=ey)
-        loss += ey                                               # L = E_Y − free
+        np.log(z, out=z)
+        z *= 1.0 / b
+        np.take(e, at, out=loss[:, 0])
+        loss += z
+        loss -= low                                              # L = E_Y − free, free = −(1/β) log Σ exp(−βE)
+        np.take(p, at, out=z[:, 0])
+        np.subtract(1.0, z, out=z)
         np.negative(p, out=g)
-        np.take(g.reshape(-1), at, out=ey)
-        ey += 1.0
-        np.put(g.reshape(-1), at, ey)                            # ∂L/∂E_k = δ_kY − p_k
-        return loss, g, lambda: b * p * (1.0 - p)
+        np.put(g, at, z)                                         # ∂L/∂E_k = δ_kY − p_k
+        return loss[:, 0], g, lambda: b * p * (1.0 - p)
 
 
 class LogLoss(Loss):
