@@ -116,7 +116,7 @@ class NumpyMLP(Reference):
         s[rows, y] += self.lr / n
         d2, d1, t2, t1 = get("d2", n, 100), get("d1", n, 300), get("t2", n, 100), get("t1", n, 300)
         np.sum(s, axis=0, out=gb3)
-        np.dot(s.T, h2, out=g3)                                  # np.dot gives BLAS every shape, the outer product at n = 1 too
+        np.dot(s.T, h2, out=g3)                                  # BLAS at every shape, n = 1 too
         np.matmul(s, w3, out=d2)
         np.multiply(h2, h2, out=t2)
         np.subtract(1, t2, out=t2)
