@@ -32,21 +32,39 @@ def _fortran(a: np.ndarray) -> tuple[np.ndarray, int] | None:
     return None
 
 
-def add_product(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 1.0) -> None:
-    """c += α a b for 2-D arrays (a (m, k), b (k, n), c (m, n)), in place.
+def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float) -> None:
+    """c ← α a b + β c for 2-D arrays (a (m, k), b (k, n), c (m, n)), in place.
 
-    One gemm with β = 1 when the three share a float dtype and are C- or F-contiguous (views
-    such as w.T are): nothing is allocated and c is read and written once. Otherwise numpy
-    computes the product into a temporary and adds it.
+    One gemm when the three share a float dtype and are C- or F-contiguous (views such as w.T
+    are): nothing is allocated and c is written once. Otherwise numpy computes the product into
+    a temporary.
     """
     gemm = _blas("gemm", c.dtype) if a.dtype == b.dtype == c.dtype else None
     if c.flags.c_contiguous and not c.flags.f_contiguous:
-        c, a, b = c.T, b.T, a.T                                  # (c += a b)ᵀ: cᵀ += bᵀ aᵀ, cᵀ in Fortran order
+        c, a, b = c.T, b.T, a.T                                  # cᵀ ← α bᵀ aᵀ + β cᵀ, cᵀ in Fortran order
     fa, fb = _fortran(a), _fortran(b)
     if gemm is None or fa is None or fb is None or not c.flags.f_contiguous or a.shape[1] == 0 or c.size == 0:
-        c += alpha * (a @ b)
+        if beta == 0.0:
+            np.copyto(c, alpha * (a @ b), casting="same_kind")
+        else:
+            c += alpha * (a @ b)
         return
-    gemm(alpha, fa[0], fb[0], beta=1.0, c=c, trans_a=fa[1], trans_b=fb[1], overwrite_c=1)
+    gemm(alpha, fa[0], fb[0], beta=beta, c=c, trans_a=fa[1], trans_b=fb[1], overwrite_c=1)
+
+
+def add_product(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 1.0) -> None:
+    """c += α a b, in place: gemm with β = 1, the add-into contract in one call."""
+    _gemm(c, a, b, alpha, 1.0)
+
+
+def product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """c = a b, in place (gemm with β = 0).
+
+    fbprop sends its forward products here too, not to np.matmul, so that one BLAS library does
+    all of a step's products: numpy and scipy each bring their own OpenBLAS, and with two thread
+    pools the threads of one spin on the cores the other needs.
+    """
+    _gemm(c, a, b, 1.0, 0.0)
 
 
 def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fbprop.blas import add_product
+from fbprop.blas import add_product, product
 from fbprop.module import Module
 from fbprop.modules.shape import expect_images
 from fbprop.modules.squash import add_sum_to
@@ -182,7 +182,7 @@ class Conv2d(Module):
         col = self._columns(inp, fresh=True)
         n, h_out, w_out = self._col.x.shape[3:]
         y = self._y.resize(self.n_out, n, h_out, w_out, dtype=inp.x.dtype).x
-        np.matmul(self._weights(1), col, out=y.reshape(self.n_out, -1))  # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
+        product(y.reshape(self.n_out, -1), self._weights(1), col)         # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
         out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype)
         np.copyto(out.x, y.transpose(1, 0, 2, 3))
 
@@ -198,7 +198,7 @@ class Conv2d(Module):
             add_product(w_slot, g, col.T)                        # ∂E/∂w_o = Σ_{n,i,j} ∂E/∂y_{n,o,i,j} x_window(n,i,j)
         else:
             gw = self._gw.resize(*w_slot.shape, dtype=w_slot.dtype).x
-            np.matmul(g, col.T, out=gw)
+            product(gw, g, col.T)
             gw.reshape(self.w.x.shape)[...] *= self._mask          # unconnected weights get no update
             w_slot += gw
         if not inp.requires_dx:
@@ -207,7 +207,7 @@ class Conv2d(Module):
         gt = self._gt.resize(self.n_out, h_out, w_out, n, dtype=g_out.dtype).x
         np.copyto(gt, g_out.transpose(1, 2, 3, 0))
         dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
-        np.matmul(w.T, gt.reshape(self.n_out, -1), out=dcol.reshape(c * k * k, -1))   # ∂E/∂x_window = Wᵀ ∂E/∂y
+        product(dcol.reshape(c * k * k, -1), w.T, gt.reshape(self.n_out, -1))         # ∂E/∂x_window = Wᵀ ∂E/∂y
         p, s = self.padding, self.stride
         h, w_in = inp.x.shape[2:]
         dxt = self._dxt.resize(c, h + 2 * p, w_in + 2 * p, n, dtype=g.dtype).x
@@ -272,7 +272,7 @@ class Subsampling(Module):
             s = self.size
             m = self._m.resize(n, c, h // s, w // s, dtype=inp.x.dtype).x
             rows = inp.x.reshape(n * c * (h // s), s * w)             # each row: the s image rows of one row of windows
-            np.matmul(rows, self._spread(w, inp.x.dtype).T, out=m.reshape(-1, w // s))   # m = (1/s²) Σ_window x
+            product(m.reshape(-1, w // s), rows, self._spread(w, inp.x.dtype).T)          # m = (1/s²) Σ_window x
             self._m_of = inp.x
         return self._m.x
 

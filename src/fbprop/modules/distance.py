@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fbprop.blas import add_product
+from fbprop.blas import add_product, product
 from fbprop.module import Module, expect_shape
 from fbprop.params import ParamPool
 from fbprop.state import State
@@ -98,7 +98,7 @@ class RBF(Module):
         np.einsum("ij,ij->i", t, t, out=half_tt[0])
         half_xx *= 0.5
         half_tt *= 0.5
-        np.matmul(x, t.T, out=out.x)
+        product(out.x, x, t.T)
         np.subtract(half_xx, out.x, out=out.x)
         out.x += half_tt                                         # E = ½‖x‖² − x·t_k + ½‖t_k‖²
 

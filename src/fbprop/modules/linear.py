@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fbprop.blas import add_product
+from fbprop.blas import add_product, product
 from fbprop.module import Module, expect_shape
 from fbprop.params import ParamPool
 from fbprop.state import State
@@ -25,7 +25,7 @@ class Linear(Module):
     def fprop(self, inp: State, out: State) -> None:
         expect_shape(self, inp, (None, self.n_in))
         out.resize(inp.batch, self.n_out, dtype=np.result_type(inp.x, self.w.x))
-        np.dot(inp.x, self.w.x.T, out=out.x)                     # y = W x
+        product(out.x, inp.x, self.w.x.T)                        # y = W x
 
     def bprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:
