@@ -30,7 +30,8 @@ sys.path.insert(0, str(HERE))
 from common import CORETYPE_VARS, LR, THREAD_VARS, WORKLOADS, Workload, make_workspace, mlp_flops  # noqa: E402
 from systems import SYSTEMS, supports  # noqa: E402
 
-SHORT = {"fbprop": "fbprop", "pytorch": "pytorch", "sklearn": "sklearn", "numpy-ref": "numpy-ref", "gemm": "gemm"}
+SHORT = {"fbprop": "fbprop", "pytorch": "pytorch", "pytorch-idiomatic": "pt-idiom.", "sklearn": "sklearn",
+         "numpy-ref": "numpy-ref", "gemm": "gemm"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -157,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     pythons = {}
     torch_python, torch_note = find_torch_python(args, env)
     for s in wanted:
-        if s == "pytorch":
+        if s in ("pytorch", "pytorch-idiomatic"):
             if torch_python is None:
-                print(f"skipping pytorch: {torch_note}")
+                print(f"skipping {s}: {torch_note}")
                 continue
             pythons[s] = torch_python
-            print(f"pytorch: torch {torch_note} via {torch_python}")
+            print(f"{s}: torch {torch_note} via {torch_python}")
         elif s == "sklearn":
             try:
                 import sklearn
@@ -272,7 +273,7 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
                   f"{ratio_cell(pairs):>22}")
             first = False
     print()
-    cols = [s for s in ("pytorch", "numpy-ref", "sklearn") if s in order]
+    cols = [s for s in ("pytorch", "pytorch-idiomatic", "numpy-ref", "sklearn") if s in order]
     print("fbprop ÷ system (median of per-repeat ratios; > 1 means fbprop is faster)")
     print(f"{'workload':20} " + " ".join(f"{'fbprop/' + c:>24}" for c in cols))
     for wl in workloads:

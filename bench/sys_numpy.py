@@ -5,7 +5,9 @@ product is one BLAS call writing into its buffer (`out=`), elementwise work is i
 parameters and their gradients are one flat vector each in fbprop's pool order, so the SGD step is
 one vector operation. Choices a library cannot make for you are taken where they are free:
 −η is folded into the output gradient (so the update is w += g), the data's ∂E/∂x is never
-computed, at batch 1 the weight gradients are outer products (np.outer, not a K=1 matmul), and
+computed, the weight gradients go through np.dot, which hands every shape to BLAS (at batch 1
+it is 1.6× faster than np.outer, which this reference used before, and np.matmul's K = 1 loop
+is 7× slower), and
 LeNet-5's activations are (c, h, w, n), batch innermost, so each convolution's product lands in
 the next layer's layout and im2col/col2im copy long contiguous runs, and the 2×2 subsampling's
 backward is a plain strided assignment.
@@ -113,21 +115,20 @@ class NumpyMLP(Reference):
             rows = self._rows[n] = np.arange(n)
         s[rows, y] += self.lr / n
         d2, d1, t2, t1 = get("d2", n, 100), get("d1", n, 300), get("t2", n, 100), get("t1", n, 300)
-        outer = n == 1
         np.sum(s, axis=0, out=gb3)
-        (np.outer(s[0], h2[0], out=g3) if outer else np.matmul(s.T, h2, out=g3))
+        np.dot(s.T, h2, out=g3)                                  # BLAS at every shape, n = 1 too
         np.matmul(s, w3, out=d2)
         np.multiply(h2, h2, out=t2)
         np.subtract(1, t2, out=t2)
         d2 *= t2                                                 # tanh' = 1 − y²
         np.sum(d2, axis=0, out=gb2)
-        (np.outer(d2[0], h1[0], out=g2) if outer else np.matmul(d2.T, h1, out=g2))
+        np.dot(d2.T, h1, out=g2)
         np.matmul(d2, w2, out=d1)
         np.multiply(h1, h1, out=t1)
         np.subtract(1, t1, out=t1)
         d1 *= t1
         np.sum(d1, axis=0, out=gb1)
-        (np.outer(d1[0], x[0], out=g1) if outer else np.matmul(d1.T, x, out=g1))
+        np.dot(d1.T, x, out=g1)
         self.p.w += self.p.g                                     # w ← w − η ∂L/∂w (η folded in)
 
     def infer(self, x: np.ndarray) -> np.ndarray:

@@ -73,6 +73,27 @@ class TorchLeNet5(nn.Module):
         return self.energies(x).argmin(1)
 
 
+class TorchLeNet5Idiomatic(nn.Module):
+    """LeNet-5 as a PyTorch user writes it: nn.Conv2d with a full C3 (no connection table),
+    nn.AvgPool2d without coefficients, tanh, C5 as a convolution, a Linear output layer (no RBF)
+    and cross-entropy. PyTorch's own initialisation: not comparable weight for weight, only in time."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(16, 120, 5), nn.Tanh(), nn.Flatten(),
+            nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, 10),
+        ).to(dtype)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.net(x), y)
+
+    def answers(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).argmax(1)
+
+
 class TorchSystem:
     name = "pytorch"
 
@@ -107,6 +128,22 @@ class TorchSystem:
         with torch.no_grad():
             for q, v in zip(self.net.parameters(), params):
                 q.copy_(torch.from_numpy(np.ascontiguousarray(v)))
+
+
+class TorchIdiomaticSystem(TorchSystem):
+    """The idiomatic LeNet-5 (`TorchLeNet5Idiomatic`) with the same batches, rate and SGD step."""
+
+    name = "pytorch-idiomatic"
+
+    def __init__(self, model: str, init: np.ndarray, lr: float, threads: int | None = None, **_) -> None:
+        if model != "lenet5":
+            raise ValueError(f"TorchIdiomaticSystem: expected model 'lenet5', got {model!r}")
+        if threads:
+            torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[init.dtype]
+        self.net = TorchLeNet5Idiomatic(dtype)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=lr)
 
 
 def versions() -> dict:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 from common import MLP_SIZES, split
 
-SYSTEMS = ("fbprop", "pytorch", "sklearn", "numpy-ref")
+SYSTEMS = ("fbprop", "pytorch", "pytorch-idiomatic", "sklearn", "numpy-ref")
 MLP_ONLY = {"sklearn"}
+LENET5_ONLY = {"pytorch-idiomatic"}
 
 
 class FbpropSystem:
@@ -94,11 +95,9 @@ class SklearnSystem:
 
 class GemmCeiling:
     """Only the matrix products of one MLP training step at batch B, on preallocated arrays in the
-    numpy reference's layout: forward x·W1ᵀ, h1·W2ᵀ, h2·W3ᵀ; backward gᵀ·h (three weight
-    gradients) and g·W (two hidden-state gradients), each one np.matmul — except that at B = 1 the
-    weight gradients are outer products, timed as np.outer: numpy does not hand a K = 1 matmul to
-    BLAS and its fallback loop is several times slower, which would put the "ceiling" below the
-    numpy reference."""
+    numpy reference's layout: forward x·W1ᵀ, h1·W2ᵀ, h2·W3ᵀ (np.matmul); backward gᵀ·h (three
+    weight gradients, np.dot, which hands the K = 1 outer product at B = 1 to BLAS too; numpy's
+    matmul does not) and g·W (two hidden-state gradients, np.matmul)."""
 
     name = "gemm"
 
@@ -121,18 +120,11 @@ class GemmCeiling:
         np.matmul(x, w1.T, out=h1)
         np.matmul(h1, w2.T, out=h2)
         np.matmul(h2, w3.T, out=s)
-        if len(x) == 1:
-            np.outer(d3[0], h2[0], out=g3)
-            np.matmul(d3, w3, out=d2)
-            np.outer(d2[0], h1[0], out=g2)
-            np.matmul(d2, w2, out=d1)
-            np.outer(d1[0], x[0], out=g1)
-            return
-        np.matmul(d3.T, h2, out=g3)
+        np.dot(d3.T, h2, out=g3)
         np.matmul(d3, w3, out=d2)
-        np.matmul(d2.T, h1, out=g2)
+        np.dot(d2.T, h1, out=g2)
         np.matmul(d2, w2, out=d1)
-        np.matmul(d1.T, x, out=g1)
+        np.dot(d1.T, x, out=g1)
 
 
 def make(system: str, model: str, **kw):
@@ -144,6 +136,9 @@ def make(system: str, model: str, **kw):
     if system == "pytorch":
         import sys_torch
         return sys_torch.TorchSystem(model, **kw)
+    if system == "pytorch-idiomatic":
+        import sys_torch
+        return sys_torch.TorchIdiomaticSystem(model, **kw)
     if system == "sklearn":
         return SklearnSystem(model, **kw)
     if system == "gemm":
@@ -154,6 +149,8 @@ def make(system: str, model: str, **kw):
 def supports(system: str, model: str, mode: str) -> bool:
     if system in MLP_ONLY:
         return model == "mlp"
+    if system in LENET5_ONLY:
+        return model == "lenet5"
     if system == "gemm":
         return model == "mlp" and mode == "train"
     return True

@@ -68,9 +68,17 @@ class Loss(Module):
             return cached[1], cached[2]
         return self.terms(*self._read(energies, labels))[1:]
 
+    def _scratch(self, like: np.ndarray) -> np.ndarray:
+        buf = self.__dict__.get("_buf")
+        if buf is None:
+            buf = self._buf = State()
+        return buf.resize(*like.shape, dtype=like.dtype).x
+
     def bprop(self, energies: State, labels: State | None, out: State) -> None:
         g, _ = self._derivatives(energies, labels)
-        energies.dx += _column(out.dx, g) * g                    # ∂L/∂E_k, scaled by ∂objective/∂L
+        t = self._scratch(g)
+        np.multiply(g, _column(out.dx, g), out=t)
+        energies.dx += t                                         # ∂L/∂E_k, scaled by ∂objective/∂L
 
     def bbprop(self, energies: State, labels: State | None, out: State) -> None:
         g, h = self._derivatives(energies, labels)
@@ -176,19 +184,33 @@ class NLLLoss(Loss):
         if not beta > 0:
             raise ValueError(f"NLLLoss: expected beta > 0, got {beta}")
         self.beta = float(beta)
+        self._nk, self._n = State(), State()
+        self._offsets = self._at = np.zeros(0, np.intp)
 
     def terms(self, e, y):
-        b, rows = self.beta, _rows(e)
-        low = e.min(axis=1, keepdims=True)
-        p = e - low
-        p *= -b
+        b, (n, k) = self.beta, e.shape
+        if self._offsets.shape != (n,):
+            self._offsets, self._at = np.arange(n) * k, np.empty(n, np.intp)
+        at = self._at
+        np.add(self._offsets, y, out=at)                         # flat index of (i, Y_i): no fancy-index temporaries
+        p, g = self._nk.resize(2, n, k, dtype=e.dtype).x
+        low, z, loss = self._n.resize(3, n, 1, dtype=e.dtype).x
+        np.minimum.reduce(e, axis=1, keepdims=True, out=low)
+        np.subtract(low, e, out=p)
+        p *= b
         np.exp(p, out=p)
-        z = p.sum(axis=1, keepdims=True)
+        np.add.reduce(p, axis=1, keepdims=True, out=z)
         p /= z                                                   # p_k = exp(−βE_k) / Σ exp(−βE)
-        free = low[:, 0] - np.log(z[:, 0]) / b                   # −(1/β) log Σ exp(−βE)
-        g = -p
-        g[rows, y] += 1.0                                        # ∂L/∂E_k = δ_kY − p_k
-        return e[rows, y] - free, g, lambda: b * p * (1.0 - p)
+        np.log(z, out=z)
+        z *= 1.0 / b
+        np.take(e, at, out=loss[:, 0])
+        loss += z
+        loss -= low                                              # L = E_Y − free, free = −(1/β) log Σ exp(−βE)
+        np.take(p, at, out=z[:, 0])
+        np.subtract(1.0, z, out=z)
+        np.negative(p, out=g)
+        np.put(g, at, z)                                         # ∂L/∂E_k = δ_kY − p_k
+        return loss[:, 0], g, lambda: b * p * (1.0 - p)
 
 
 class LogLoss(Loss):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fbprop.blas import add_scaled
 from fbprop.params import ParamPool
 
 
@@ -74,12 +75,10 @@ class SGD(Optimizer):
         p = self.pool
         if self.momentum:
             self.v *= self.momentum
-            np.multiply(p.dx, self.lr, out=self._tmp)
-            self.v -= self._tmp                                  # v ← α v − η dx
+            add_scaled(self.v, p.dx, -self.lr)                   # v ← α v − η dx
             p.x += self.v                                        # W ← W + v
         else:
-            np.multiply(p.dx, self.lr, out=self._tmp)
-            p.x -= self._tmp                                     # W ← W − η dx
+            add_scaled(p.x, p.dx, -self.lr)                      # W ← W − η dx (one axpy)
 
     def state(self):
         return {"v": self.v} if self.momentum else {}

@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from fbprop.blas import add_product, product
 from fbprop.module import Module
-from fbprop.modules.shape import Pad, expect_images
-from fbprop.modules.squash import sum_to
+from fbprop.modules.shape import expect_images
+from fbprop.modules.squash import add_sum_to
 from fbprop.params import ParamPool
 from fbprop.state import State
 
@@ -84,6 +85,24 @@ def _positive(who: str, **sizes: int) -> None:
             raise ValueError(f"{who}: expected {name} >= 1, got {v}")
 
 
+def _to_batch_first(dst: np.ndarray, src: np.ndarray, add: bool = False) -> None:
+    """dst (n, c, h, w) ← (or +=) src (c, h, w, n) transposed, in blocks of about 32 KB.
+
+    A transposed copy reads one array against its memory order; numpy does it element by element
+    over the whole array, which misses the cache on every read once the batch is large (34 ms
+    for a (4704, 1024) array, against 4.6 ms in blocks that stay in the L1 cache).
+    """
+    c, h, w, n = src.shape
+    maps, rows = max(1, 8192 // (h * w * n)), max(1, 8192 // (w * n))
+    for k in range(0, c, maps):
+        for i in range(0, h, rows):
+            part, into = src[k:k + maps, i:i + rows].transpose(3, 0, 1, 2), dst[:, k:k + maps, i:i + rows]
+            if add:
+                into += part
+            else:
+                np.copyto(into, part)
+
+
 class Conv2d(Module):
     """y_{o,i,j} = Σ_{c,a,b} w_{o,c,a,b} x_{c, s·i+a, s·j+b}: n_out maps, each a sum of k×k
     convolutions of the (zero-padded) input maps. Shapes: x (n, n_in, h, w) -> y (n, n_out, h', w'),
@@ -96,6 +115,12 @@ class Conv2d(Module):
     so they stay 0 and one dense BLAS product serves every table (the masked products are wasted
     flops, a fair price at C3's 60 of 96). Initialisation is uniform ±√(3/fan_in) per output map,
     fan_in = (its connected input maps) × k².
+
+    im2col copies the windows into columns ordered (n, i, j), so the product W·col is the output
+    map by map and goes into `out` as whole maps. col2im works batch innermost, (c, h, w, n):
+    ∂E/∂y is transposed once (it is small past C1, and C1's raw images need none), and each of
+    the k² adds then moves runs of w'·n contiguous numbers instead of rows of w' pixels (3-4×
+    faster for C3), before one blocked transposed add into the input's dx.
     """
 
     def __init__(self, n_in: int, n_out: int, kernel: int, pool: ParamPool, stride: int = 1,
@@ -113,25 +138,29 @@ class Conv2d(Module):
         if self.table is not None:
             self._mask = self.table.T[:, :, None, None].astype(pool.dtype)   # mask_{o,c} = 1 if c feeds o
             self.w.x *= self._mask * np.sqrt(self.n_in / self.table.sum(0))[:, None, None, None]  # U(±√(3/fan_in_o))
-        self._pad = Pad(self.padding) if self.padding else None
-        self._xp, self._col, self._wm, self._y, self._g, self._gw, self._dcol = (State() for _ in range(7))
+        self._xp, self._col, self._wm, self._y, self._g, self._gw, self._gt, self._dcol, self._dxt = (
+            State() for _ in range(9))
         self._col_of: np.ndarray | None = None
+        self._border_of: np.ndarray | None = None
 
     def _columns(self, inp: State, fresh: bool = False) -> np.ndarray:
         """im2col: the (n_in·k·k, n·h'·w') matrix whose column (n, i, j) is the window y_{n,·,i,j} sees."""
+        k, p, s = self.kernel, self.padding, self.stride
         if not fresh and self._col_of is inp.x:
-            return self._col.x.reshape(self.n_in * self.kernel**2, -1)
-        src = inp
-        if self._pad is not None:
-            self._pad.fprop(inp, self._xp)
-            src = self._xp
-        h_out, w_out = _out_size(self, src, self.kernel, self.stride)
-        k = self.kernel
-        col = self._col.resize(self.n_in, k, k, inp.batch, h_out, w_out, dtype=inp.x.dtype).x
-        windows = _windows(src.x, k, self.stride).transpose(1, 4, 5, 0, 2, 3)
-        np.copyto(col, windows)                                  # col[c,a,b,n,i,j] = x[n,c,si+a,sj+b]
+            return self._col.x.reshape(self.n_in * k * k, -1)
+        n, c, h, w = inp.x.shape
+        src = inp.x
+        if p:
+            src = self._xp.resize(n, c, h + 2 * p, w + 2 * p, dtype=inp.x.dtype).x
+            if self._border_of is not src:                       # a new buffer: zero its border once
+                src.fill(0)
+                self._border_of = src
+            src[:, :, p:p + h, p:p + w] = inp.x
+        h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        col = self._col.resize(c, k, k, n, h_out, w_out, dtype=inp.x.dtype).x
+        np.copyto(col, _windows(src, k, s).transpose(1, 4, 5, 0, 2, 3))   # col[c,a,b,n,i,j] = x[n,c,si+a,sj+b]
         self._col_of = inp.x
-        return col.reshape(self.n_in * k * k, -1)
+        return col.reshape(c * k * k, -1)
 
     def _weights(self, power: int) -> np.ndarray:
         """W∘mask (power 1) or W∘W∘mask (power 2) as an (n_out, n_in·k·k) matrix."""
@@ -153,39 +182,40 @@ class Conv2d(Module):
         col = self._columns(inp, fresh=True)
         n, h_out, w_out = self._col.x.shape[3:]
         y = self._y.resize(self.n_out, n, h_out, w_out, dtype=inp.x.dtype).x
-        np.matmul(self._weights(1), col, out=y.reshape(self.n_out, -1))  # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
+        product(y.reshape(self.n_out, -1), self._weights(1), col)         # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
         out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype)
         np.copyto(out.x, y.transpose(1, 0, 2, 3))
 
     def _back(self, inp: State, g_out: np.ndarray, col: np.ndarray, w: np.ndarray, slot: str) -> None:
         """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bprop with
         (g, col, w) = (∂E/∂y, x, W), bbprop with (∂²E/∂y², x∘x, W∘W)."""
-        shape6 = self._col.x.shape
-        n, h_out, w_out = shape6[3:]
+        c, k, _, n, h_out, w_out = self._col.x.shape
         g = self._g.resize(self.n_out, n, h_out, w_out, dtype=g_out.dtype).x
         np.copyto(g, g_out.transpose(1, 0, 2, 3))
         g = g.reshape(self.n_out, -1)
-        gw = self._gw.resize(self.n_out, col.shape[0], dtype=np.result_type(g, col)).x
-        np.matmul(g, col.T, out=gw)                              # ∂E/∂w_o = Σ_{n,i,j} ∂E/∂y_{n,o,i,j} x_window(n,i,j)
-        gw = gw.reshape(self.w.x.shape)
-        if self._mask is not None:
-            gw *= self._mask                                     # unconnected weights get no update
-        w_slot = getattr(self.w, slot)
-        w_slot += gw
+        w_slot = getattr(self.w, slot).reshape(self.n_out, -1)
+        if self._mask is None:
+            add_product(w_slot, g, col.T)                        # ∂E/∂w_o = Σ_{n,i,j} ∂E/∂y_{n,o,i,j} x_window(n,i,j)
+        else:
+            gw = self._gw.resize(*w_slot.shape, dtype=w_slot.dtype).x
+            product(gw, g, col.T)
+            gw.reshape(self.w.x.shape)[...] *= self._mask          # unconnected weights get no update
+            w_slot += gw
         if not inp.requires_dx:
             return                                               # raw images: no ∂E/∂x wanted
-        dcol = self._dcol.resize(*col.shape, dtype=np.result_type(g, w)).x
-        np.matmul(w.T, g, out=dcol)                              # ∂E/∂x_window(n,i,j) = Wᵀ ∂E/∂y_{n,·,i,j}
-        src = inp if self._pad is None else self._xp
-        target = getattr(src, slot)
-        if self._pad is not None:
-            target.fill(0)
-        dcol = dcol.reshape(shape6)
-        for a in range(self.kernel):
-            for b in range(self.kernel):                         # col2im: ∂E/∂x_{c,si+a,sj+b} += dcol[c,a,b,i,j]
-                target[_offset(a, b, h_out, w_out, self.stride)] += dcol[:, a, b].transpose(1, 0, 2, 3)
-        if self._pad is not None:
-            (self._pad.bprop if slot == "dx" else self._pad.bbprop)(inp, self._xp)   # drop the border
+        # col2im, batch innermost: rows of w'·n contiguous numbers instead of w' pixels
+        gt = self._gt.resize(self.n_out, h_out, w_out, n, dtype=g_out.dtype).x
+        np.copyto(gt, g_out.transpose(1, 2, 3, 0))
+        dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
+        product(dcol.reshape(c * k * k, -1), w.T, gt.reshape(self.n_out, -1))         # ∂E/∂x_window = Wᵀ ∂E/∂y
+        p, s = self.padding, self.stride
+        h, w_in = inp.x.shape[2:]
+        dxt = self._dxt.resize(c, h + 2 * p, w_in + 2 * p, n, dtype=g.dtype).x
+        dxt.fill(0)
+        for a in range(k):
+            for b in range(k):                                   # ∂E/∂x_{c,si+a,sj+b} += dcol[c,a,b,i,j]
+                dxt[:, a:a + s * (h_out - 1) + 1:s, b:b + s * (w_out - 1) + 1:s] += dcol[:, a, b]
+        _to_batch_first(getattr(inp, slot), dxt[:, p:p + h, p:p + w_in], add=True)   # the border is dropped
 
     def bprop(self, inp: State, out: State) -> None:
         self._back(inp, out.dx, self._columns(inp), self._weights(1), "dx")   # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
@@ -218,23 +248,31 @@ class Subsampling(Module):
         self.n_maps, self.size = int(n_maps), int(size)
         self.a = pool.alloc(self.n_maps, 1, 1, value=1.0)
         self.b = pool.alloc(self.n_maps, 1, 1, value=0.0)
-        self._m = State()
+        self._m, self._sum, self._t, self._u = (State() for _ in range(4))
         self._m_of: np.ndarray | None = None
+        self._u_for: tuple | None = None
 
-    def _windows(self, inp: State) -> list[tuple[slice, ...]]:
-        """The size² strided views x[:, :, s·i + a, s·j + b], one per offset (a, b) in the window."""
-        h_out, w_out = inp.x.shape[2] // self.size, inp.x.shape[3] // self.size
-        return [_offset(a, b, h_out, w_out, self.size) for a in range(self.size) for b in range(self.size)]
+    def _spread(self, w: int, dtype: np.dtype) -> np.ndarray:
+        """U (w/s, s·w) with U[j, a·w + s·j + b] = 1/s²: a row of s image rows times Uᵀ gives the
+        means of its w/s windows, and a row of window values times U spreads each over its s×s
+        pixels. Pooling is then one product on contiguous rows, not s² strided passes."""
+        s = self.size
+        u = self._u.resize(w // s, s * w, dtype=dtype).x
+        if self._u_for != (w, u.dtype):
+            u.fill(0)
+            for j in range(w // s):
+                for a in range(s):
+                    u[j, a * w + s * j:a * w + s * j + s] = 1.0 / s**2
+            self._u_for = (w, u.dtype)
+        return u
 
     def _means(self, inp: State) -> np.ndarray:
         if self._m_of is not inp.x:
             n, c, h, w = inp.x.shape
-            m = self._m.resize(n, c, h // self.size, w // self.size, dtype=inp.x.dtype).x
-            first, *rest = self._windows(inp)
-            np.copyto(m, inp.x[first])
-            for at in rest:
-                m += inp.x[at]                                   # Σ_window x
-            m *= 1.0 / self.size**2                              # m = (1/s²) Σ_window x
+            s = self.size
+            m = self._m.resize(n, c, h // s, w // s, dtype=inp.x.dtype).x
+            rows = inp.x.reshape(n * c * (h // s), s * w)             # each row: the s image rows of one row of windows
+            product(m.reshape(-1, w // s), rows, self._spread(w, inp.x.dtype).T)          # m = (1/s²) Σ_window x
             self._m_of = inp.x
         return self._m.x
 
@@ -249,21 +287,28 @@ class Subsampling(Module):
         np.multiply(m, self.a.x, out=out.x)
         out.x += self.b.x                                        # y = a m + b
 
+    def _back(self, inp: State, g: np.ndarray, power: int, slot: str) -> None:
+        """Adds (a/s²)^power g on every pixel of each window into the input's `slot`, and
+        Σ g m^power, Σ g into the coefficient's and the bias's."""
+        m = self._means(inp)
+        t = self._t.resize(*g.shape, dtype=g.dtype).x
+        if inp.requires_dx:
+            n, c, h, w = inp.x.shape
+            np.multiply(g, self.a.x if power == 1 else self.a.x**2, out=t)
+            target = getattr(inp, slot).reshape(n * c * (h // self.size), self.size * w)
+            add_product(target, t.reshape(target.shape[0], -1), self._spread(w, g.dtype),
+                        alpha=1.0 / self.size ** (2 * power - 2))   # U holds 1/s²: (a/s²)^power overall
+        np.multiply(g, m, out=t)
+        if power == 2:
+            t *= m
+        add_sum_to(getattr(self.a, slot), t, self._sum)
+        add_sum_to(getattr(self.b, slot), g, self._sum)
+
     def bprop(self, inp: State, out: State) -> None:
-        g, m, shape = out.dx, self._means(inp), self.a.x.shape
-        gx = g * (self.a.x / self.size**2)                       # ∂E/∂x = (a/s²) ∂E/∂y on each window
-        for at in self._windows(inp):
-            inp.dx[at] += gx
-        self.a.dx += sum_to(g * m, shape)                        # ∂E/∂a = Σ ∂E/∂y · m
-        self.b.dx += sum_to(g, shape)                            # ∂E/∂b = Σ ∂E/∂y
+        self._back(inp, out.dx, 1, "dx")             # ∂E/∂x = (a/s²) ∂E/∂y, ∂E/∂a = Σ ∂E/∂y m, ∂E/∂b = Σ ∂E/∂y
 
     def bbprop(self, inp: State, out: State) -> None:
-        h, m, shape = out.ddx, self._means(inp), self.a.x.shape
-        hx = h * (self.a.x / self.size**2) ** 2                  # ∂²E/∂x² = (a/s²)² ∂²E/∂y²
-        for at in self._windows(inp):
-            inp.ddx[at] += hx
-        self.a.ddx += sum_to(h * m * m, shape)                   # Σ ∂²E/∂y² · m²
-        self.b.ddx += sum_to(h, shape)                           # Σ ∂²E/∂y²
+        self._back(inp, out.ddx, 2, "ddx")           # (a/s²)² ∂²E/∂y², Σ ∂²E/∂y² m², Σ ∂²E/∂y²
 
     def __repr__(self) -> str:
         return f"Subsampling({self.n_maps} maps, {self.size}x{self.size})"

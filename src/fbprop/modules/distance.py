@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fbprop.blas import add_product, product
 from fbprop.module import Module, expect_shape
 from fbprop.params import ParamPool
 from fbprop.state import State
@@ -86,19 +87,31 @@ class RBF(Module):
             self.w.x[...] = codes
         else:
             self.w = State(codes.astype(pool.dtype if pool is not None else codes.dtype))
+        self._xx, self._tt, self._tmp = State(), State(), State()
 
     def fprop(self, inp: State, out: State) -> None:
         expect_shape(self, inp, (None, self.d))
         x, t = inp.x, self.w.x
         out.resize(inp.batch, self.k, dtype=x.dtype)
-        np.matmul(x, t.T, out=out.x)
-        out.x *= -1
-        out.x += 0.5 * np.einsum("ij,ij->i", x, x)[:, None]
-        out.x += 0.5 * np.einsum("ij,ij->i", t, t)[None, :]      # E = ½‖x‖² − x·t_k + ½‖t_k‖²
+        half_xx = self._xx.resize(inp.batch, 1, dtype=x.dtype).x
+        half_tt = self._tt.resize(1, self.k, dtype=x.dtype).x
+        np.einsum("ij,ij->i", x, x, out=half_xx[:, 0])
+        np.einsum("ij,ij->i", t, t, out=half_tt[0])
+        half_xx *= 0.5
+        half_tt *= 0.5
+        product(out.x, x, t.T)
+        np.subtract(half_xx, out.x, out=out.x)
+        out.x += half_tt                                         # E = ½‖x‖² − x·t_k + ½‖t_k‖²
 
     def bprop(self, inp: State, out: State) -> None:
         x, t, g = inp.x, self.w.x, out.dx
-        inp.dx += g.sum(1)[:, None] * x - g @ t                  # ∂E/∂x = Σ_k g_k (x − t_k)
+        if inp.requires_dx:
+            gs = self._xx.resize(inp.batch, 1, dtype=g.dtype).x
+            np.sum(g, axis=1, keepdims=True, out=gs)
+            tmp = self._tmp.resize(*x.shape, dtype=x.dtype).x
+            np.multiply(x, gs, out=tmp)
+            inp.dx += tmp
+            add_product(inp.dx, g, t, alpha=-1.0)                # ∂E/∂x = Σ_k g_k (x − t_k)
         if self.params():
             self.w.dx += g.sum(0)[:, None] * t - g.T @ x         # ∂E/∂t_k = Σ_n g_nk (t_k − x_n)
 

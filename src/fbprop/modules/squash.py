@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from fbprop.blas import add_scaled
 from fbprop.module import Module
 from fbprop.params import ParamPool
 from fbprop.state import State
 
 
-def sum_to(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Σ of a (n, *s) array over the batch axis and the axes where `shape` broadcasts (size 1)."""
-    axes = (0,) + tuple(i + 1 for i, k in enumerate(shape) if k == 1 and a.shape[i + 1] != 1)
-    return a.sum(axis=axes, keepdims=True).reshape(shape)
+def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 1.0) -> None:
+    """target += α Σ a over the batch axis and the axes where `target` (one sample's shape)
+    broadcasts (size 1): the gradient of a bias. `buffer` keeps the sum between calls."""
+    axes = (0,) + tuple(i + 1 for i, k in enumerate(target.shape) if k == 1 and a.shape[i + 1] != 1)
+    total = buffer.resize(1, *target.shape, dtype=a.dtype).x
+    np.add.reduce(a, axis=axes, keepdims=True, out=total)
+    add_scaled(target, total.reshape(target.shape), alpha)
 
 
 class Squash(Module):
@@ -20,7 +24,9 @@ class Squash(Module):
 
     `shape` is one sample's shape (e.g. 30, or (6, 1, 1) for one bias per feature map, which
     broadcasts over the map). Subclasses give f and its derivative written in terms of y, so
-    bprop needs nothing but the output: (∂E/∂x)_i = (∂E/∂y)_i f'(x_i + b_i).
+    bprop needs nothing but the output: (∂E/∂x)_i = (∂E/∂y)_i f'(x_i + b_i). The derivative
+    comes as c·g with a constant c (ScaledTanh's S/A), which bprop folds into the axpy that adds
+    the result into dx, so a constant factor costs no pass over the batch.
     """
 
     def __init__(self, shape: int | tuple[int, ...] | None = None, pool: ParamPool | None = None) -> None:
@@ -28,14 +34,14 @@ class Squash(Module):
         if pool is not None and self.shape is None:
             raise ValueError(f"{type(self).__name__}: a trainable bias needs its shape, got shape=None")
         self.b = pool.alloc(*self.shape, value=0.0) if pool is not None else None
-        self._g = State()
+        self._g, self._sum = State(), State()
 
     def f(self, u: np.ndarray) -> None:
         """u ← f(u), in place."""
         raise NotImplementedError
 
-    def df(self, y: np.ndarray, g: np.ndarray) -> None:
-        """g ← f'(u), written in terms of y = f(u)."""
+    def slope(self, y: np.ndarray, g: np.ndarray) -> float:
+        """g ← f'(u) / c, written in terms of y = f(u); returns the constant c."""
         raise NotImplementedError
 
     def _check(self, inp: State) -> None:
@@ -55,25 +61,23 @@ class Squash(Module):
             np.add(inp.x, self.b.x, out=out.x)                   # u = x + b
         self.f(out.x)                                            # y = f(u)
 
-    def _slope(self, out: State, scale: np.ndarray, power: int) -> np.ndarray:
+    def _back(self, inp: State, out: State, power: int, slot: str) -> None:
+        """Adds f'(u)^power · (the output's `slot`) into the input's and the bias's `slot`."""
         g = self._g.resize(*out.x.shape, dtype=out.x.dtype).x
-        self.df(out.x, g)
+        c = self.slope(out.x, g) ** power
         if power == 2:
             np.multiply(g, g, out=g)
-        np.multiply(g, scale, out=g)
-        return g
+        np.multiply(g, getattr(out, slot), out=g)
+        if inp.requires_dx:
+            add_scaled(getattr(inp, slot), g, c)
+        if self.b is not None:
+            add_sum_to(getattr(self.b, slot), g, self._sum, c)
 
     def bprop(self, inp: State, out: State) -> None:
-        g = self._slope(out, out.dx, 1)                          # ∂E/∂u = f'(u) ∂E/∂y
-        inp.dx += g                                              # ∂E/∂x = ∂E/∂u
-        if self.b is not None:
-            self.b.dx += sum_to(g, self.shape)                   # ∂E/∂b = Σ_batch ∂E/∂u
+        self._back(inp, out, 1, "dx")                            # ∂E/∂x = ∂E/∂u = f'(u) ∂E/∂y, ∂E/∂b = Σ_batch ∂E/∂u
 
     def bbprop(self, inp: State, out: State) -> None:
-        g = self._slope(out, out.ddx, 2)                         # f'(u)² ∂²E/∂y²  (f'' term dropped)
-        inp.ddx += g
-        if self.b is not None:
-            self.b.ddx += sum_to(g, self.shape)
+        self._back(inp, out, 2, "ddx")                           # f'(u)² ∂²E/∂y²  (f'' term dropped)
 
     def __repr__(self) -> str:
         size = "" if self.shape is None else ", ".join(map(str, self.shape))
@@ -86,9 +90,10 @@ class Tanh(Squash):
     def f(self, u):
         np.tanh(u, out=u)
 
-    def df(self, y, g):
+    def slope(self, y, g):
         np.multiply(y, y, out=g)
         np.subtract(1, g, out=g)                                 # tanh' = 1 − y²
+        return 1.0
 
 
 class ScaledTanh(Squash):
@@ -101,10 +106,10 @@ class ScaledTanh(Squash):
         np.tanh(u, out=u)
         np.multiply(u, self.A, out=u)
 
-    def df(self, y, g):
+    def slope(self, y, g):
         np.multiply(y, y, out=g)
         np.subtract(self.A * self.A, g, out=g)
-        np.multiply(g, self.S / self.A, out=g)                   # f' = (S/A)(A² − y²)
+        return self.S / self.A                                   # f' = (S/A)(A² − y²)
 
 
 class Logistic(Squash):
@@ -116,9 +121,10 @@ class Logistic(Squash):
         np.negative(u, out=u)
         np.exp(u, out=u)                                         # σ(u) = exp(−log(1 + e^−u)): exact in both tails
 
-    def df(self, y, g):
+    def slope(self, y, g):
         np.subtract(1, y, out=g)
         np.multiply(g, y, out=g)                                 # σ' = y (1 − y)
+        return 1.0
 
 
 class ReLU(Squash):
@@ -127,8 +133,9 @@ class ReLU(Squash):
     def f(self, u):
         np.maximum(u, 0, out=u)
 
-    def df(self, y, g):
+    def slope(self, y, g):
         np.greater(y, 0, out=g)                                  # 1 where u > 0, else 0 (f'' = 0)
+        return 1.0
 
 
 class Bias(Squash):
@@ -140,5 +147,6 @@ class Bias(Squash):
     def f(self, u):
         pass
 
-    def df(self, y, g):
+    def slope(self, y, g):
         g.fill(1)
+        return 1.0
