@@ -69,3 +69,13 @@ def test_a_non_finite_loss_makes_the_gradient_nan(batch):
     x = batch[0].copy()
     x[3] = np.nan
     assert math.isnan(m.gradient(x, batch[1])) and math.isnan(m.pool.dx[0])
+
+
+def test_float64_input_to_a_float32_machine_is_converted_at_the_boundary_not_promoted(batch):
+    m = fb.build_machine({"model": "mlp", "hidden": [8], "input_shape": [1, 8, 8], "n_classes": 10})
+    x64 = batch[0].astype(np.float64)
+    m.gradient(x64, batch[1])
+    grad64 = m.pool.dx.copy()
+    assert m.inp.x.dtype == np.float32 and m.out.x.dtype == np.float32 and m.energies.x.dtype == np.float32
+    m.gradient(x64.astype(np.float32), batch[1])
+    np.testing.assert_array_equal(grad64, m.pool.dx)

@@ -63,8 +63,12 @@ class Machine:
 
     # forward ------------------------------------------------------------------------------
     def fprop(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
-        """Energies of the batch x (and, given the desired answers y, the losses)."""
-        self.inp.x = x
+        """Energies of the batch x (and, given the desired answers y, the losses).
+
+        Floating inputs of another precision than the pool's are converted here, once, rather than
+        promoted through every module (float64 input to a float32 net: 2-3x slower steps).
+        """
+        self.inp.x = self._own_dtype(x)
         if self.y_enters:
             if y is None:
                 if not self.regression:
@@ -72,11 +76,16 @@ class Machine:
                                      "y (minimize_energy finds the Y of least energy), got y=None")
                 self.net.fprop(self.inp, self.out)               # no target: G(X) is the answer
                 return
-            self.target.x = y
+            self.target.x = y = self._own_dtype(y)
         self.network.fprop(*self.inputs, self.energies)
         if y is not None:
             self.labels.x = y
             self.loss.fprop(self.energies, None if self.y_enters else self.labels, self.losses)
+
+    def _own_dtype(self, a):
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype != self.pool.dtype:
+            return a.astype(self.pool.dtype)
+        return a
 
     def answers(self) -> np.ndarray | None:
         """argmin_y E(W, y, X) for the batch of the last fprop: over the k answers for energies
