@@ -136,7 +136,7 @@ def test_twins_share_parameter_handles_but_not_scratch_and_their_gradients_add()
     g = _layer(pool)
     twin = g.share()
     assert [id(p) for p in twin.params()] == [id(p) for p in g.params()]
-    assert twin[0]._gx is not g[0]._gx and twin.states[0] is not g.states[0]
+    assert twin[0]._x2 is not g[0]._x2 and twin.states[0] is not g.states[0]      # scratch of its own
     size = pool.size
     net = fb.Network("x1, x2", "h1, h2", [(g, "x1 -> h1"), (twin, "x2 -> h2")])
     assert net.params() == g.params() and pool.size == size       # no new parameters
