@@ -10,6 +10,7 @@ from fbprop.models import ModelEntry, register_model
 from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, NegatedScores, random_codes
+from fbprop.modules.dropout import Dropout
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten, Pad
 from fbprop.modules.squash import Bias, ReLU, ScaledTanh
@@ -98,9 +99,11 @@ def lenet5_energy(pool: ParamPool, n_classes: int = 10) -> RBF:
     return RBF(lenet5_codes(n_classes), pool, trainable=False)
 
 
-def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int = 128) -> Cascade:
+def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int = 128,
+                 dropout: float = 0.0) -> Cascade:
     """Conv(1→32, 3×3, pad 1) - ReLU - MaxPool 2 - Conv(32→64, 3×3, pad 1) - ReLU - MaxPool 2 -
-    Flatten - Linear(64·(size/4)² → hidden) - ReLU - Linear(hidden → n_classes) - Bias.
+    Flatten - Linear(64·(size/4)² → hidden) - ReLU - Linear(hidden → n_classes) - Bias; with
+    `dropout` p > 0, a Dropout(p) before each Linear.
 
     Input (n, 1, size, size) with size a multiple of 4 (28 for MNIST, 8 for the 8×8 digits),
     output scores (n, n_classes): feed them to NegatedScores and NLLLoss. Each ReLU carries its
@@ -111,12 +114,13 @@ def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: i
     if n_classes < 1:
         raise ValueError(f"lenet_modern: expected n_classes >= 1, got {n_classes}")
     q = size // 4
+    drop = [Dropout(dropout)] if dropout else []
     return ImageCascade(
         f"LeNetModern[{size}x{size}]", size, " (set size=, a multiple of 4)",
         Conv2d(1, 32, 3, pool, padding=1), ReLU((32, 1, 1), pool), MaxPool(2),
         Conv2d(32, 64, 3, pool, padding=1), ReLU((64, 1, 1), pool), MaxPool(2),
-        Flatten(),
-        Linear(64 * q * q, hidden, pool), ReLU(hidden, pool),
+        Flatten(), *drop,
+        Linear(64 * q * q, hidden, pool), ReLU(hidden, pool), *drop,
         Linear(hidden, n_classes, pool), Bias(n_classes, pool),
     )
 
@@ -135,10 +139,11 @@ def _build_lenet5(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
 def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
     if spec.get("energy", "scores") != "scores":
         raise ValueError(f"lenet-modern: expected energy 'scores', got {spec['energy']!r}")
-    return lenet_modern(pool, n_classes=int(spec["n_classes"]), size=spec["input_shape"][-1]), NegatedScores()
+    return lenet_modern(pool, n_classes=int(spec["n_classes"]), size=spec["input_shape"][-1],
+                        dropout=spec.get("dropout", 0.0)), NegatedScores()
 
 
 register_model("lenet5", ModelEntry(_build_lenet5, {"energy": "rbf", "loss": "nll", "loss_args": {"beta": 0.1}},
                                     help="LeNet-5 (1998): C1-S2-C3-S4-C5-F6, RBF energies"))
-register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"energy": "scores", "loss": "nll"},
+register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"energy": "scores", "loss": "nll"}, ("dropout",),
                                           help="a small ReLU / max-pooling convnet"))

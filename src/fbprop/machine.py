@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -62,6 +64,26 @@ class Machine:
             self.fprop(x[i:i + batch_size], None)
             parts.append(self.out.x.copy() if self.regression else self.answers())
         return np.concatenate(parts) if parts else np.zeros(0, np.intp)
+
+    @contextmanager
+    def noise(self, rng: np.random.Generator) -> Iterator[None]:
+        """Training mode for the span of the block: each stochastic module (Dropout: `stochastic`
+        True) draws its noise from a generator seeded from `rng` (one draw; per process under MPI,
+        so ranks do not repeat each other's masks). Outside any such block they are deterministic
+        (inference), so predict and evaluation need no switch. Nothing is drawn from `rng` for a
+        machine without stochastic modules."""
+        noisy = [m for m in leaves(self.net) if getattr(m, "stochastic", False)]
+        if not noisy:
+            yield
+            return
+        child = np.random.default_rng([int(rng.integers(2**63)), self.reducer.rank])
+        for m in noisy:
+            m.rng = child
+        try:
+            yield
+        finally:
+            for m in noisy:
+                m.rng = None
 
     # backward -----------------------------------------------------------------------------
     def _sweep(self, method: str, slot: str) -> None:
