@@ -134,11 +134,13 @@ def train(optimizer, batch, l2, comm, lr=None, squash="tanh", data=data, transfo
         spec["regularizer"] = {"kind": "l2", "lam": l2}
     m = fb.build_machine(spec)
     t = Trainer(m, data, optimizer=optimizer, lr=lr or LR[optimizer], batch_size=batch, epochs=2, seed=3,
-                hessian_samples=51, log=io.StringIO(), comm=comm, transform=transform, show_test=True, **({"max_iter": 5} if optimizer == "lbfgs" else {}))
+                hessian_samples=51, log=io.StringIO(), comm=comm, transform=transform, show_test=True,
+                **({"max_iter": 5} if optimizer == "lbfgs" else {}))
     t.fit()
     return m.pool.x.copy(), t.history
 
-AUGMENTED = [("sgd", 32, 0.0, fb.data.Affine(shift=1.0)), ("sdlm", 16, 0.0, fb.data.Elastic(alpha=4.0, sigma=1.0))]
+AUGMENTED = [("sgd", 32, 0.0, fb.data.Affine(shift=1.0)),
+             ("sdlm", 16, 0.0, fb.data.Elastic(alpha=4.0, sigma=1.0))]
 report = {}
 for optimizer, batch, l2, transform in [(*case, None) for case in CASES] + AUGMENTED:
     x, history = train(optimizer, batch, l2, comm, transform=transform)

@@ -159,7 +159,8 @@ def augment_settings(transform: Transform | None) -> dict:
     a user's own function is named by its repr (it cannot be rebuilt from a checkpoint)."""
     if transform is None:
         return {}
-    return {"augment": getattr(transform, "name", repr(transform)), "augment_args": dict(getattr(transform, "args", {}))}
+    name = getattr(transform, "name", repr(transform))
+    return {"augment": name, "augment_args": dict(getattr(transform, "args", {}))}
 
 
 def _record(name: str, meter: Meter) -> dict:
