@@ -39,3 +39,12 @@ def test_run_quick_prints_the_check_and_the_table_for_the_available_systems():
         assert f" {system} " in out, out
     torch_here = "skipping pytorch" not in out
     assert (" pytorch " in out) == torch_here
+
+
+def test_augment_cost_script_prints_each_distortion_against_none():
+    p = _run(str(BENCH / "augment_cost.py"), "--data", "digits", "--model", "lenet-modern", "--limit", "200",
+             "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    rows = [line.split()[0] for line in p.stdout.splitlines()[1:]]
+    assert rows == ["none", "affine", "elastic"], p.stdout
+    assert p.stdout.splitlines()[1].split()[3] == "1.00x", p.stdout

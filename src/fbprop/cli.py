@@ -30,7 +30,7 @@ from fbprop.distributed import SingleProcess, checksum, world
 from fbprop.files import atomic_write
 from fbprop.losses import LOSSES
 from fbprop.machine import leaves
-from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec, model_entry
+from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec, model_entry, recipe
 from fbprop.optim import OPTIMIZERS
 from fbprop.runs import claim, new_run_dir, write_config
 from fbprop.train import SCHEDULES, DistortionSamples, Plots, Trainer, TrainingDiverged, evaluate
@@ -263,13 +263,13 @@ def _training_settings(args, base: dict) -> dict:
     return settings
 
 
-def _defaults(model: str | None = None) -> dict:
-    """The training settings a new run starts from: the generic ones, then the model's recipe."""
-    recipe = dict(model_entry(model).training) if model else {}
-    entry = OPTIMIZERS[recipe.get("optimizer", "sgd")]
+def _defaults(model: str | None = None, dataset: str | None = None) -> dict:
+    """The training settings a new run starts from: the generic ones, then the model's recipe for the data."""
+    settings = recipe(model, dataset) if model else {}
+    entry = OPTIMIZERS[settings.get("optimizer", "sgd")]
     return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
             "epochs": 20, "schedule": "constant", "patience": None, "seed": 0, "augment": "none",
-            "augment_args": {}, **recipe}
+            "augment_args": {}, **settings}
 
 
 def _refuse_changes(what: str, run: dict, now: dict, allowed: tuple[str, ...] = ()) -> dict:
@@ -317,8 +317,8 @@ def _new_run(args, root: bool):
     spec = _model_spec(args, default_spec(args.model or "mlp"))
     spec.setdefault("seed", 0)
     spec["val_size"] = int(val_size) if val_size >= 1 else val_size
-    settings = _training_settings(args, {**_defaults(spec["model"]), "seed": spec["seed"]})
     data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
+    settings = _training_settings(args, {**_defaults(spec["model"], data.name), "seed": spec["seed"]})
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,
                 normalisation=data.normalisation.as_dict(), data_checksum=checksum(data.train.x, data.train.y))
     return data, spec, settings

@@ -35,8 +35,9 @@ ENERGIES = ("scores", "rbf")
 class ModelEntry:
     """build(spec, pool) -> (net, energy); `defaults` are the spec's defaults (its options, energy,
     loss, loss_args); `options` are the spec keys a user may set beyond energy and loss;
-    `training` is the model's recipe, the training settings `fbprop train --model M` starts from
-    (optimizer, lr, the optimizer's options, batch_size, epochs, schedule, augment, augment_args)."""
+    `training` holds the model's recipes, the training settings `fbprop train --model M` starts
+    from (optimizer, lr, the optimizer's options, batch_size, epochs, schedule, augment,
+    augment_args), by data set name, "default" for the others (see `recipe`)."""
 
     build: Callable[[dict, ParamPool], tuple[Module, Module]]
     defaults: dict = field(default_factory=dict)
@@ -46,6 +47,13 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {}
+
+
+def recipe(model: str, dataset: str | None = None) -> dict:
+    """The training settings model `model` starts from on `dataset`: its recipe for that data set,
+    else its "default" one, else {} (the generic settings of `fbprop train`)."""
+    training = model_entry(model).training
+    return dict(training.get(dataset, training.get("default", {})))
 
 
 def register_model(name: str, entry: ModelEntry) -> None:
