@@ -228,9 +228,13 @@ def test_a_fixed_mask_of_the_wrong_shape_is_refused():
 
 def test_lenet_modern_takes_dropout_before_each_linear_layer():
     m = fb.build_machine({"model": "lenet-modern", "dropout": 0.3, "input_shape": [1, 8, 8], "n_classes": 10})
-    kinds = [type(x).__name__ for x in fb.machine.leaves(m.net)]
-    assert kinds.count("Dropout") == 2
+    leaves = fb.machine.leaves(m.net)
+    kinds = [type(x).__name__ for x in leaves]
+    assert kinds.count("Dropout") == 2 and len({id(x) for x in leaves if isinstance(x, fb.Dropout)}) == 2
     assert kinds[kinds.index("Dropout") + 1] == "Linear" and kinds[-3] == "Dropout"
+    x, y = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32), np.arange(5)
+    with m.noise(np.random.default_rng(1)):                      # a training step: each mask fits its layer
+        assert np.isfinite(m.gradient(x, y))
 
 
 # --- training with distortions and dropout: exact resume ------------------------------------------
@@ -308,3 +312,26 @@ def test_cli_logs_the_test_error_per_epoch_only_with_show_test(tmp_path):
     assert "val err" in quiet and "test err" not in quiet
     _, loud = ok("train", "--hidden", "16", "--epochs", "2", "--no-plots", "--show-test", "--out", tmp_path / "l")
     assert loud.count("test err") == 2
+
+
+# --- recipes: a model's training defaults per data set ------------------------------------------
+
+def test_a_models_recipe_for_the_data_set_is_the_default_and_options_still_override(tmp_path, monkeypatch):
+    from fbprop import models
+    base = models.MODELS["mlp"]
+    recipe = {"optimizer": "momentum", "lr": 0.02, "momentum": 0.8, "epochs": 2, "batch_size": 16,
+              "schedule": "cosine", "augment": "affine", "augment_args": {"shift": 1.0}}
+    entry = models.ModelEntry(base.build, base.defaults, base.options, "mlp with a recipe",
+                              training={"digits": recipe, "default": {"epochs": 1}})
+    monkeypatch.setitem(models.MODELS, "mlp-recipe", entry)
+    assert models.recipe("mlp-recipe", "digits") == recipe and models.recipe("mlp-recipe", "mnist") == {"epochs": 1}
+    ok("train", "--model", "mlp-recipe", "--hidden", "8", "--no-plots", "--out", tmp_path / "a")
+    training = json.loads((tmp_path / "a" / "config.json").read_text())["training"]
+    assert {k: training[k] for k in recipe if k != "augment_args"} == {k: v for k, v in recipe.items()
+                                                                       if k != "augment_args"}
+    assert training["augment_args"] == Affine(shift=1.0).args
+    ok("train", "--model", "mlp-recipe", "--hidden", "8", "--no-plots", "--epochs", "1", "--augment", "none",
+       "--optimizer", "sgd", "--out", tmp_path / "b")
+    training = json.loads((tmp_path / "b" / "config.json").read_text())["training"]
+    assert training["optimizer"] == "sgd" and training["lr"] == 0.05 and "momentum" not in training
+    assert training["epochs"] == 1 and training["augment"] == "none" and training["batch_size"] == 16

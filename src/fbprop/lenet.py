@@ -114,13 +114,14 @@ def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: i
     if n_classes < 1:
         raise ValueError(f"lenet_modern: expected n_classes >= 1, got {n_classes}")
     q = size // 4
-    drop = [Dropout(dropout)] if dropout else []
+    def drop() -> list[Module]:                                  # a module of its own at each place: its mask is its state
+        return [Dropout(dropout)] if dropout else []
     return ImageCascade(
         f"LeNetModern[{size}x{size}]", size, " (set size=, a multiple of 4)",
         Conv2d(1, 32, 3, pool, padding=1), ReLU((32, 1, 1), pool), MaxPool(2),
         Conv2d(32, 64, 3, pool, padding=1), ReLU((64, 1, 1), pool), MaxPool(2),
-        Flatten(), *drop,
-        Linear(64 * q * q, hidden, pool), ReLU(hidden, pool), *drop,
+        Flatten(), *drop(),
+        Linear(64 * q * q, hidden, pool), ReLU(hidden, pool), *drop(),
         Linear(hidden, n_classes, pool), Bias(n_classes, pool),
     )
 
