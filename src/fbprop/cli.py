@@ -266,6 +266,7 @@ def _training_settings(args, base: dict) -> dict:
 def _defaults(model: str | None = None, dataset: str | None = None) -> dict:
     """The training settings a new run starts from: the generic ones, then the model's recipe for the data."""
     settings = recipe(model, dataset) if model else {}
+    settings = {k: v for k, v in settings.items() if k not in model_entry(model).options} if model else {}
     entry = OPTIMIZERS[settings.get("optimizer", "sgd")]
     return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
             "epochs": 20, "schedule": "constant", "patience": None, "seed": 0, "augment": "none",
@@ -318,6 +319,10 @@ def _new_run(args, root: bool):
     spec.setdefault("seed", 0)
     spec["val_size"] = int(val_size) if val_size >= 1 else val_size
     data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
+    options = model_entry(spec["model"]).options                 # a recipe may set the model's options (dropout)
+    for key, value in recipe(spec["model"], data.name).items():
+        if key in options and getattr(args, key, None) is None:
+            spec[key] = value
     settings = _training_settings(args, {**_defaults(spec["model"], data.name), "seed": spec["seed"]})
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,
                 normalisation=data.normalisation.as_dict(), data_checksum=checksum(data.train.x, data.train.y))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fbprop.models import ModelEntry, register_model
+from fbprop.models import MIRROR, ModelEntry, register_model
 from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, NegatedScores, random_codes
@@ -114,7 +114,7 @@ def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: i
     if n_classes < 1:
         raise ValueError(f"lenet_modern: expected n_classes >= 1, got {n_classes}")
     q = size // 4
-    def drop() -> list[Module]:                                  # a module of its own at each place: its mask is its state
+    def drop() -> list[Module]:                                  # one module per place: its mask is its state
         return [Dropout(dropout)] if dropout else []
     return ImageCascade(
         f"LeNetModern[{size}x{size}]", size, " (set size=, a multiple of 4)",
@@ -144,7 +144,16 @@ def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
                         dropout=spec.get("dropout", 0.0)), NegatedScores()
 
 
+# the recipes of bench/recipes.md: the best validation error measured on Fashion-MNIST
+FASHION_LENET5 = {"optimizer": "sdlm", "lr": 0.002, "mu": 0.02, "schedule": "cosine", "epochs": 20,
+                  "augment": "affine", "augment_args": {**MIRROR, "shift": 1.0}}
+FASHION_LENET_MODERN = {"dropout": 0.25, "optimizer": "momentum", "lr": 0.02, "momentum": 0.9,
+                        "batch_size": 64, "schedule": "cosine", "epochs": 8, "augment": "affine",
+                        "augment_args": {**MIRROR, "shift": 2.0}}
+
 register_model("lenet5", ModelEntry(_build_lenet5, {"energy": "rbf", "loss": "nll", "loss_args": {"beta": 0.1}},
-                                    help="LeNet-5 (1998): C1-S2-C3-S4-C5-F6, RBF energies"))
+                                    help="LeNet-5 (1998): C1-S2-C3-S4-C5-F6, RBF energies",
+                                    training={"fashion-mnist": FASHION_LENET5}))
 register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"energy": "scores", "loss": "nll"}, ("dropout",),
-                                          help="a small ReLU / max-pooling convnet"))
+                                          help="a small ReLU / max-pooling convnet",
+                                          training={"fashion-mnist": FASHION_LENET_MODERN}))
