@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 
 def _check_images(who: str, x: np.ndarray) -> tuple[int, ...]:
@@ -49,6 +48,8 @@ def _resample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     and no interpolation reaches into a neighbouring plane. Coordinates are float32 (exact to
     about 1e-5 pixel here), which halves the cost of the call.
     """
+    from scipy import ndimage                                    # here: `import fbprop` stays light
+
     n, c, h, w = x.shape
     coords = np.empty((2, n, c, h, w), np.float32)
     np.clip(rows[:, None], 0, h - 1, out=coords[0])
