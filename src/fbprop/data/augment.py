@@ -48,7 +48,7 @@ def _resample(x: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     and no interpolation reaches into a neighbouring plane. Coordinates are float32 (exact to
     about 1e-5 pixel here), which halves the cost of the call.
     """
-    from scipy import ndimage                                    # here: `import fbprop` stays light
+    from scipy import ndimage  # here: `import fbprop` stays light
 
     n, c, h, w = x.shape
     coords = np.empty((2, n, c, h, w), np.float32)
