@@ -322,13 +322,15 @@ def test_a_models_recipe_for_the_data_set_is_the_default_and_options_still_overr
     recipe = {"optimizer": "momentum", "lr": 0.02, "momentum": 0.8, "epochs": 2, "batch_size": 16,
               "schedule": "cosine", "augment": "affine", "augment_args": {"shift": 1.0}}
     entry = models.ModelEntry(base.build, base.defaults, base.options, "mlp with a recipe",
-                              training={"digits": {**recipe, "dropout": 0.1}, "default": {"epochs": 1}})
+                              training={"digits": {**recipe, "dropout": 0.1, "val_size": 200},
+                                        "default": {"epochs": 1}})
     monkeypatch.setitem(models.MODELS, "mlp-recipe", entry)
     assert models.recipe("mlp-recipe", "mnist") == {"epochs": 1}
     ok("train", "--model", "mlp-recipe", "--hidden", "8", "--no-plots", "--out", tmp_path / "a")
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     training = config["training"]
     assert config["model"]["dropout"] == 0.1 and "dropout" not in training      # a model option: into the spec
+    assert config["model"]["val_size"] == 200 and config["data"]["val"] == 200 and "val_size" not in training
     assert {k: training[k] for k in recipe if k != "augment_args"} == {k: v for k, v in recipe.items()
                                                                        if k != "augment_args"}
     assert training["augment_args"] == Affine(shift=1.0).args
@@ -347,7 +349,7 @@ def test_every_registered_recipe_names_known_settings():
     from fbprop import cli, models
     from fbprop.optim import OPTIMIZERS
     known = {"optimizer", "lr", "batch_size", "hessian_samples", "epochs", "schedule", "patience", "augment",
-             "augment_args"}
+             "augment_args", "val_size"}
     for name, entry in models.MODELS.items():
         for dataset, settings in entry.training.items():
             optimizer = OPTIMIZERS[settings.get("optimizer", "sgd")]
@@ -356,5 +358,5 @@ def test_every_registered_recipe_names_known_settings():
             defaults = cli._defaults(name, dataset)
             make_transform(defaults["augment"], defaults["augment_args"])
             fb.train.schedule_factor(defaults["schedule"], 0, defaults["epochs"])
-    assert models.recipe("lenet-modern", "fashion-mnist")["dropout"] == 0.25
+    assert models.recipe("lenet-modern", "fashion-mnist")["val_size"] == 0
     assert models.recipe("mlp", "digits") == {}                    # the README's first command is unchanged

@@ -47,4 +47,4 @@ def test_augment_cost_script_prints_each_distortion_against_none():
     assert p.returncode == 0, p.stderr
     rows = [line.split()[0] for line in p.stdout.splitlines()[1:]]
     assert rows == ["none", "affine", "elastic"], p.stdout
-    assert p.stdout.splitlines()[1].split()[3] == "1.00x", p.stdout
+    assert p.stdout.splitlines()[1].split()[4] == "1.00x", p.stdout

@@ -266,7 +266,8 @@ def _training_settings(args, base: dict) -> dict:
 def _defaults(model: str | None = None, dataset: str | None = None) -> dict:
     """The training settings a new run starts from: the generic ones, then the model's recipe for the data."""
     settings = recipe(model, dataset) if model else {}
-    settings = {k: v for k, v in settings.items() if k not in model_entry(model).options} if model else {}
+    spec_keys = {*model_entry(model).options, "val_size"} if model else set()
+    settings = {k: v for k, v in settings.items() if k not in spec_keys}
     entry = OPTIMIZERS[settings.get("optimizer", "sgd")]
     return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
             "epochs": 20, "schedule": "constant", "patience": None, "seed": 0, "augment": "none",
@@ -312,7 +313,8 @@ def _run_data(path: Path, spec: dict, args, limit: int | None):
 
 def _new_run(args, root: bool):
     """Data, model spec, training settings, and the claimed output directory of a new run."""
-    val_size = args.val_size if args.val_size is not None else 0.1
+    planned = recipe(args.model or "mlp", args.data or "digits")     # a recipe may hold out no validation set
+    val_size = args.val_size if args.val_size is not None else planned.get("val_size", 0.1)
     if val_size >= 1 and val_size != int(val_size):
         raise CommandError(f"--val-size: expected a fraction in [0, 1) or a whole count, got {val_size}")
     spec = _model_spec(args, default_spec(args.model or "mlp"))
