@@ -145,7 +145,7 @@ def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
 
 
 # the recipes of bench/recipes.md. On Fashion-MNIST both nets underfit in these budgets (their
-# training error stays at or above the validation error once distorted or with dropout), so the
+# training error stays close to or above the validation error once distorted or with dropout), so the
 # recipes train without either, on all 60,000 images, and keep the last epoch.
 FASHION_LENET5 = {"optimizer": "sdlm", "lr": 0.002, "mu": 0.02, "schedule": "cosine", "epochs": 20, "val_size": 0}
 FASHION_LENET_MODERN = {"optimizer": "momentum", "lr": 0.01, "momentum": 0.9, "schedule": "cosine", "epochs": 8,
