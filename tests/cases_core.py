@@ -137,6 +137,28 @@ def cascade_rbf(pool):
     return net, [rng.standard_normal((3, 4))]
 
 
+def dropout_fixed_mask(pool):
+    """A batch mask of 0 and 1/(1 − p): the function the check probes is x ↦ m ∘ x."""
+    rng = _rng("dropout")
+    m = fb.Dropout(0.5)
+    m.fix_mask(2.0 * (rng.random((4, 5)) < 0.5))
+    return m, [rng.standard_normal((4, 5))]
+
+
+def dropout_inference(pool):
+    """No generator and no fixed mask: the identity (inference)."""
+    return fb.Dropout(0.3), [_rng("dropout-inference").standard_normal((3, 4))]
+
+
+def dropout_in_a_net(pool):
+    """One sample's mask broadcast over the batch, between two trainable layers."""
+    rng = _rng("dropout-net")
+    drop = fb.Dropout(0.25)
+    drop.fix_mask(np.where(rng.random(6) < 0.25, 0.0, 4 / 3))
+    net = fb.Cascade(fb.Linear(4, 6, pool), fb.Tanh(6, pool), drop, fb.Linear(6, 3, pool))
+    return net, [rng.standard_normal((3, 4))]
+
+
 MODULE_CASES: list[tuple[str, Factory]] = [
     ("linear", linear),
     ("tanh", _squash(fb.Tanh, False, "tanh")),
@@ -159,6 +181,9 @@ MODULE_CASES: list[tuple[str, Factory]] = [
     ("cascade-lecture-2layer", lecture_2layer),
     ("cascade-shared-linear", shared_linear),
     ("cascade-rbf", cascade_rbf),
+    ("dropout-fixed-mask", dropout_fixed_mask),
+    ("dropout-inference", dropout_inference),
+    ("dropout-in-a-net", dropout_in_a_net),
 ]
 
 

@@ -47,3 +47,12 @@ def test_siamese_script_trains_and_prints_accuracy_time_and_medians():
     assert p.returncode == 0, p.stderr
     assert "digits repeat 0 fbprop   train" in p.stdout and "5-NN test accuracy" in p.stdout
     assert "digits: 1 x 2000 pairs, batch 64, 1 thread(s), medians of 1:" in p.stdout
+
+
+def test_augment_cost_script_prints_each_distortion_against_none():
+    p = _run(str(BENCH / "augment_cost.py"), "--data", "digits", "--model", "lenet-modern", "--limit", "200",
+             "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    rows = [line.split()[0] for line in p.stdout.splitlines()[1:]]
+    assert rows == ["none", "affine", "elastic"], p.stdout
+    assert p.stdout.splitlines()[1].split()[4] == "1.00x", p.stdout

@@ -127,24 +127,27 @@ LR = {"sgd": 0.05, "momentum": 0.01, "sdlm": 0.001, "batch": 0.5, "lbfgs": 1.0}
 CASES = [("sgd", 32, 0.0), ("sgd", 1, 0.0), ("sgd", 3, 1e-3), ("momentum", 7, 0.0), ("sdlm", 16, 1e-3),
          ("batch", 1, 1e-3), ("lbfgs", 1, 0.0)]
 
-def train(optimizer, batch, l2, comm, lr=None, squash="tanh", data=data):
+def train(optimizer, batch, l2, comm, lr=None, squash="tanh", data=data, transform=None):
     spec = {"model": "mlp", "hidden": [16], "squash": squash, "input_shape": [1, 8, 8], "n_classes": 10,
             "dtype": "float64", "seed": 1}
     if l2:
         spec["regularizer"] = {"kind": "l2", "lam": l2}
     m = fb.build_machine(spec)
     t = Trainer(m, data, optimizer=optimizer, lr=lr or LR[optimizer], batch_size=batch, epochs=2, seed=3,
-                hessian_samples=51, log=io.StringIO(), comm=comm, **({"max_iter": 5} if optimizer == "lbfgs" else {}))
+                hessian_samples=51, log=io.StringIO(), comm=comm, transform=transform, show_test=True,
+                **({"max_iter": 5} if optimizer == "lbfgs" else {}))
     t.fit()
     return m.pool.x.copy(), t.history
 
+AUGMENTED = [("sgd", 32, 0.0, fb.data.Affine(shift=1.0)),
+             ("sdlm", 16, 0.0, fb.data.Elastic(alpha=4.0, sigma=1.0))]
 report = {}
-for optimizer, batch, l2 in CASES:
-    x, history = train(optimizer, batch, l2, comm)
+for optimizer, batch, l2, transform in [(*case, None) for case in CASES] + AUGMENTED:
+    x, history = train(optimizer, batch, l2, comm, transform=transform)
     every = comm.gather(x, root=0)
     if comm.rank == 0:
-        x1, history1 = train(optimizer, batch, l2, None)
-        report[f"{optimizer} batch {batch}"] = {
+        x1, history1 = train(optimizer, batch, l2, None, transform=transform)
+        report[f"{optimizer} batch {batch} {transform}"] = {
             "rel": float(np.max(np.abs(x - x1)) / np.max(np.abs(x1))),
             "ranks identical": all(np.array_equal(e, x) for e in every),
             "errors": [[[h[k] for k in ("train_error", "val_error", "test_error")] for h in run]
@@ -168,14 +171,14 @@ if comm.rank == 0:
 '''
 
 
-def test_two_processes_train_the_parameters_of_one_with_every_optimizer(tmp_path):
+def test_two_processes_train_the_parameters_of_one_with_every_optimizer_and_with_distortions(tmp_path):
     script = tmp_path / "equivalence.py"
     script.write_text(EQUIVALENCE)
     p = mpirun(2, "-m", "mpi4py", script, cwd=tmp_path)         # -m mpi4py: an exception aborts, never hangs
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     diverged = [report.pop("diverged on every rank"), report.pop("diverged on one rank")]
-    assert len(report) == 7
+    assert len(report) == 9                                      # 7 optimizer cases, 2 with distortions
     for case, r in report.items():
         assert r["rel"] <= 1e-12, (case, r)
         assert r["ranks identical"], case

@@ -208,7 +208,7 @@ def test_the_final_line_names_the_epoch_whose_parameters_it_reports(tmp_path):
 
 def test_help_shows_the_new_options_and_their_defaults():
     out, _ = ok("train", "--help")
-    for text in ("--label-column", "--task", "(default: auto)", "(default: all)", "(default: 20)"):
+    for text in ("--label-column", "--task", "(default: auto)", "(default: all)", "(default: the model's, 20 for mlp)"):
         assert text in " ".join(out.split()), text
     out, _ = ok("predict", "--help")
     assert "--top-k" in out and "--proba" in out

@@ -30,14 +30,22 @@ def trainer(data, machine=None, **options) -> Trainer:
     return Trainer(machine or small_machine(), data, log=io.StringIO(), **options)
 
 
-def test_fit_logs_one_line_per_epoch_with_errors_and_no_progress_bar(digits):
+def test_fit_logs_one_line_per_epoch_with_the_validation_error_only_and_no_progress_bar(digits):
     t = trainer(digits, lr=0.05, epochs=3)
-    t.fit()
+    history = t.fit()
     lines = t.log.getvalue().splitlines()
     assert len(lines) == 3 and "\r" not in t.log.getvalue()
     for i, line in enumerate(lines, 1):
         assert line.startswith(f"epoch {i:3d} | lr 0.05 | train loss ")
-        assert "val err" in line and "test err" in line
+        assert "val err" in line and "test" not in line
+    assert all("test_error" not in r and "test_loss" not in r for r in history)     # not even computed
+
+
+def test_show_test_adds_the_test_error_to_each_epoch_for_teaching(digits):
+    t = trainer(digits, lr=0.05, epochs=2, show_test=True)
+    history = t.fit()
+    assert all("val err" in line and "test err" in line for line in t.log.getvalue().splitlines())
+    assert all(0 <= r["test_error"] <= 1 for r in history)
 
 
 def test_progress_bar_names_the_epoch_out_of_all(digits):
@@ -149,16 +157,17 @@ def test_every_optimizer_has_a_training_case():
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_trains_digits_far_below_chance(digits, name):
-    history = trainer(digits, optimizer=name, **SETTINGS[name]).fit()
-    assert history[-1]["val_error"] < 0.2 and history[-1]["test_error"] < 0.2   # chance: 0.9
+    t = trainer(digits, optimizer=name, **SETTINGS[name])
+    history = t.fit()
+    assert history[-1]["val_error"] < 0.2 and t.evaluate(digits.test).error < 0.2   # chance: 0.9
     assert history[-1]["train_loss"] < history[0]["train_loss"]
 
 
 def test_online_learning_takes_one_step_per_sample_and_learns(digits):
     t = trainer(digits, lr=0.01, batch_size=1, epochs=1)
-    history = t.fit()
+    t.fit()
     assert t.step == len(digits.train)
-    assert history[0]["test_error"] < 0.3
+    assert t.evaluate(digits.test).error < 0.3
 
 
 

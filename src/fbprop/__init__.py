@@ -27,6 +27,7 @@ from fbprop.models import build_machine, mlp, nn_2layer, nn_layer
 from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, Euclidean, NegatedScores, onehot_codes, random_codes
+from fbprop.modules.dropout import Dropout
 from fbprop.modules.join import (
     Concat,
     Copy,
@@ -52,7 +53,8 @@ from fbprop.train import Meter, Trainer, TrainingDiverged, evaluate
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "EnergyLoss", "Euclidean", "evaluate",
+    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "Dropout", "EnergyLoss", "Euclidean",
+    "evaluate",
     "Flatten", "gradcheck", "GradcheckError", "GradcheckReport", "HingeLoss", "infer", "L1", "L2",
     "lbfgs", "lenet5", "LENET5_BITMAPS", "LENET5_C3_TABLE", "lenet5_codes", "lenet5_energy",
     "lenet_modern", "Linear", "load", "Logistic", "LogLoss", "Loss", "LOSSES", "LVQ2Loss", "Machine",

@@ -23,17 +23,18 @@ import numpy as np
 
 from fbprop import __version__
 from fbprop.checkpoint import CheckpointError, check_spec, load_checkpoint
+from fbprop.data.augment import AUGMENTATIONS, make_transform
 from fbprop.data.datasets import CLASS_NAMES, DATASETS, Normalisation, load_dataset
 from fbprop.data.idx import IdxError, read_idx
 from fbprop.data.own import IMAGE_SUFFIXES, TASKS, read_images
 from fbprop.distributed import SingleProcess, checksum, world
 from fbprop.files import atomic_write
 from fbprop.losses import LOSSES
-from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec, model_entry
+from fbprop.models import ENERGIES, MODELS, SQUASHES, build_machine, default_spec, model_entry, recipe
 from fbprop.network import leaves
 from fbprop.optim import OPTIMIZERS
 from fbprop.runs import claim, new_run_dir, write_config
-from fbprop.train import SCHEDULES, Plots, Trainer, TrainingDiverged, evaluate
+from fbprop.train import SCHEDULES, DistortionSamples, Plots, Trainer, TrainingDiverged, evaluate
 from fbprop.train.extensions import strict_json
 
 # Settings a resumed run may change; every other one given again must equal the run's.
@@ -130,8 +131,11 @@ def train_options() -> dict[str, tuple]:
                                                                        "default: the loss's own)"}),
         "loss_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
                             "help": "any argument of the loss, e.g. --loss-arg gamma=2 (repeatable; default: none)"}),
-        "optimizer": ("sgd", {"choices": list(OPTIMIZERS),
-                              "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())}),
+        "dropout": (None, {"type": float, "help": "drop probability of the dropout layers of " + ", ".join(
+            k for k, e in MODELS.items() if "dropout" in e.options) + " (default: the model's)"}),
+        "optimizer": (None, {"choices": list(OPTIMIZERS),
+                             "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())
+                             + " (default: the model's recipe, sgd for mlp)"}),
         "lr": (None, {"type": _positive(float), "help": "learning rate η (default per optimizer: " + ", ".join(
             f"{k} {e.lr:g}" for k, e in OPTIMIZERS.items() if e.lr) + ")"}),
         "optimizer_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
@@ -140,9 +144,16 @@ def train_options() -> dict[str, tuple]:
         "mu": (None, {"type": _positive(float), "help": "SDLM's μ in η/(μ + h_kk) (default 0.02)"}),
         "lbfgs_iters": (None, {"type": _positive(int), "help": "L-BFGS iterations per epoch (default 20)"}),
         "hessian_samples": (500, {"type": _positive(int), "help": "samples for SDLM's Hessian estimate"}),
-        "schedule": ("constant", {"choices": list(SCHEDULES), "help": "learning-rate schedule over the epochs"}),
-        "epochs": (20, {"type": int, "help": "passes over the training set"}),
-        "batch_size": (32, {"type": _positive(int), "help": "1 is on-line learning"}),
+        "schedule": (None, {"choices": list(SCHEDULES), "help": "learning-rate schedule (default: the model's, "
+                                                                "constant for mlp)"}),
+        "epochs": (None, {"type": int, "help": "passes over the training set (default: the model's, 20 for mlp)"}),
+        "batch_size": (None, {"type": _positive(int), "help": "1 is on-line learning (default: the model's, 32 "
+                                                              "for mlp)"}),
+        "augment": (None, {"choices": ["none", *AUGMENTATIONS], "help": "distort each training batch: affine "
+                                     "(LeCun et al. 1998: shift, scale, squeeze, shear) or elastic (Simard et al. "
+                                     "2003) (default: the model's, none for mlp)"}),
+        "augment_arg": (None, {"type": _key_value, "action": "append", "metavar": "NAME=VALUE",
+                               "help": "a parameter of the distortion, e.g. alpha=34 (repeatable; default: none)"}),
         "l2": (0.0, {"type": float, "help": "λ of the L2 regularizer ½‖W‖²"}),
         "l1": (0.0, {"type": float, "help": "λ of the L1 regularizer ‖W‖₁"}),
         "val_size": (0.1, {"type": float, "help": "validation fraction (or count) of the training set"}),
@@ -174,6 +185,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "(config.json); options given again must equal the run's, except "
                         + ", ".join(f"--{k}" for k in RESUMABLE) + " (default: a new run)")
     t.add_argument("--no-plots", action="store_true", help="skip the PNG plots (default: write them)")
+    t.add_argument("--show-test", action="store_true",
+                   help="also evaluate, log and plot the test error after each epoch (for teaching: choosing a "
+                        "model or an epoch by it makes the final test error optimistic); by default the test set "
+                        "is used once, at the end")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal)")
     t.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=None,
@@ -271,7 +286,7 @@ def _model_spec(args, base: dict) -> dict:
     """The model spec: `base` with the model options given on the command line applied."""
     spec = dict(base)
     entry = model_entry(spec["model"])
-    for key in ("hidden", "squash"):
+    for key in ("hidden", "squash", "dropout"):
         if getattr(args, key) is not None:
             if key not in entry.options:
                 owners = ", ".join(k for k, e in MODELS.items() if key in e.options)
@@ -320,15 +335,29 @@ def _training_settings(args, base: dict) -> dict:
     for key in ("batch_size", "hessian_samples", "epochs", "schedule", "patience", "seed"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    settings.setdefault("augment", "none")                       # runs saved before augmentation existed
+    settings.setdefault("augment_args", {})
+    if args.augment is not None and args.augment != settings["augment"]:
+        settings["augment"], settings["augment_args"] = args.augment, {}   # another distortion: its own defaults
+    if args.augment_arg:
+        settings["augment_args"] = {**settings["augment_args"], **dict(args.augment_arg)}
+    transform = make_transform(settings["augment"], settings["augment_args"])   # checks names and values
+    if transform is not None:
+        settings["augment_args"] = transform.args                # every parameter recorded, defaults included
     if settings["epochs"] < 0:
         raise CommandError(f"--epochs: expected a count >= 0, got {settings['epochs']}")
     return settings
 
 
-def _defaults() -> dict:
-    entry = OPTIMIZERS["sgd"]
+def _defaults(model: str | None = None, dataset: str | None = None) -> dict:
+    """The training settings a new run starts from: the generic ones, then the model's recipe for the data."""
+    settings = recipe(model, dataset) if model else {}
+    spec_keys = {*model_entry(model).options, "val_size"} if model else set()
+    settings = {k: v for k, v in settings.items() if k not in spec_keys}
+    entry = OPTIMIZERS[settings.get("optimizer", "sgd")]
     return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
-            "epochs": 20, "schedule": "constant", "patience": None, "seed": 0}
+            "epochs": 20, "schedule": "constant", "patience": None, "seed": 0, "augment": "none",
+            "augment_args": {}, **settings}
 
 
 def _refuse_changes(what: str, run: dict, now: dict, allowed: tuple[str, ...] = ()) -> dict:
@@ -373,14 +402,19 @@ def _run_data(path: Path, spec: dict, args, limit: int | None):
 
 def _new_run(args, root: bool):
     """Data, model spec, training settings, and the claimed output directory of a new run."""
-    val_size = args.val_size if args.val_size is not None else 0.1
+    planned = recipe(args.model or "mlp", args.data or "digits")     # a recipe may hold out no validation set
+    val_size = args.val_size if args.val_size is not None else planned.get("val_size", 0.1)
     if val_size >= 1 and val_size != int(val_size):
         raise CommandError(f"--val-size: expected a fraction in [0, 1) or a whole count, got {val_size}")
     spec = _model_spec(args, default_spec(args.model or "mlp"))
     spec.setdefault("seed", 0)
     spec["val_size"] = int(val_size) if val_size >= 1 else val_size
-    settings = _training_settings(args, {**_defaults(), "seed": spec["seed"]})
     data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
+    options = model_entry(spec["model"]).options                 # a recipe may set the model's options (dropout)
+    for key, value in recipe(spec["model"], data.name).items():
+        if key in options and getattr(args, key, None) is None:
+            spec[key] = value
+    settings = _training_settings(args, {**_defaults(spec["model"], data.name), "seed": spec["seed"]})
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,
                 normalisation=data.normalisation.as_dict(), data_checksum=checksum(data.train.x, data.train.y),
                 task=data.task)
@@ -417,6 +451,7 @@ def _resumed_run(args, resume: Path, parallel):
     spec, state = parallel.share(_read_resume(resume) if parallel.is_root else None)   # rank 0 reads
     run_settings = state.get("settings") or {**_defaults(), "optimizer": state.get("optimizer", "sgd"),
                                              "lr": state.get("lr"), "seed": spec.get("seed", 0)}
+    run_settings = {"augment": "none", "augment_args": {}, **run_settings}   # a run without distortions
     _refuse_changes("model setting", spec, {**_model_spec(args, spec)})
     given = {"dataset": args.data, "limit": args.limit, "val_size": args.val_size}
     for key, value in given.items():
@@ -454,12 +489,18 @@ def cmd_train(args) -> int:
     machine = build_machine(spec)
     takes = OPTIMIZERS[settings["optimizer"]].options
     options = {k: v for k, v in settings.items() if k in takes}
+    transform = make_transform(settings.get("augment"), settings.get("augment_args"))
+    if transform is not None and OPTIMIZERS[settings["optimizer"]].updater != "minibatch":
+        raise CommandError(f"--augment: {settings['optimizer']} trains on the fixed full training set; distortions "
+                           "need a mini-batch optimizer (sgd, momentum, sdlm)")
     extensions = [] if args.no_plots else [Plots(out, f"{spec['model']} on {data.name}")]
+    if transform is not None and not args.no_plots:
+        extensions.append(DistortionSamples(out, transform, data.train.x[:8]))
     trainer = Trainer(machine, data, optimizer=settings["optimizer"], lr=settings["lr"],
                       batch_size=settings["batch_size"], epochs=settings["epochs"], schedule=settings["schedule"],
                       patience=settings["patience"], seed=settings["seed"], hessian_samples=settings["hessian_samples"],
-                      out_dir=out, progress=args.progress, extensions=extensions,
-                      comm=getattr(parallel, "comm", None), **options)
+                      transform=transform, show_test=args.show_test, out_dir=out, progress=args.progress,
+                      extensions=extensions, comm=getattr(parallel, "comm", None), **options)
     if args.resume and resume.exists():
         trainer.resume(resume)
     if root:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
 from fbprop.distributed import SingleProcess
 from fbprop.losses import Loss, Regularizer, infer
 from fbprop.module import Cascade, Module
-from fbprop.network import Network, short_name
+from fbprop.network import Network, leaves, short_name
 from fbprop.params import ParamPool
 from fbprop.state import State
 
@@ -111,6 +113,26 @@ class Machine:
         if parts and parts[0] is None:
             raise ValueError(f"Machine: {self.loss!r} gives no discrete answers to predict")
         return np.concatenate(parts) if parts else np.zeros(0, np.intp)
+
+    @contextmanager
+    def noise(self, rng: np.random.Generator) -> Iterator[None]:
+        """Training mode for the span of the block: each stochastic module (Dropout: `stochastic`
+        True) draws its noise from a generator seeded from `rng` (one draw; per process under MPI,
+        so ranks do not repeat each other's masks). Outside any such block they are deterministic
+        (inference), so predict and evaluation need no switch. Nothing is drawn from `rng` for a
+        machine without stochastic modules."""
+        noisy = [m for m in leaves(self.network) if getattr(m, "stochastic", False)]
+        if not noisy:
+            yield
+            return
+        child = np.random.default_rng([int(rng.integers(2**63)), self.reducer.rank])
+        for m in noisy:
+            m.rng = child
+        try:
+            yield
+        finally:
+            for m in noisy:
+                m.rng = None
 
     # backward -----------------------------------------------------------------------------
     def _sweep(self, method: str, slot: str) -> None:

@@ -21,6 +21,7 @@ from fbprop.losses import L1, L2, LOSSES, Loss
 from fbprop.machine import Machine
 from fbprop.module import Cascade, Module
 from fbprop.modules.distance import RBF, Euclidean, NegatedScores, onehot_codes
+from fbprop.modules.dropout import Dropout
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten
 from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Tanh
@@ -33,15 +34,27 @@ ENERGIES = ("scores", "rbf")
 @dataclass(frozen=True)
 class ModelEntry:
     """build(spec, pool) -> (net, energy); `defaults` are the spec's defaults (its options, energy,
-    loss, loss_args); `options` are the spec keys a user may set beyond energy and loss."""
+    loss, loss_args); `options` are the spec keys a user may set beyond energy and loss;
+    `training` holds the model's recipes, the training settings `fbprop train --model M` starts
+    from (optimizer, lr, the optimizer's options, batch_size, epochs, schedule, augment,
+    augment_args; and, going into the spec, any of the model's `options`, e.g. dropout, and
+    val_size), by data set name, "default" for the others (see `recipe`)."""
 
     build: Callable[[dict, ParamPool], tuple[Module, Module]]
     defaults: dict = field(default_factory=dict)
     options: tuple[str, ...] = ()
     help: str = ""
+    training: dict = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelEntry] = {}
+
+
+def recipe(model: str, dataset: str | None = None) -> dict:
+    """The training settings model `model` starts from on `dataset`: its recipe for that data set,
+    else its "default" one, else {} (the generic settings of `fbprop train`)."""
+    training = model_entry(model).training
+    return dict(training.get(dataset, training.get("default", {})))
 
 
 def register_model(name: str, entry: ModelEntry) -> None:
@@ -95,13 +108,22 @@ def _build_mlp(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
     hidden = spec.get("hidden", []) if spec["model"] == "mlp" else []
     sizes = [math.prod(spec["input_shape"]), *hidden, int(spec["n_classes"])]
     check_size(spec, sum(a * b + b for a, b in zip(sizes, sizes[1:])))
-    net = Cascade(Flatten(), mlp(sizes, pool, squash, squash_output=spec.get("energy") == "rbf"))
-    return net, output_energy(spec, pool)
+    net = mlp(sizes, pool, squash, squash_output=spec.get("energy") == "rbf")
+    p = spec.get("dropout", 0.0)
+    if p:                                                        # dropout on each hidden layer's output
+        net = Cascade(*[m for layer in net.modules[:-1] for m in (layer, Dropout(p))], net.modules[-1])
+    return Cascade(Flatten(), net), output_energy(spec, pool)
 
+
+# the recipes of bench/recipes.md: the best validation error measured, on Fashion-MNIST
+MIRROR = {"shift": 0.0, "scale": 0.0, "squeeze": 0.0, "shear": 0.0, "flip": 0.5}
+FASHION_MLP = {"optimizer": "momentum", "lr": 0.01, "momentum": 0.9, "schedule": "cosine", "epochs": 40,
+               "augment": "affine", "augment_args": MIRROR}
 
 register_model("mlp", ModelEntry(_build_mlp, {"hidden": [300, 100], "squash": "tanh", "energy": "scores",
-                                              "loss": "nll"}, ("hidden", "squash"),
-                                 "the lecture's multi-layer net of nn-layers"))
+                                              "loss": "nll"}, ("hidden", "squash", "dropout"),
+                                 "the lecture's multi-layer net of nn-layers",
+                                 training={"fashion-mnist": FASHION_MLP}))
 register_model("linear", ModelEntry(_build_mlp, {"energy": "scores", "loss": "nll"}, (),
                                     "one linear layer with bias"))
 

@@ -68,3 +68,23 @@ def plot_confusion(confusion: np.ndarray, path: str | Path, title: str = "", lab
         ax.set(xlabel="answer", ylabel="true class", title=name)
     fig.suptitle(title or "confusion matrix")
     _save(fig, Path(path))
+
+
+def plot_distortions(originals: np.ndarray, distorted: list[np.ndarray], path: str | Path, title: str = "") -> None:
+    """A grid of images: the originals (n, c, h, w) in the first row, each of `distorted` (same
+    shape) in a row below, one column per sample (the first channel shown, grey scale)."""
+    rows = [originals, *distorted]
+    n = len(originals)
+    fig = _figure((1.1 * n, 1.2 * len(rows)))
+    axes = np.asarray(fig.subplots(len(rows), n, squeeze=False))
+    low, high = float(originals.min()), float(originals.max())
+    for i, images in enumerate(rows):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(images[j, 0], cmap="gray_r", vmin=low, vmax=high, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[i, 0].set_ylabel("original" if i == 0 else f"distorted {i}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, Path(path))

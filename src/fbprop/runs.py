@@ -41,7 +41,7 @@ def claim(out: Path, config: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.link(temp, out / "config.json")                       # atomic, and fails when another run has it
-    except FileExistsError:
+    except (FileExistsError, FileNotFoundError):                 # not found: the run that won removed our temp file
         raise RunExists(f"{out} already holds a run (another process claimed it); choose another --out") from None
     finally:
         temp.unlink(missing_ok=True)

@@ -249,6 +249,23 @@ def strict_json(value):
     return value
 
 
+class DistortionSamples(Extension):
+    """out_dir/distortions.png when training starts: `samples` (n, c, h, w) in the first row and
+    `rows` distorted copies by `transform` below, drawn from a generator of the trainer's seed
+    (the training batches' own distortions are not disturbed)."""
+
+    def __init__(self, out_dir: str | Path, transform: Callable, samples: np.ndarray, rows: int = 3) -> None:
+        self.out_dir, self.transform, self.samples, self.rows = Path(out_dir), transform, samples, rows
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.is_root and trainer.epoch == 0:
+            from fbprop.plots import plot_distortions
+            rng = np.random.default_rng([trainer.seed, 1998])
+            distorted = [self.transform(self.samples, rng) for _ in range(self.rows)]
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            plot_distortions(self.samples, distorted, self.out_dir / "distortions.png", repr(self.transform))
+
+
 def _finite_or_none(v: float) -> float | None:
     return v if math.isfinite(v) else None                       # strict JSON has no Infinity
 

@@ -30,7 +30,10 @@ class Trainer:
     optimizer: a name of `fbprop.optim.OPTIMIZERS` ("sgd" — on-line when batch_size is 1 —,
     "momentum", "sdlm", "batch", "lbfgs", …) with its options as keywords (momentum=…, mu=…,
     max_iter=…), or an Optimizer on the machine's pool. lr None takes the optimizer's default.
-    Each epoch the updater trains on data.train; then val and test are evaluated, and the
+    `transform(x, rng) -> x'`, e.g. `fbprop.data.Affine()`, distorts each training batch (data
+    augmentation; mini-batch optimizers only). Each epoch the updater trains on data.train; then
+    val is evaluated (and test, only with `show_test`: for teaching, since choosing a model by its
+    test error makes that error optimistic), and the
     extensions run: the log line (or a progress bar), best parameters and early stopping after
     `patience` epochs without a better validation error, and with `out_dir` checkpoint.npz,
     best.npz, metrics.json and metrics.csv; then `callbacks` (fn(trainer, record)) and `extensions`.
@@ -44,7 +47,7 @@ class Trainer:
     def __init__(self, machine: Machine, data: Dataset, *, optimizer: str | Optimizer = "sgd", lr: float | None = None,
                  batch_size: int = 32, epochs: int = 10, schedule: str = "constant", patience: int | None = None,
                  seed: int = 0, hessian_samples: int = 500, transform: Transform | None = None,
-                 out_dir: str | Path | None = None, callbacks: Sequence[Callable] = (),
+                 show_test: bool = False, out_dir: str | Path | None = None, callbacks: Sequence[Callable] = (),
                  extensions: Sequence[ext.Extension] = (), progress: bool | None = None, log: TextIO | None = None,
                  comm: MPI.Comm | None = None, **options) -> None:
         if not (isinstance(epochs, int) and epochs >= 0):
@@ -61,7 +64,7 @@ class Trainer:
         self.lr = self.optimizer.lr
         self.updater = UPDATERS[updater](batch_size, hessian_samples, transform)
         self.batch_size, self.epochs, self.schedule, self.seed = batch_size, epochs, schedule, seed
-        self.hessian_samples = hessian_samples
+        self.hessian_samples, self.transform, self.show_test = hessian_samples, transform, show_test
         self.log = log if log is not None else sys.stderr
         self.is_root = self.machine.reducer.is_root
         self.best = ext.BestParams(patience)
@@ -77,7 +80,7 @@ class Trainer:
         """Every setting that decides the parameters this trainer ends with (checkpoints record them)."""
         return {"optimizer": self.optimizer_name, "lr": self.lr, **self.options, "batch_size": self.batch_size,
                 "hessian_samples": self.hessian_samples, "epochs": self.epochs, "schedule": self.schedule,
-                "patience": self.best.patience, "seed": self.seed}
+                "patience": self.best.patience, "seed": self.seed, **augment_settings(self.transform)}
 
     # the loop -----------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -93,7 +96,7 @@ class Trainer:
                     train = self.updater.epoch(self, np.random.default_rng([self.seed, self.epoch]))
                 record = {"epoch": self.epoch + 1, "lr": self.optimizer.lr,
                           "seconds": round(time.perf_counter() - start, 3), **_record("train", train)}
-                for name in ("val", "test"):
+                for name in ("val", "test") if self.show_test else ("val",):
                     split = getattr(self.data, name)
                     if len(split):
                         record.update(_record(name, self.evaluate(split)))
@@ -129,6 +132,15 @@ class Trainer:
         """Continue from a checkpoint.npz (or its run directory): parameters, optimizer slots, epoch,
         history and the extensions' state. With several processes the first reads and sends."""
         ext.resume_run(self, path)
+
+
+def augment_settings(transform: Transform | None) -> dict:
+    """{"augment": name, "augment_args": {...}} of a named transform (fbprop.data.augment), {} for none;
+    a user's own function is named by its repr (it cannot be rebuilt from a checkpoint)."""
+    if transform is None:
+        return {}
+    name = getattr(transform, "name", repr(transform))
+    return {"augment": name, "augment_args": dict(getattr(transform, "args", {}))}
 
 
 def _record(name: str, meter: Meter) -> dict:

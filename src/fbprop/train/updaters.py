@@ -63,18 +63,19 @@ class MiniBatch(Updater):
             m.curvature(train.x[idx], train.y[idx])
             opt.update_hessian(gamma=1.0)                        # h_kk from this epoch's sample
         meter = Meter(trainer.data.n_classes)
-        for x, y in batches(train, self.batch_size, rng):
-            if self.transform is not None:
-                x = self.transform(x, rng)
-            loss = m.gradient(x, y)
-            if not math.isfinite(loss):
-                raise diverged(trainer, "mini-batch loss", x)
-            opt.step()
-            trainer.step += 1
-            part = m.reducer.part(len(y))
-            if part.stop > part.start:
-                meter.add_batch(m, y[part])
-            trainer.batch_end(len(x))
+        with m.noise(rng):                                       # dropout masks while training, not after
+            for x, y in batches(train, self.batch_size, rng):
+                if self.transform is not None:                   # the global batch, the same rng on every rank
+                    x = self.transform(x, rng)
+                loss = m.gradient(x, y)
+                if not math.isfinite(loss):
+                    raise diverged(trainer, "mini-batch loss", x)
+                opt.step()
+                trainer.step += 1
+                part = m.reducer.part(len(y))
+                if part.stop > part.start:
+                    meter.add_batch(m, y[part])
+                trainer.batch_end(len(x))
         return meter.summed(m)
 
 
