@@ -237,7 +237,26 @@ def _huge_header_npy(tmp_path: Path) -> Path:
     return path
 
 
+def _gz_idx_claiming_2gb(tmp_path: Path) -> Path:
+    """A data directory whose training images are a ~1 MB gzip whose IDX header announces 2 GB."""
+    import gzip
+    d = tmp_path / "bomb-data"
+    d.mkdir()
+    n = (2 << 30) // (28 * 28)
+    with gzip.open(d / "train-images-idx3-ubyte.gz", "wb", compresslevel=9) as f:
+        f.write(bytes([0, 0, 8, 3]) + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+        f.write(bytes(1 << 30))                                  # 1 GiB of zeros compresses to ~1 MB
+    for name, count in (("train-labels-idx1-ubyte", n), ("t10k-labels-idx1-ubyte", 1)):
+        with open(d / name, "wb") as f:
+            f.write(bytes([0, 0, 8, 1]) + count.to_bytes(4, "big"))
+    with open(d / "t10k-images-idx3-ubyte", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + (1).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(784))
+    return d
+
+
 BOMBS = {
+    "gzip IDX claiming 2 GB": (lambda d: ("train", "--data", _gz_idx_claiming_2gb(d), "--out", d / "g"),
+                               "the gzip file can inflate to at most"),
     "zip-bomb checkpoint": (lambda d: ("eval", _bomb_checkpoint(d)), "compressed members are refused"),
     "npy header claiming 2^40 images": (lambda d: ("predict", d / "run", _huge_header_npy(d)), "not a readable .npy"),
     "hidden 100000,100000": (lambda d: ("train", "--hidden", "100000,100000", "--out", d / "h"), "GiB"),
