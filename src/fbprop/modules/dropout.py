@@ -27,13 +27,18 @@ class Dropout(Module):
 
     stochastic = True                                            # Machine.noise hands it a generator
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, mask: np.ndarray | list | None = None) -> None:
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ValueError(f"Dropout: expected a drop probability p in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng: np.random.Generator | None = None
         self.fixed: np.ndarray | None = None
         self.mask: np.ndarray | None = None                      # of the last fprop; None: the identity
+        self.fix_mask(mask)
+
+    def init_args(self) -> dict:
+        """For fbprop.serialize: p, and a fixed mask where one is set."""
+        return {"p": self.p, "mask": None if self.fixed is None else self.fixed.tolist()}
 
     def fix_mask(self, mask: np.ndarray | None) -> None:
         """Use `mask` (one sample's or a batch's shape, broadcast over the batch) at every fprop; None frees it."""
