@@ -18,3 +18,13 @@ try:
     threadpool_limits(1)
 except ImportError:  # threadpoolctl comes with scikit-learn; without it numpy keeps its default
     pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """500 training digits (test modules with other needs define their own `digits`)."""
+    from fbprop.data import load_dataset
+    return load_dataset("digits", limit=500)

@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import pytest
 
-import fbprop as fb
 from fbprop.checkpoint import load_checkpoint
-from fbprop.data import load_dataset
 from fbprop.network import leaves
 from fbprop.optim import OPTIMIZERS
-from fbprop.train import Trainer, TrainingDiverged
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", limit=500)
-
-
-def small_machine(seed: int = 0, **spec) -> fb.Machine:
-    return fb.build_machine({"model": "mlp", "hidden": [16], "input_shape": [1, 8, 8], "n_classes": 10,
-                             "seed": seed, **spec})
-
-
-def trainer(data, machine=None, **options) -> Trainer:
-    return Trainer(machine or small_machine(), data, log=io.StringIO(), **options)
+from fbprop.train import TrainingDiverged
+from training import small_machine, trainer
 
 
 def test_fit_logs_one_line_per_epoch_with_the_validation_error_only_and_no_progress_bar(digits):

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import pytest
 
-import fbprop as fb
-from fbprop.data import load_dataset
-from fbprop.train import Meter, Trainer, evaluate
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", limit=500)
-
-
-def small_machine(seed: int = 0, **spec) -> fb.Machine:
-    return fb.build_machine({"model": "mlp", "hidden": [16], "input_shape": [1, 8, 8], "n_classes": 10,
-                             "seed": seed, **spec})
-
-
-def trainer(data, machine=None, **options) -> Trainer:
-    return Trainer(machine or small_machine(), data, log=io.StringIO(), **options)
+from fbprop.train import Meter, evaluate
+from training import small_machine
 
 
 def test_meter_mean_loss_error_rate_and_confusion_match_hand_counts():

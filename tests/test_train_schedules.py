@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 
-import fbprop as fb
-from fbprop.data import load_dataset
-from fbprop.train import LENET_FACTORS, Trainer, schedule_factor
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", limit=500)
-
-
-def small_machine(seed: int = 0, **spec) -> fb.Machine:
-    return fb.build_machine({"model": "mlp", "hidden": [16], "input_shape": [1, 8, 8], "n_classes": 10,
-                             "seed": seed, **spec})
-
-
-def trainer(data, machine=None, **options) -> Trainer:
-    return Trainer(machine or small_machine(), data, log=io.StringIO(), **options)
+from fbprop.train import LENET_FACTORS, schedule_factor
+from training import trainer
 
 
 def test_lenet_schedule_follows_the_1998_paper_then_stays_at_one_fiftieth():
