@@ -158,12 +158,15 @@ class Machine:
         self.bprop()
         return float(self.losses.x.sum())
 
-    def _accumulate_part(self, x: np.ndarray, y: np.ndarray, weight: float, batch_size: int | None = None) -> float:
-        """`accumulate` over this process's part of (x, y), in batches of `batch_size`; Σ_i L_i of that part."""
+    def _accumulate_part(self, x: np.ndarray, y: np.ndarray, weight: float,
+                         batch_size: int | None = None) -> tuple[float, int]:
+        """`accumulate` over this process's part of (x, y), in batches of `batch_size` (one batch
+        when None); returns (Σ_i L_i of that part, its number of samples)."""
         part = self.reducer.part(len(x))
         x, y = x[part], y[part]
         step = batch_size or max(len(x), 1)
-        return sum((self.accumulate(x[i:i + step], y[i:i + step], weight) for i in range(0, len(x), step)), 0.0)
+        total = sum((self.accumulate(x[i:i + step], y[i:i + step], weight) for i in range(0, len(x), step)), 0.0)
+        return total, len(x)
 
     def _summed_dx(self, total: float) -> float:
         """pool.dx ← Σ over processes; NaN on every process when any process's total is not finite."""
@@ -178,25 +181,23 @@ class Machine:
         NaN when any process's loss is not finite.
         """
         self.pool.clear_dx()
-        total = self._summed_dx(self._accumulate_part(x, y, 1.0 / len(x)))
+        total, count = self._accumulate_part(x, y, 1.0 / len(x))
+        total = self._summed_dx(total)
         if self.regularizer is not None:
             self.regularizer.bprop(self.pool, 1.0 / self.n_train)
-        part = self.reducer.part(len(x))
-        return total / max(part.stop - part.start, 1)
+        return total / max(count, 1)
 
     def curvature(self, x: np.ndarray, y: np.ndarray) -> float:
         """pool.ddx ← Gauss-Newton diagonal of the same objective as `gradient`; dx is left as the local part's."""
         self.pool.clear_dx()
         self.pool.clear_ddx()
-        part = self.reducer.part(len(x))
-        total = 0.0
-        if part.stop > part.start:
-            total = self.accumulate(x[part], y[part], 1.0 / len(x))   # the fprop and ∂objective/∂L_i bbprop reads
+        total, count = self._accumulate_part(x, y, 1.0 / len(x))      # one batch: the fprop bbprop reads
+        if count:
             self.bbprop()
         self.reducer.sum(self.pool.ddx)
         if self.regularizer is not None:
             self.regularizer.bbprop(self.pool, 1.0 / self.n_train)
-        return total / max(part.stop - part.start, 1)
+        return total / max(count, 1)
 
     def full_gradient(self, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
         """The lecture's batch gradient: pool.dx ← (1/P)[Σ_i ∂L_i/∂W + λ ∂H/∂W] over all of x.
@@ -205,7 +206,7 @@ class Machine:
         """
         p = len(x)
         self.pool.clear_dx()
-        total = np.array([self._accumulate_part(x, y, 1.0 / p, batch_size)])
+        total = np.array([self._accumulate_part(x, y, 1.0 / p, batch_size)[0]])
         self.reducer.sum(self.pool.dx)
         value = float(self.reducer.sum(total)[0])
         if self.regularizer is not None:

@@ -28,9 +28,7 @@ class Sum(Module):
     """y = x_1 + … + x_n, states of one shape. Wiring: 'a, b, … -> y'."""
 
     def __init__(self, n: int = 2) -> None:
-        if int(n) != n or n < 1:
-            raise ValueError(f"Sum: expected n >= 1 inputs, got {n}")
-        self.n_inputs = int(n)
+        self.n_inputs = _count("Sum", n, "n", "inputs")
 
     def init_args(self) -> dict:
         return {"n": self.n_inputs}
@@ -111,9 +109,7 @@ class Copy(Module):
     """y_1 = … = y_k = x: the identity (k = 1) or an explicit fan-out into k states. Wiring: 'x -> y1, …'."""
 
     def __init__(self, k: int = 1) -> None:
-        if int(k) != k or k < 1:
-            raise ValueError(f"Copy: expected k >= 1 outputs, got {k}")
-        self.n_outputs = int(k)
+        self.n_outputs = _count("Copy", k, "k", "outputs")
 
     def init_args(self) -> dict:
         return {"k": self.n_outputs}
@@ -136,6 +132,12 @@ class Copy(Module):
         return f"Copy({self.n_outputs})" if self.n_outputs > 1 else "Copy()"
 
 
+def _count(who: str, n: int, name: str, what: str) -> int:
+    if int(n) != n or n < 1:
+        raise ValueError(f"{who}: expected {name} >= 1 {what}, got {n}")
+    return int(n)
+
+
 def _axis(who: str, axis: int) -> int:
     if int(axis) != axis or axis < 1:
         raise ValueError(f"{who}: expected an axis >= 1 (axis 0 is the batch), got {axis}")
@@ -146,9 +148,7 @@ class Concat(Module):
     """y = [x_1, …, x_n] joined along `axis` (≥ 1; axis 0 is the batch). Wiring: 'a, b, … -> y'."""
 
     def __init__(self, n: int = 2, axis: int = 1) -> None:
-        if int(n) != n or n < 1:
-            raise ValueError(f"Concat: expected n >= 1 inputs, got {n}")
-        self.n_inputs, self.axis = int(n), _axis("Concat", axis)
+        self.n_inputs, self.axis = _count("Concat", n, "n", "inputs"), _axis("Concat", axis)
 
     def _cuts(self, inputs: tuple[State, ...]) -> list[slice]:
         ax, first = self.axis, inputs[0].x

@@ -158,7 +158,7 @@ class BestParams(Extension):
         return True
 
     def state(self) -> dict:
-        return {"error": _finite_or_none(self.error), "loss": _finite_or_none(self.loss), "stale": self.stale,
+        return {"error": strict_json(self.error), "loss": strict_json(self.loss), "stale": self.stale,
                 "epoch": self.epoch}
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -264,10 +264,6 @@ class DistortionSamples(Extension):
             distorted = [self.transform(self.samples, rng) for _ in range(self.rows)]
             self.out_dir.mkdir(parents=True, exist_ok=True)
             plot_distortions(self.samples, distorted, self.out_dir / "distortions.png", repr(self.transform))
-
-
-def _finite_or_none(v: float) -> float | None:
-    return v if math.isfinite(v) else None                       # strict JSON has no Infinity
 
 
 def _or_inf(v) -> float:

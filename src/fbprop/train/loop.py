@@ -70,7 +70,6 @@ class Trainer:
         self.best = ext.BestParams(patience)
         self.extensions = [*ext.standard(self.log, self.best, out_dir, progress), *map(ext.Callback, callbacks),
                            *extensions]
-        self.out_dir = Path(out_dir) if out_dir is not None else None
         self.history: list[dict] = []
         self.epoch = self.step = 0
         self.stop: str | None = None
