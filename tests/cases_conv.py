@@ -34,6 +34,25 @@ def _cascade(pool):
     return net, [_images(2, 1, 6, 6)]
 
 
+def _group_norm(channels, groups, shape, seed):
+    """γ and β moved off 1 and 0, so their gradients and the input's are not the trivial ones."""
+    def factory(pool):
+        m = fb.GroupNorm(channels, groups, pool)
+        rng = np.random.default_rng(seed)
+        m.gamma.x[:] = rng.uniform(0.5, 1.5, channels)
+        m.beta.x[:] = rng.standard_normal(channels)
+        return m, [_images(*shape, seed=seed)]
+    return factory
+
+
+def _group_norm_net(pool):
+    """Conv - GroupNorm - ReLU - Linear: the normalisation between two trainable layers."""
+    norm = fb.GroupNorm(4, 2, pool)
+    net = fb.Cascade(fb.Conv2d(1, 4, 3, pool), norm, fb.ReLU(), fb.Flatten(), fb.Linear(16, 3, pool))
+    norm.beta.x[:] = [0.3, -0.2, 0.1, 0.5]                       # keep ReLU's kinks away from the probes
+    return net, [_images(2, 1, 4, 4, seed=7)]
+
+
 def _image_cascade(pool):
     net = ImageCascade("tiny", 4, "",                           # checks (n, 1, 4, 4), then pads to 6x6
                        fb.Pad(1), fb.Conv2d(1, 2, 3, pool, stride=2), fb.Flatten(), fb.Linear(8, 2, pool))
@@ -52,6 +71,11 @@ CASES = [
     ("Flatten", lambda pool: (fb.Flatten(), [_images(2, 2, 3, 3)])),
     ("Reshape", lambda pool: (fb.Reshape(2, 3, 3), [_images(2, 18)])),
     ("Pad", lambda pool: (fb.Pad(2), [_images(2, 2, 3, 3)])),
+    ("GroupNorm 2 groups of maps", _group_norm(4, 2, (3, 4, 3, 3), 3)),
+    ("GroupNorm 1 group (layer norm)", _group_norm(3, 1, (2, 3, 2, 2), 4)),
+    ("GroupNorm a group per map", _group_norm(3, 3, (2, 3, 2, 3), 5)),
+    ("GroupNorm features", _group_norm(6, 2, (3, 6), 6)),
+    ("Cascade conv-groupnorm-relu-flatten-linear", _group_norm_net),
     ("Cascade conv-tanh-subsampling-flatten-linear", _cascade),
     ("ImageCascade pad-conv-flatten-linear", _image_cascade),
 ]

@@ -39,6 +39,7 @@ SPECS = [
     {"model": "lenet5", "input_shape": [1, 28, 28]},
     {"model": "lenet5", "input_shape": [1, 8, 8], "energy": "scores", "dtype": "float64"},
     {"model": "lenet-modern", "input_shape": [1, 8, 8], "regularizer": {"kind": "l1", "lam": 0.01}},
+    {"model": "lenet-modern", "input_shape": [1, 8, 8], "norm_groups": 4},
 ]
 
 

@@ -28,6 +28,7 @@ from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, Euclidean, NegatedScores, onehot_codes, random_codes
 from fbprop.modules.dropout import Dropout
+from fbprop.modules.norm import GroupNorm
 from fbprop.modules.join import (
     Concat,
     Copy,
@@ -53,7 +54,7 @@ from fbprop.train import Meter, Trainer, TrainingDiverged, evaluate
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "Dropout", "EnergyLoss", "Euclidean",
+    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "Dropout", "EnergyLoss", "GroupNorm", "Euclidean",
     "evaluate",
     "Flatten", "gradcheck", "GradcheckError", "GradcheckReport", "HingeLoss", "infer", "L1", "L2",
     "lbfgs", "lenet5", "LENET5_BITMAPS", "LENET5_C3_TABLE", "lenet5_codes", "lenet5_energy",

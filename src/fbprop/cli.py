@@ -133,6 +133,9 @@ def train_options() -> dict[str, tuple]:
                             "help": "any argument of the loss, e.g. --loss-arg gamma=2 (repeatable; default: none)"}),
         "dropout": (None, {"type": float, "help": "drop probability of the dropout layers of " + ", ".join(
             k for k, e in MODELS.items() if "dropout" in e.options) + " (default: the model's)"}),
+        "norm_groups": (None, {"type": int, "metavar": "G", "help": "group normalisation after each convolution of "
+                               + ", ".join(k for k, e in MODELS.items() if "norm_groups" in e.options)
+                               + ", G groups of maps (0: none; default: the model's)"}),
         "optimizer": (None, {"choices": list(OPTIMIZERS),
                              "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())
                              + " (default: the model's recipe, sgd for mlp)"}),
@@ -286,7 +289,7 @@ def _model_spec(args, base: dict) -> dict:
     """The model spec: `base` with the model options given on the command line applied."""
     spec = dict(base)
     entry = model_entry(spec["model"])
-    for key in ("hidden", "squash", "dropout"):
+    for key in ("hidden", "squash", "dropout", "norm_groups"):
         if getattr(args, key) is not None:
             if key not in entry.options:
                 owners = ", ".join(k for k, e in MODELS.items() if key in e.options)

@@ -11,6 +11,7 @@ from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, NegatedScores, random_codes
 from fbprop.modules.dropout import Dropout
+from fbprop.modules.norm import GroupNorm
 from fbprop.modules.linear import Linear
 from fbprop.modules.shape import Flatten, Pad
 from fbprop.modules.squash import Bias, ReLU, ScaledTanh
@@ -100,7 +101,7 @@ def lenet5_energy(pool: ParamPool, n_classes: int = 10) -> RBF:
 
 
 def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int = 128,
-                 channels: int = 1, dropout: float = 0.0) -> Cascade:
+                 channels: int = 1, dropout: float = 0.0, norm_groups: int = 0) -> Cascade:
     """Conv(C→32, 3×3, pad 1) - ReLU - MaxPool 2 - Conv(32→64, 3×3, pad 1) - ReLU - MaxPool 2 -
     Flatten - Linear(64·(size/4)² → hidden) - ReLU - Linear(hidden → n_classes) - Bias; with
     `dropout` p > 0, a Dropout(p) before each Linear.
@@ -117,13 +118,19 @@ def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: i
     if int(channels) != channels or channels < 1:
         raise ValueError(f"lenet_modern: expected channels >= 1 input maps, got {channels}")
     q = size // 4
+    if isinstance(norm_groups, bool) or int(norm_groups) != norm_groups or norm_groups < 0 or 32 % max(norm_groups, 1):
+        raise ValueError(f"lenet_modern: expected norm_groups 0 (none) or a divisor of 32, got {norm_groups!r}")
     def drop() -> list[Module]:                                  # one module per place: its mask is its state
         return [Dropout(dropout)] if dropout else []
+    def act(maps: int) -> list[Module]:
+        if norm_groups:
+            return [GroupNorm(maps, norm_groups, pool), ReLU()]
+        return [ReLU((maps, 1, 1), pool)]
     return ImageCascade(
         f"LeNetModern[{size}x{size}]" if channels == 1 else f"LeNetModern[{channels}x{size}x{size}]", size,
         " (set size=, a multiple of 4, and channels=)",
-        Conv2d(channels, 32, 3, pool, padding=1), ReLU((32, 1, 1), pool), MaxPool(2),
-        Conv2d(32, 64, 3, pool, padding=1), ReLU((64, 1, 1), pool), MaxPool(2),
+        Conv2d(channels, 32, 3, pool, padding=1), *act(32), MaxPool(2),
+        Conv2d(32, 64, 3, pool, padding=1), *act(64), MaxPool(2),
         Flatten(), *drop(),
         Linear(64 * q * q, hidden, pool), ReLU(hidden, pool), *drop(),
         Linear(hidden, n_classes, pool), Bias(n_classes, pool), channels=channels,
@@ -149,7 +156,7 @@ def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"lenet-modern: expected square images (channels, size, size), got {shape}")
     return lenet_modern(pool, n_classes=int(spec["n_classes"]), size=shape[2], channels=shape[0],
-                        dropout=spec.get("dropout", 0.0)), NegatedScores()
+                        dropout=spec.get("dropout", 0.0), norm_groups=spec.get("norm_groups", 0)), NegatedScores()
 
 
 # the recipes of bench/recipes.md. On Fashion-MNIST both nets underfit in these budgets (their
@@ -165,6 +172,7 @@ LENET5_DEFAULT = {"optimizer": "sdlm", "lr": 0.002, "mu": 0.02, "schedule": "cos
 register_model("lenet5", ModelEntry(_build_lenet5, {"energy": "rbf", "loss": "nll", "loss_args": {"beta": 0.1}},
                                     help="LeNet-5 (1998): C1-S2-C3-S4-C5-F6, RBF energies",
                                     training={"fashion-mnist": FASHION_LENET5, "default": LENET5_DEFAULT}))
-register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"energy": "scores", "loss": "nll"}, ("dropout",),
+register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"energy": "scores", "loss": "nll"},
+                                          ("dropout", "norm_groups"),
                                           help="a small ReLU / max-pooling convnet",
                                           training={"fashion-mnist": FASHION_LENET_MODERN}))
