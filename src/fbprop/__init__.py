@@ -28,7 +28,6 @@ from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, Euclidean, NegatedScores, onehot_codes, random_codes
 from fbprop.modules.dropout import Dropout
-from fbprop.modules.norm import GroupNorm
 from fbprop.modules.join import (
     Concat,
     Copy,
@@ -42,6 +41,7 @@ from fbprop.modules.join import (
     Zeros,
 )
 from fbprop.modules.linear import Linear
+from fbprop.modules.norm import GroupNorm
 from fbprop.modules.shape import Flatten, Pad, Reshape
 from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Squash, Tanh
 from fbprop.network import Network, Node, unfold
@@ -54,8 +54,8 @@ from fbprop.train import Meter, Trainer, TrainingDiverged, evaluate
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "Dropout", "EnergyLoss", "GroupNorm", "Euclidean",
-    "evaluate",
+    "Adam", "AdamW", "Bias", "build_machine", "Cascade", "Conv2d", "data", "Dropout", "EnergyLoss", "Euclidean",
+    "evaluate", "GroupNorm",
     "Flatten", "gradcheck", "GradcheckError", "GradcheckReport", "HingeLoss", "infer", "L1", "L2",
     "lbfgs", "lenet5", "LENET5_BITMAPS", "LENET5_C3_TABLE", "lenet5_codes", "lenet5_energy",
     "lenet_modern", "Linear", "load", "Logistic", "LogLoss", "Loss", "LOSSES", "LVQ2Loss", "Machine",

@@ -11,8 +11,8 @@ from fbprop.module import Cascade, Module
 from fbprop.modules.conv import LENET5_C3_TABLE, Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, NegatedScores, random_codes
 from fbprop.modules.dropout import Dropout
-from fbprop.modules.norm import GroupNorm
 from fbprop.modules.linear import Linear
+from fbprop.modules.norm import GroupNorm
 from fbprop.modules.shape import Flatten, Pad
 from fbprop.modules.squash import Bias, ReLU, ScaledTanh
 from fbprop.params import ParamPool
