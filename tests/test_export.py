@@ -18,6 +18,7 @@ SPECS = {
     "lenet5-rbf": {"model": "lenet5", "input_shape": [1, 8, 8]},
     "lenet5-scores": {"model": "lenet5", "input_shape": [1, 8, 8], "energy": "scores"},
     "lenet-modern": {"model": "lenet-modern", "input_shape": [1, 8, 8]},
+    "lenet-modern-groupnorm": {"model": "lenet-modern", "input_shape": [1, 8, 8], "norm_groups": 8},
 }
 
 
@@ -163,10 +164,17 @@ def _torch_equivalents(torch):
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(64 * 2 * 2, 128), nn.ReLU(), nn.Linear(128, 10), Negate())
 
-    return {"mlp-scores": mlp_scores, "mlp-rbf": mlp_rbf, "lenet5-rbf": lenet5, "lenet-modern": lenet_modern}
+    def lenet_modern_groupnorm():
+        return nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.GroupNorm(8, 32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.GroupNorm(8, 64), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(64 * 2 * 2, 128), nn.ReLU(), nn.Linear(128, 10), Negate())
+
+    return {"mlp-scores": mlp_scores, "mlp-rbf": mlp_rbf, "lenet5-rbf": lenet5, "lenet-modern": lenet_modern,
+            "lenet-modern-groupnorm": lenet_modern_groupnorm}
 
 
-@pytest.mark.parametrize("name", ["mlp-scores", "mlp-rbf", "lenet5-rbf", "lenet-modern"])
+@pytest.mark.parametrize("name", ["mlp-scores", "mlp-rbf", "lenet5-rbf", "lenet-modern", "lenet-modern-groupnorm"])
 def test_safetensors_load_into_the_equivalent_torch_module_and_give_the_same_energies(name, digits, tmp_path):
     torch = pytest.importorskip("torch")
     safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -43,6 +43,7 @@ from fbprop.module import Cascade, Module
 from fbprop.modules.conv import Conv2d, MaxPool, Subsampling
 from fbprop.modules.distance import RBF, Euclidean, NegatedScores
 from fbprop.modules.linear import Linear
+from fbprop.modules.norm import GroupNorm
 from fbprop.modules.shape import Flatten, Pad, Reshape
 from fbprop.modules.squash import Bias, Logistic, ReLU, ScaledTanh, Squash, Tanh
 
@@ -126,6 +127,9 @@ def layers(machine: Machine) -> list[Layer]:
                              {"weight": weight, "bias": m.b.x.reshape(-1).copy()}))
         elif type(m) is MaxPool:
             out.append(Layer("maxpool", repr(m), {"size": m.size, "stride": m.stride}))
+        elif type(m) is GroupNorm:
+            out.append(Layer("groupnorm", repr(m), {"channels": m.channels, "groups": m.groups, "eps": m.eps},
+                             {"weight": m.gamma.x.copy(), "bias": m.beta.x.copy()}))
         elif type(m) is Pad:
             out.append(Layer("pad", repr(m), {"p": m.p}))
         elif type(m) is Flatten:
@@ -231,6 +235,8 @@ def torch_sequential(layer_list: list[dict]):
                                    groups=a["groups"], bias=a["bias"]))
         elif kind == "maxpool":
             parts.append(nn.MaxPool2d(a["size"], a["stride"]))
+        elif kind == "groupnorm":
+            parts.append(nn.GroupNorm(a["groups"], a["channels"], eps=a["eps"]))
         elif kind == "pad":
             parts.append(nn.ZeroPad2d(a["p"]))
         elif kind == "flatten":
@@ -277,6 +283,19 @@ def _emit(g: _Graph, i: int, layer: Layer, x: str) -> str:
                     strides=[s, s], pads=[p, p, p, p], group=a["groups"])
     if kind == "maxpool":
         return g.op("MaxPool", [x], out, kernel_shape=[a["size"]] * 2, strides=[a["stride"]] * 2)
+    if kind == "groupnorm":                                      # opset 17 has no GroupNormalization: spelt out
+        groups = g.op("Reshape", [x, g.const(f"{i}.groups", [0, a["groups"], -1], np.int64)], f"{out}.groups")
+        mean = g.op("ReduceMean", [groups], f"{out}.mean", axes=[2], keepdims=1)
+        centred = g.op("Sub", [groups, mean], f"{out}.centred")
+        var = g.op("ReduceMean", [g.op("Mul", [centred, centred], f"{out}.sq")], f"{out}.var", axes=[2], keepdims=1)
+        std = g.op("Sqrt", [g.op("Add", [var, g.const(f"{i}.eps", a["eps"])], f"{out}.var_eps")], f"{out}.std")
+        maps = g.op("Reshape", [g.op("Div", [centred, std], f"{out}.xhat"),
+                                g.const(f"{i}.maps", [0, a["channels"], -1], np.int64)], f"{out}.maps")
+        axis = g.const(f"{i}.axis", [1], np.int64)                # γ, β (C,) -> (C, 1) against (n, C, rest)
+        gamma = g.op("Unsqueeze", [t["weight"], axis], f"{out}.gamma")
+        beta = g.op("Unsqueeze", [t["bias"], axis], f"{out}.beta")
+        shifted = g.op("Add", [g.op("Mul", [maps, gamma], f"{out}.scaled"), beta], f"{out}.shifted")
+        return g.op("Reshape", [shifted, g.op("Shape", [x], f"{out}.shape")], out)
     if kind == "pad":
         p = a["p"]
         return g.op("Pad", [x, g.const(f"{i}.pads", [0, 0, p, p, 0, 0, p, p], np.int64)], out, mode="constant")
