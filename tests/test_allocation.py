@@ -41,32 +41,34 @@ def _transient_bytes(model: str, batch: int, mode: str, dtype: type = np.float32
         else:
             machine.fprop(x)
 
-    step()
-    step()                                                       # warm: every buffer exists
+    for _ in range(6):                                           # warm: every buffer exists, and the
+        step()                                                   # interpreter has specialised the code
     old = np.getbufsize()
     np.setbufsize(16)
     tracemalloc.start()
     try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        step()
-        peak = tracemalloc.get_traced_memory()[1]
+        transient = []
+        for _ in range(3):                                       # the least of 3: Python's own caches vary
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            step()
+            transient.append(tracemalloc.get_traced_memory()[1] - base)
     finally:
         tracemalloc.stop()
         np.setbufsize(old)
-    return peak - base
+    return min(transient)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("model, batch, mode", [("mlp", 64, "train"), ("lenet5", 32, "train"),
-                                                ("mlp", 64, "infer"), ("lenet5", 32, "infer")])
+@pytest.mark.parametrize("model, batch, mode", [("mlp", 64, "train"), ("lenet5", 64, "train"),
+                                                ("mlp", 64, "infer"), ("lenet5", 64, "infer")])
 def test_a_warm_step_allocates_no_array(model, batch, mode, dtype):
     small, large = _transient_bytes(model, batch, mode, dtype), _transient_bytes(model, 4 * batch, mode, dtype)
-    # one float32 number per sample more at 4× the batch would already add 12·batch bytes (≥ 384),
+    # one float32 number per sample more at 4× the batch would already add 12·batch bytes (≥ 768),
     # and the smallest array of the net, one bias (10 numbers), is 40 bytes plus its 112-byte
     # header; what remains are Python objects (array views, tuples, bound methods), the same at any
     # batch size and a few kB in all
-    assert large - small < 256, f"{model} {mode}: {small} bytes transient at batch {batch}, {large} at {4 * batch}"
+    assert large - small < 512, f"{model} {mode}: {small} bytes transient at batch {batch}, {large} at {4 * batch}"
     assert large < 8 * 1024, f"{model} {mode}: {large} bytes transient at batch {4 * batch}"
 
 

@@ -80,6 +80,7 @@ class Cascade(Module):
 
     The cascade owns the n-1 intermediate states and reuses them across calls; bprop and bbprop
     clear them before sweeping back, so the contract (add into the caller's states) still holds.
+    With an input that needs no dx (raw data) the sweep stops at the first module with parameters.
     """
 
     def __init__(self, *modules: Module) -> None:
@@ -93,6 +94,8 @@ class Cascade(Module):
         # the state after module i needs its dx only if a module up to i has parameters
         # (or the cascade's own input needs dx): raw data never pays for ∂E/∂x
         self._trainable_prefix = [any(m.params() for m in self.modules[:i + 1]) for i in range(len(self.states))]
+        # and the modules before the first with parameters then have nothing to compute backwards
+        self._first_trainable = next((i for i, m in enumerate(self.modules) if m.params()), len(self.modules))
 
     def _chain(self, inp: State, out: State) -> list[State]:
         return [inp, *self.states, out]
@@ -106,21 +109,23 @@ class Cascade(Module):
         for s, trainable in zip(self.states, self._trainable_prefix, strict=True):
             s.requires_dx = trainable or inp.requires_dx
 
-    def bprop(self, inp: State, out: State) -> None:
+    def _sweep(self, inp: State, out: State, method: str, slot: str) -> None:
+        """One backward sweep, from the last module down to the first whose bprop has anything to
+        compute: with an input that needs no dx, the modules before the first one with parameters
+        are skipped, and so are the states between them (their dx is never cleared, nor allocated)."""
         chain = self._chain(inp, out)
         self._mark(inp)
-        for s in self.states:
-            s.clear_dx()
-        for i in reversed(range(len(self.modules))):
-            self.modules[i].bprop(chain[i], chain[i + 1])
+        first = 0 if inp.requires_dx else self._first_trainable
+        for s in self.states[first:]:
+            getattr(s, f"clear_{slot}")()
+        for i in range(len(self.modules) - 1, first - 1, -1):
+            getattr(self.modules[i], method)(chain[i], chain[i + 1])
+
+    def bprop(self, inp: State, out: State) -> None:
+        self._sweep(inp, out, "bprop", "dx")
 
     def bbprop(self, inp: State, out: State) -> None:
-        chain = self._chain(inp, out)
-        self._mark(inp)
-        for s in self.states:
-            s.clear_ddx()
-        for i in reversed(range(len(self.modules))):
-            self.modules[i].bbprop(chain[i], chain[i + 1])
+        self._sweep(inp, out, "bbprop", "ddx")
 
     def __getitem__(self, i: int) -> Module:
         return self.modules[i]
