@@ -32,7 +32,7 @@ from common import CORETYPE_VARS, LR, THREAD_VARS, WORKLOADS, Workload, make_wor
 from systems import SYSTEMS, supports  # noqa: E402
 
 SHORT = {"fbprop": "fbprop", "pytorch": "pytorch", "pytorch-idiomatic": "pt-idiom.", "sklearn": "sklearn",
-         "numpy-ref": "numpy-ref", "gemm": "gemm"}
+         "numpy-ref": "numpy-ref", "numpy-ger": "numpy-ger", "gemm": "gemm"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             for group in groups:
                 line = []
                 for s in order:
-                    todo = [wl.name for wl in group if supports(s, wl.model, wl.mode)]
+                    todo = [wl.name for wl in group if supports(s, wl.model, wl.mode, wl.batch)]
                     if not todo:
                         continue
                     results, info, error = run_worker(pythons[s], s, ",".join(todo), workspace, args, env)
@@ -284,7 +284,7 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
                   f"{ratio_cell(pairs):>22}")
             first = False
     print()
-    cols = [s for s in ("pytorch", "pytorch-idiomatic", "numpy-ref", "sklearn") if s in order]
+    cols = [s for s in ("pytorch", "pytorch-idiomatic", "numpy-ref", "numpy-ger", "sklearn") if s in order]
     print("fbprop ÷ system (median of per-repeat ratios; > 1 means fbprop is faster)")
     print(f"{'workload':20} " + " ".join(f"{'fbprop/' + c:>24}" for c in cols))
     for wl in workloads:

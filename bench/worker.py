@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"system": args.system, "numpy": np.__version__, "blas": None}
     for workload in args.workloads.split(","):
         wl = parse_workload(workload)
-        if not systems.supports(args.system, wl.model, wl.mode):
+        if not systems.supports(args.system, wl.model, wl.mode, wl.batch):
             continue
         sut = None                                        # the previous workload's model goes first
         start = start_working_memory()
