@@ -134,6 +134,8 @@ def preload(system: str) -> None:
         import scipy.linalg.blas  # noqa: F401                       # fbprop imports it at its first product
 
         import fbprop  # noqa: F401
+    elif system == "numpy-ger":
+        import scipy.linalg.blas  # noqa: F401                       # its ger
     elif system in ("pytorch", "pytorch-idiomatic"):
         import sys_torch  # noqa: F401
     elif system == "sklearn":
