@@ -137,9 +137,8 @@ class ParamPool:
         handle.cleared = self.clears                             # callers zero what is pending first
 
     def __getstate__(self) -> dict:
-        state = dict(vars(self))
-        state["_dx"] = self.dx                                   # with every pending clear carried out
-        return state
+        self.flush_dx()
+        return dict(vars(self))
 
     def __setstate__(self, state: dict) -> None:
         # a copy or an unpickled pool: its handles are re-pointed at its own new vectors
@@ -155,15 +154,19 @@ class ParamPool:
         for h, off, shp in self.handles:
             self._bind(h, off, shp)
 
-    @property
-    def dx(self) -> np.ndarray:
-        """The gradient vector; slices still pending from `clear_dx` are zeroed before it is returned."""
+    def flush_dx(self) -> None:
+        """Zero the slices still pending from `clear_dx` (reading `dx` does it)."""
         if self._unwritten:
             for h, _, _ in self.handles:
                 if h.cleared != self.clears:
                     h._dx.fill(0)
                     h.cleared = self.clears
             self._unwritten = 0
+
+    @property
+    def dx(self) -> np.ndarray:
+        """The gradient vector, every slice pending from `clear_dx` zeroed first."""
+        self.flush_dx()
         return self._dx
 
     @dx.setter
