@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     x = x.astype(np.float64)
     try:
         import torch  # noqa: F401
-        others = ["pytorch", "numpy-ref", "sklearn"]
+        others = ["pytorch", "numpy-ref", "numpy-ger", "sklearn"]
     except ImportError:
         print("check: PyTorch is not importable here (run bench/setup.sh, then use bench/.venv/bin/python); "
               "checking the numpy reference and scikit-learn only")
-        others = ["numpy-ref", "sklearn"]
+        others = ["numpy-ref", "numpy-ger", "sklearn"]
     codes, table = fbprop.lenet5_codes(10), np.asarray(fbprop.LENET5_C3_TABLE)
 
     print(f"like-with-like check: float64, same initial pool, {args.steps} SGD steps (lr {LR}) on the same "
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         init, shapes = machine.pool.x.copy(), [s for _, _, s in machine.pool.handles]
         kw = dict(init=init, shapes=shapes, lr=LR, batch=batch, codes=codes, table=table, threads=args.threads)
         for name in others:
-            if not systems.supports(name, model, "train"):
+            if not systems.supports(name, model, "train", batch):
                 continue
             sut = systems.make(name, model, **kw)               # loads fbprop's initial pool
             ref = systems.make("fbprop", model, **kw)

@@ -158,6 +158,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def start_working_memory() -> float | None:
+    """Reset this process's peak resident memory to its present one and return that, in MiB
+    (None where Linux's /proc/self/clear_refs is missing). `working_memory_mb(start)` is then
+    the memory a workload itself needed at its peak: its model, buffers, temporaries and the
+    library's caches, without the interpreter, the libraries' code or the data slice."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                             # 5: reset VmHWM to VmRSS
+    except OSError:
+        return None
+    rss = _status_kb("VmRSS")
+    return None if rss is None else rss / 1024
+
+
+def working_memory_mb(start: float | None) -> float | None:
+    """The peak resident memory since `start_working_memory`, above what the process held then."""
+    peak = _status_kb("VmHWM") if start is not None else None
+    return None if peak is None else peak / 1024 - start
+
+
 def blas_report() -> list[dict]:
     try:
         from threadpoolctl import threadpool_info
@@ -176,6 +207,7 @@ class Result:
     seconds: float
     maxrss_mb: float
     extra: dict
+    working_mb: float | None = None
 
     def emit(self) -> None:
         print("RESULT " + json.dumps(asdict(self)), flush=True)

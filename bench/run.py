@@ -3,6 +3,7 @@
     python bench/run.py                 # everything, 5 interleaved repeats (see bench/README.md)
     python bench/run.py --quick         # tiny sizes: a smoke test of the whole pipeline
     python bench/run.py --check         # only the float64 like-with-like check
+    python bench/run.py --memory        # only peak memory: fbprop against PyTorch and the numpy loop
 
 Each (repeat, workload, system) runs in its own process (`worker.py`), systems interleaved
 A B C D A B C D …, so drifting machine load hits every system alike. Prints the check, then a
@@ -31,7 +32,7 @@ from common import CORETYPE_VARS, LR, THREAD_VARS, WORKLOADS, Workload, make_wor
 from systems import SYSTEMS, supports  # noqa: E402
 
 SHORT = {"fbprop": "fbprop", "pytorch": "pytorch", "pytorch-idiomatic": "pt-idiom.", "sklearn": "sklearn",
-         "numpy-ref": "numpy-ref", "gemm": "gemm"}
+         "numpy-ref": "numpy-ref", "numpy-ger": "numpy-ger", "gemm": "gemm"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,8 +58,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="tiny sizes for a smoke test: 1 repeat, 0.05 s, 512 samples, inference at batch 256, "
                          "one process per system, 3 check steps")
+    ap.add_argument("--memory", action="store_true",
+                    help="peak memory only: 3 repeats of 0.3 s, no check, no GEMM ceiling, no scikit-learn")
     ap.add_argument("--json", help="also write every raw result to this file")
     args = ap.parse_args(argv)
+    if args.memory:
+        args.repeats, args.seconds, args.no_check, args.no_gemm = min(args.repeats, 3), 0.3, True, True
+        args.systems = ",".join(s for s in args.systems.split(",") if s != "sklearn")
     if args.quick:
         args.repeats, args.seconds, args.warmup, args.samples, args.per_process = 1, 0.05, 1, 512, "system"
         args.workloads = ",".join(w.name.replace("-b1024", "-b256") for w in map(_parse, args.workloads.split(",")))
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         order = systems + (["gemm"] if "gemm" in pythons else [])
         samples: dict[tuple[str, str], list[float]] = defaultdict(list)
         rss: dict[tuple[str, str], list[float]] = defaultdict(list)
+        working: dict[tuple[str, str], list[float]] = defaultdict(list)
         per_rep: dict[tuple[str, str, int], float] = {}
         infos: dict[str, dict] = {}
         errors: list[str] = []
@@ -212,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             for group in groups:
                 line = []
                 for s in order:
-                    todo = [wl.name for wl in group if supports(s, wl.model, wl.mode)]
+                    todo = [wl.name for wl in group if supports(s, wl.model, wl.mode, wl.batch)]
                     if not todo:
                         continue
                     results, info, error = run_worker(pythons[s], s, ",".join(todo), workspace, args, env)
@@ -223,13 +230,17 @@ def main(argv: list[str] | None = None) -> int:
                     for r in results:
                         samples[(r["workload"], s)].append(r["samples_per_s"])
                         rss[(r["workload"], s)].append(r["maxrss_mb"])
+                        if r.get("working_mb") is not None:
+                            working[(r["workload"], s)].append(r["working_mb"])
                         per_rep[(r["workload"], s, rep)] = r["samples_per_s"]
                         raw.append({**r, "repeat": rep})
                         line.append(f"{s} {r['workload']} {fmt(r['samples_per_s'])}")
                 print(f"[{rep + 1}/{args.repeats}] {'; '.join(line) or 'no result'}", file=sys.stderr, flush=True)
         elapsed = time.perf_counter() - t0
 
-    print_table(workloads, order, samples, rss, per_rep, args)
+    if not args.memory:
+        print_table(workloads, order, samples, rss, per_rep, args)
+    print_memory(workloads, order, rss, working, args)
     if "gemm" in order:
         print_gemm(workloads, order, samples, per_rep, args)
     print()
@@ -273,7 +284,7 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
                   f"{ratio_cell(pairs):>22}")
             first = False
     print()
-    cols = [s for s in ("pytorch", "pytorch-idiomatic", "numpy-ref", "sklearn") if s in order]
+    cols = [s for s in ("pytorch", "pytorch-idiomatic", "numpy-ref", "numpy-ger", "sklearn") if s in order]
     print("fbprop ÷ system (median of per-repeat ratios; > 1 means fbprop is faster)")
     print(f"{'workload':20} " + " ".join(f"{'fbprop/' + c:>24}" for c in cols))
     for wl in workloads:
@@ -283,6 +294,36 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
                      if (wl.name, "fbprop", r) in per_rep and (wl.name, c, r) in per_rep]
             cells.append(f"{ratio_cell(pairs) or '—':>24}")
         print(f"{wl.name:20} " + " ".join(cells))
+
+
+def print_memory(workloads, order, rss, working, args) -> None:
+    """Peak memory per workload and system, and fbprop's as a fraction of the others'."""
+    print()
+    print(f"memory, MiB, median of {args.repeats} processes: peak RSS of the whole process (VmHWM) / working memory, "
+          f"the peak above the process once its library is imported and the data read (model, buffers, "
+          f"temporaries); fbprop ÷ system < 1: fbprop needs less")
+    shown = [s for s in order if s != "gemm"]
+    head = f"{'workload':20} " + " ".join(f"{SHORT[s]:>16}" for s in shown) + "".join(
+        f"{'fbprop÷' + SHORT[s]:>22}" for s in shown if s != "fbprop")
+    print(head)
+    print("-" * len(head))
+    for wl in workloads:
+        def med(table, s, wl=wl):
+            v = table.get((wl.name, s))
+            return statistics.median(v) if v else None
+        cells = []
+        for s in shown:
+            r, w = med(rss, s), med(working, s)
+            cells.append(f"{'—' if r is None else f'{r:.0f}'} / {'—' if w is None else f'{w:.1f}'}")
+        ratios = []
+        for s in shown:
+            if s == "fbprop":
+                continue
+            r0, r1, w0, w1 = med(rss, "fbprop"), med(rss, s), med(working, "fbprop"), med(working, s)
+            rr = f"{r0 / r1:.2f}" if r0 and r1 else "—"
+            wr = f"{w0 / w1:.2f}" if w0 is not None and w1 else "—"
+            ratios.append(f"{rr + ' / ' + wr:>22}")
+        print(f"{wl.name:20} " + " ".join(f"{c:>16}" for c in cells) + "".join(ratios))
 
 
 def print_gemm(workloads, order, samples, per_rep, args) -> None:

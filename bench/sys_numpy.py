@@ -77,11 +77,15 @@ class Reference:
 class NumpyMLP(Reference):
     """784-300-100-10: tanh(W1 x + b1), tanh(W2 · + b2), W3 · + b3, softmax cross-entropy."""
 
-    def __init__(self, init: np.ndarray, shapes, lr: float, **_) -> None:
+    def __init__(self, init: np.ndarray, shapes, lr: float, online_ger: bool = False, **_) -> None:
         self.p = Flat(init, shapes)
         self.lr = lr
         self.buf = Buffers(init.dtype)
         self._rows: dict[int, np.ndarray] = {}
+        self.ger = None
+        if online_ger:
+            from scipy.linalg import blas
+            self.ger = {np.dtype(np.float32): blas.sger, np.dtype(np.float64): blas.dger}.get(init.dtype)
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         w1, b1, w2, b2, w3, b3 = self.p.ws
@@ -100,6 +104,9 @@ class NumpyMLP(Reference):
     def train_step(self, x: np.ndarray, y: np.ndarray) -> None:
         n, get = x.shape[0], self.buf.get
         x = x.reshape(n, 784)
+        if n == 1 and self.ger is not None:
+            self._online_step(x, y)
+            return
         w1, b1, w2, b2, w3, b3 = self.p.ws
         g1, gb1, g2, gb2, g3, gb3 = self.p.gs
         h1, h2, s = self._forward(x)
@@ -130,6 +137,34 @@ class NumpyMLP(Reference):
         np.sum(d1, axis=0, out=gb1)
         np.dot(d1.T, x, out=g1)
         self.p.w += self.p.g                                     # w ← w − η ∂L/∂w (η folded in)
+
+    def _online_step(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Batch 1: each weight matrix is updated in place by one rank-1 BLAS ger, W += (−η d) xᵀ,
+        as soon as the gradient below it has been computed from the old W: one read and one
+        write of W, where the gradient buffer costs a write, then a read and a write more."""
+        w1, b1, w2, b2, w3, b3 = self.p.ws
+        get, ger = self.buf.get, self.ger
+        h1, h2, s = self._forward(x)
+        np.max(s, axis=1, keepdims=True, out=(m := get("m", 1, 1)))
+        s -= m
+        np.exp(s, out=s)
+        s *= -self.lr / s.sum()                                  # −η p
+        s[0, y[0]] += self.lr                                    # −η (p − onehot)
+        d2, d1, t2, t1 = get("d2", 1, 100), get("d1", 1, 300), get("t2", 1, 100), get("t1", 1, 300)
+        np.matmul(s, w3, out=d2)                                 # from the old W3
+        ger(1.0, h2[0], s[0], a=w3.T, overwrite_a=1)             # W3ᵀ += h2 (−η g)ᵀ, W3ᵀ Fortran-ordered
+        b3 += s[0]
+        np.multiply(h2, h2, out=t2)
+        np.subtract(1, t2, out=t2)
+        d2 *= t2
+        np.matmul(d2, w2, out=d1)
+        ger(1.0, h1[0], d2[0], a=w2.T, overwrite_a=1)
+        b2 += d2[0]
+        np.multiply(h1, h1, out=t1)
+        np.subtract(1, t1, out=t1)
+        d1 *= t1
+        ger(1.0, x[0], d1[0], a=w1.T, overwrite_a=1)
+        b1 += d1[0]
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         return np.argmax(self._forward(x.reshape(x.shape[0], 784))[2], axis=1)
@@ -310,5 +345,8 @@ class NumpyLeNet5(Reference):
         return np.argmin(self._forward(x)["e"], axis=0)
 
 
-def make(model: str, **kw):
-    return (NumpyMLP if model == "mlp" else NumpyLeNet5)(**kw)
+def make(model: str, online_ger: bool = False, **kw):
+    """The reference for `model`; `online_ger` (the `numpy-ger` system): the MLP's batch-1 steps
+    update each weight matrix in place with one BLAS ger (scipy.linalg.blas) instead of going
+    through a gradient buffer."""
+    return NumpyMLP(online_ger=online_ger, **kw) if model == "mlp" else NumpyLeNet5(**kw)

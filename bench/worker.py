@@ -2,9 +2,11 @@
 
     python bench/worker.py --system fbprop --workloads mlp-train-b32 --workspace WS.npz
 
-`run.py` starts one of these per (repeat, workload, system); the peak memory it reports is
-the process's ru_maxrss after its workloads, so it counts the interpreter, the system's
-libraries, the data slice and the model's buffers.
+`run.py` starts one of these per (repeat, workload, system). It reports two memory figures: the
+process's peak resident memory after its workloads (VmHWM: the interpreter, the system's
+libraries, the data slice and the model's buffers), and the workload's working memory, the peak
+above what the process held once its library was imported and the data read (model, buffers,
+temporaries; `common.start_working_memory`).
 """
 
 from __future__ import annotations
@@ -29,14 +31,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
     import systems
-    from common import LR, Result, batch_starts, blas_report, measure, parse_workload, peak_rss_mb, read_workspace
+    from common import (
+        LR,
+        Result,
+        batch_starts,
+        blas_report,
+        measure,
+        parse_workload,
+        peak_rss_mb,
+        read_workspace,
+        start_working_memory,
+        working_memory_mb,
+    )
 
     ws = read_workspace(args.workspace)
+    systems.preload(args.system)
     info = {"system": args.system, "numpy": np.__version__, "blas": None}
     for workload in args.workloads.split(","):
         wl = parse_workload(workload)
-        if not systems.supports(args.system, wl.model, wl.mode):
+        if not systems.supports(args.system, wl.model, wl.mode, wl.batch):
             continue
+        sut = None                                        # the previous workload's model goes first
+        start = start_working_memory()
         sut = systems.make(args.system, wl.model, init=ws[f"{wl.model}_init"], shapes=ws["shapes"][wl.model],
                            lr=LR, batch=wl.batch, codes=ws["codes"], table=ws["table"], threads=args.threads)
         x, y = sut.native(ws["x"], ws["y"])
@@ -57,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             print("INFO " + json.dumps(info), flush=True)
         extra = {"steps_per_call": per_call // wl.batch}
         Result(args.system, wl.name, m["samples_per_s"], m["steps"] * (per_call // wl.batch), m["seconds"],
-               peak_rss_mb(), extra).emit()
+               peak_rss_mb(), extra, working_memory_mb(start)).emit()
     return 0
 
 

@@ -202,7 +202,7 @@ def test_regularizer_rejects_negative_lambda(cls):
 @pytest.mark.parametrize("name", PER_ANSWER)
 def test_labels_out_of_range_raise_naming_the_loss_and_range(name):
     loss = fb.LOSSES[name]()
-    for bad in ([0, 3], [-1, 0]):
+    for bad in ([0, 3], [-1, 0], np.array([0, -128], np.int8), np.array([2, 3], ">i4"), np.array([0, 7], np.uint16)):
         with pytest.raises(ValueError, match=r"expected labels in \[0, 3\)") as info:
             losses(loss, E, bad)
         assert str(info.value).startswith(f"{type(loss).__name__}(")

@@ -243,3 +243,70 @@ def test_state_dx_and_ddx_have_the_shape_and_dtype_of_x():
     s = fb.State(np.zeros((4, 2), dtype=np.float32))
     assert s.dx.shape == s.ddx.shape == (4, 2) and s.dx.dtype == s.ddx.dtype == np.float32
     assert s.shape == (4, 2) and s.batch == 4 and s.dtype == np.float32
+
+
+def _lenet_like(dtype) -> tuple[fb.Cascade, fb.ParamPool]:
+    """Every module that writes a lazily cleared gradient directly (Linear, Squash's bias, Conv2d with
+    and without a table, Subsampling), and one that adds through `dx` (RBF's trainable centres)."""
+    pool = fb.ParamPool(dtype)
+    net = fb.Cascade(fb.Conv2d(1, 3, 3, pool), fb.Tanh((3, 1, 1), pool), fb.Subsampling(3, 2, pool),
+                     fb.Conv2d(3, 4, 2, pool, table=[(0, 0), (1, 1), (2, 2), (0, 3)]), fb.Flatten(),
+                     fb.Linear(36, 5, pool), fb.Tanh(5, pool), fb.RBF(np.eye(5)[:4], pool))
+    return net, pool
+
+
+def _gradient(net: fb.Module, x: np.ndarray, eager: bool, twice: bool = False) -> np.ndarray:
+    out = fb.State()
+    inp = fb.State(x, requires_dx=False)
+    net.fprop(inp, out)
+    pool = net.params()[0].pool
+    pool.clear_dx()
+    if eager:
+        pool.dx.fill(0)                                          # every slice zeroed before the sweep
+    for _ in range(1 + twice):
+        out.dx = np.linspace(-1, 1, out.x.size).reshape(out.x.shape)
+        net.bprop(inp, out)
+    return pool.dx.copy()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_lazily_cleared_pool_gives_the_eagerly_cleared_gradient_bit_for_bit(dtype):
+    net, pool = _lenet_like(dtype)
+    x = np.random.default_rng(0).standard_normal((5, 1, 10, 10)).astype(dtype)
+    pool.dx[:] = 7.0                                             # a previous sweep's gradient
+    lazy = _gradient(net, x, eager=False)
+    assert pool._unwritten == 0 and not np.isnan(lazy).any()
+    pool.dx[:] = 7.0
+    np.testing.assert_array_equal(lazy, _gradient(net, x, eager=True))
+    pool.dx[:] = 7.0
+    np.testing.assert_array_equal(_gradient(net, x, eager=False, twice=True), 2 * lazy)   # the second sweep adds
+
+
+def test_a_slice_no_module_writes_reads_as_zero_after_clear_dx():
+    pool = fb.ParamPool()
+    lin, unused = fb.Linear(3, 2, pool), pool.alloc(4)
+    pool.dx[:] = 1.0
+    pool.clear_dx()
+    np.testing.assert_array_equal(unused.dx, 0)
+    pool.dx[:] = 1.0
+    pool.clear_dx()
+    inp, out = fb.State(np.ones((2, 3), np.float32)), fb.State()
+    lin.fprop(inp, out)
+    out.dx = np.ones((2, 2), np.float32)
+    lin.bprop(inp, out)
+    np.testing.assert_array_equal(pool.dx[lin.w.x.size:], 0)                     # the unused handle
+    np.testing.assert_array_equal(lin.w.dx, 2.0)                                 # Σ over the batch of 1·1
+    assert np.array_equal(pool.dx[:6], lin.w.dx.reshape(-1))
+
+
+def test_a_copy_or_pickle_of_a_pool_with_a_pending_clear_holds_zeros():
+    import copy
+    import pickle
+    pool = fb.ParamPool()
+    w = pool.alloc(3)
+    pool.dx[:] = 5.0
+    pool.clear_dx()
+    for twin in (copy.deepcopy(pool), pickle.loads(pickle.dumps(pool))):
+        np.testing.assert_array_equal(twin.dx, 0)
+        np.testing.assert_array_equal(twin.handles[0][0].dx, 0)
+    np.testing.assert_array_equal(w.dx, 0)

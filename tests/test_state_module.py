@@ -253,3 +253,48 @@ def test_parameters_need_a_pool():
         fb.RBF(np.zeros((3, 2)), trainable=True)
     with pytest.raises(ValueError, match="Tanh: a trainable bias needs its shape, got shape=None"):
         fb.Tanh(pool=fb.ParamPool())
+
+
+def _sweeps(net: fb.Module, x: np.ndarray, requires_dx: bool) -> tuple[np.ndarray, ...]:
+    pool = net.params()[0].pool
+    inp, out = fb.State(x.copy(), requires_dx=requires_dx), fb.State()
+    net.fprop(inp, out)
+    pool.clear_dx()
+    pool.clear_ddx()
+    out.dx = np.linspace(-1, 1, out.x.size).reshape(out.x.shape)
+    out.ddx = np.linspace(0, 1, out.x.size).reshape(out.x.shape)
+    net.bprop(inp, out)
+    net.bbprop(inp, out)
+    return out.x.copy(), pool.dx.copy(), pool.ddx.copy(), inp.dx.copy() if requires_dx else None
+
+
+@pytest.mark.parametrize("requires_dx", [True, False])
+def test_nested_cascades_compute_what_one_flat_cascade_of_their_modules_computes(requires_dx):
+    def modules(pool):
+        return [fb.Flatten(), fb.Linear(4, 3, pool), fb.Tanh(3, pool), fb.Linear(3, 2, pool), fb.Bias(2, pool)]
+    pool_a, pool_b = fb.ParamPool(np.float64, seed=3), fb.ParamPool(np.float64, seed=3)
+    a, b = modules(pool_a), modules(pool_b)
+    nested = fb.Cascade(a[0], fb.Cascade(fb.Cascade(a[1], a[2]), fb.Cascade(a[3], a[4])))
+    flat = fb.Cascade(*b)
+    assert len(nested._links) == 5 and nested._links == a
+    for got, want in zip(_sweeps(nested, X, requires_dx), _sweeps(flat, X, requires_dx), strict=True):
+        np.testing.assert_array_equal(got, want)
+    inner = nested.modules[1]                                    # a nested cascade still runs on its own
+    inp, out = fb.State(X.copy()), fb.State()
+    inner.fprop(inp, out)
+    np.testing.assert_array_equal(out.x, _sweeps(flat, X, requires_dx)[0])
+
+
+def test_a_cascade_subclass_with_its_own_fprop_is_not_opened_up():
+    class Checked(fb.Cascade):
+        def fprop(self, inp, out):
+            if inp.x.shape[1] != 4:
+                raise ValueError(f"Checked: expected 4 features, got {inp.x.shape}")
+            super().fprop(inp, out)
+
+    pool = fb.ParamPool(np.float64)
+    checked = Checked(fb.Linear(4, 3, pool))
+    net = fb.Cascade(checked, fb.Tanh(3, pool))
+    assert net._links[0] is checked
+    with pytest.raises(ValueError, match="Checked: expected 4 features"):
+        net.fprop(fb.State(np.ones((2, 5))), fb.State())

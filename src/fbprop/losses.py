@@ -47,7 +47,8 @@ class Loss(Module):
         if y is None or y.shape != (e.shape[0],) or y.dtype.kind not in "iu":
             got = "no labels" if y is None else f"{y.dtype} labels of shape {y.shape}"
             raise ValueError(f"{self!r}: expected integer labels of shape ({e.shape[0]},), got {got}")
-        if y.size and (y.min() < 0 or y.max() >= e.shape[1]):
+        # one pass: seen as unsigned, a negative label is larger than any k
+        if y.size and y.view(y.dtype.str.replace("i", "u")).max() >= e.shape[1]:
             raise ValueError(f"{self!r}: expected labels in [0, {e.shape[1]}), got values from {y.min()} to {y.max()}")
         return e, y
 
@@ -197,19 +198,21 @@ class NLLLoss(Loss):
         low, z, loss = self._n.resize(3, n, 1, dtype=e.dtype).x
         np.minimum.reduce(e, axis=1, keepdims=True, out=low)
         np.subtract(low, e, out=p)
-        p *= b
+        if b != 1.0:                                             # (× 1 is exact: skipped)
+            p *= b
         np.exp(p, out=p)
         np.add.reduce(p, axis=1, keepdims=True, out=z)
         p /= z                                                   # p_k = exp(−βE_k) / Σ exp(−βE)
         np.log(z, out=z)
-        z *= 1.0 / b
-        np.take(e, at, out=loss[:, 0])
+        if b != 1.0:
+            z *= 1.0 / b
+        np.take(e, at, out=loss[:, 0], mode="clip")             # at is in range; "raise" would buffer out
         loss += z
         loss -= low                                              # L = E_Y − free, free = −(1/β) log Σ exp(−βE)
-        np.take(p, at, out=z[:, 0])
+        np.take(p, at, out=z[:, 0], mode="clip")
         np.subtract(1.0, z, out=z)
         np.negative(p, out=g)
-        np.put(g, at, z)                                         # ∂L/∂E_k = δ_kY − p_k
+        np.put(g, at, z, mode="clip")                            # ∂L/∂E_k = δ_kY − p_k
         return loss[:, 0], g, lambda: b * p * (1.0 - p)
 
 

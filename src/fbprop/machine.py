@@ -46,6 +46,7 @@ class Machine:
         self.reducer = SingleProcess()                           # fbprop.distributed.data_parallel replaces it
         self.regression = energy is not None and energy.n_inputs == 2
         self.inp = State(requires_dx=False)
+        self._converted = {"x": State(), "y": State()}          # the boundary's buffers (see `_own_dtype`)
         self.out, self.target, self.energies, self.labels, self.losses = (State() for _ in range(5))
         self.target.requires_dx = False
         if energy is None:
@@ -68,9 +69,10 @@ class Machine:
         """Energies of the batch x (and, given the desired answers y, the losses).
 
         Floating inputs of another precision than the pool's are converted here, once, rather than
-        promoted through every module (float64 input to a float32 net: 2-3x slower steps).
+        promoted through every module (float64 input to a float32 net: 2-3x slower steps), into a
+        buffer kept for the next batch of the same shape.
         """
-        self.inp.x = self._own_dtype(x)
+        self.inp.x = self._own_dtype(x, "x")
         if self.y_enters:
             if y is None:
                 if not self.regression:
@@ -78,15 +80,19 @@ class Machine:
                                      "y (minimize_energy finds the Y of least energy), got y=None")
                 self.net.fprop(self.inp, self.out)               # no target: G(X) is the answer
                 return
-            self.target.x = y = self._own_dtype(y)
+            self.target.x = y = self._own_dtype(y, "y")
         self.network.fprop(*self.inputs, self.energies)
         if y is not None:
             self.labels.x = y
             self.loss.fprop(self.energies, None if self.y_enters else self.labels, self.losses)
 
-    def _own_dtype(self, a):
+    def _own_dtype(self, a, slot: str):
+        """`a` itself, or for a floating array of another dtype than the pool's, its values
+        rounded to the pool's dtype in the buffer `slot` (what astype computes, without a new array)."""
         if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.dtype != self.pool.dtype:
-            return a.astype(self.pool.dtype)
+            converted = self._converted[slot].resize(*a.shape, dtype=self.pool.dtype).x
+            np.copyto(converted, a, casting="same_kind")
+            return converted
         return a
 
     def answers(self) -> np.ndarray | None:
@@ -234,13 +240,14 @@ class Machine:
         """The energies E(W, ·, X) of every sample of x, in batches: (n, k), one per answer, for a
         classifier; (n,) for a regression machine, whose energy needs the answers y.
 
-        A list, or an array of another dtype than the pool's (integers, float64), is converted to it.
+        A list, or an array of another dtype than the pool's (integers, float64), is converted to
+        it, a batch at a time.
         """
         if self.regression and y is None:
             raise ValueError("Machine.energies_of: a regression machine has one energy per (X, Y) pair: give y, "
                              "or use predict(x) for G(X), its answer of least energy")
         x = np.asarray(x) if isinstance(x, (list, tuple)) else x
-        if isinstance(x, np.ndarray) and x.dtype != self.pool.dtype:
+        if isinstance(x, np.ndarray) and x.dtype.kind != "f":          # floats: fprop's boundary, per batch
             x = x.astype(self.pool.dtype)
         parts = []
         for i in range(0, len(x), batch_size):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import operator
+from itertools import accumulate
 
 from fbprop.params import Param
 from fbprop.state import State
@@ -80,6 +82,12 @@ class Cascade(Module):
 
     The cascade owns the n-1 intermediate states and reuses them across calls; bprop and bbprop
     clear them before sweeping back, so the contract (add into the caller's states) still holds.
+    With an input that needs no dx (raw data) the sweep stops at the first module with parameters.
+
+    A cascade nested in a cascade (the lecture's nn-layers in a net) is one longer chain: the
+    sweeps run over the chain of the innermost modules and the states between them, opened up
+    once at construction, rather than through each level's own calls (the same modules, states
+    and order, so the same numbers; only the per-call glue of every level is saved).
     """
 
     def __init__(self, *modules: Module) -> None:
@@ -90,37 +98,56 @@ class Cascade(Module):
                 raise TypeError(f"Cascade: expected Module instances, got {type(m).__name__}")
         self.modules = list(modules)
         self.states = [State() for _ in modules[:-1]]
-        # the state after module i needs its dx only if a module up to i has parameters
-        # (or the cascade's own input needs dx): raw data never pays for ∂E/∂x
-        self._trainable_prefix = [any(m.params() for m in self.modules[:i + 1]) for i in range(len(self.states))]
+        self._links, self._link_states = self._open()
+        # the state after link i needs its dx only if a link up to i has parameters (or the
+        # cascade's own input needs dx): raw data never pays for ∂E/∂x; and the links before the
+        # first with parameters then have nothing to compute backwards
+        trainable = list(accumulate((bool(m.params()) for m in self._links), operator.or_))
+        self._trainable_prefix = trainable[:-1]
+        self._first_trainable = trainable.index(True) if any(trainable) else len(trainable)
+
+    def _open(self) -> tuple[list[Module], list[State]]:
+        """The chain with nested cascades opened up: its modules (links) and the states between them."""
+        links, states = [], []
+        for i, m in enumerate(self.modules):
+            if i:
+                states.append(self.states[i - 1])
+            if _plain_cascade(m):
+                links += m._links
+                states += m._link_states
+            else:
+                links.append(m)
+        return links, states
 
     def _chain(self, inp: State, out: State) -> list[State]:
-        return [inp, *self.states, out]
+        return [inp, *self._link_states, out]
 
     def fprop(self, inp: State, out: State) -> None:
         chain = self._chain(inp, out)
-        for i, m in enumerate(self.modules):
+        for i, m in enumerate(self._links):
             m.fprop(chain[i], chain[i + 1])
 
     def _mark(self, inp: State) -> None:
-        for s, trainable in zip(self.states, self._trainable_prefix, strict=True):
+        for s, trainable in zip(self._link_states, self._trainable_prefix, strict=True):
             s.requires_dx = trainable or inp.requires_dx
 
-    def bprop(self, inp: State, out: State) -> None:
+    def _sweep(self, inp: State, out: State, method: str, slot: str) -> None:
+        """One backward sweep, from the last link down to the first whose bprop has anything to
+        compute: with an input that needs no dx, the links before the first one with parameters
+        are skipped, and so are the states between them (their dx is never cleared, nor allocated)."""
         chain = self._chain(inp, out)
         self._mark(inp)
-        for s in self.states:
-            s.clear_dx()
-        for i in reversed(range(len(self.modules))):
-            self.modules[i].bprop(chain[i], chain[i + 1])
+        first = 0 if inp.requires_dx else self._first_trainable
+        for s in self._link_states[first:]:
+            getattr(s, f"clear_{slot}")()
+        for i in range(len(self._links) - 1, first - 1, -1):
+            getattr(self._links[i], method)(chain[i], chain[i + 1])
+
+    def bprop(self, inp: State, out: State) -> None:
+        self._sweep(inp, out, "bprop", "dx")
 
     def bbprop(self, inp: State, out: State) -> None:
-        chain = self._chain(inp, out)
-        self._mark(inp)
-        for s in self.states:
-            s.clear_ddx()
-        for i in reversed(range(len(self.modules))):
-            self.modules[i].bbprop(chain[i], chain[i + 1])
+        self._sweep(inp, out, "bbprop", "ddx")
 
     def __getitem__(self, i: int) -> Module:
         return self.modules[i]
@@ -131,3 +158,9 @@ class Cascade(Module):
     def __repr__(self) -> str:
         inner = "\n".join("  " + line for m in self.modules for line in repr(m).splitlines())
         return f"Cascade(\n{inner}\n)"
+
+
+def _plain_cascade(m: Module) -> bool:
+    """A Cascade whose sweeps are Cascade's own (a subclass that checks its input in fprop is kept whole)."""
+    t = type(m)
+    return isinstance(m, Cascade) and (t.fprop, t.bprop, t.bbprop) == (Cascade.fprop, Cascade.bprop, Cascade.bbprop)

@@ -193,14 +193,16 @@ class Conv2d(Module):
         g = self._g.resize(self.n_out, n, h_out, w_out, dtype=g_out.dtype).x
         np.copyto(g, g_out.transpose(1, 0, 2, 3))
         g = g.reshape(self.n_out, -1)
-        w_slot = getattr(self.w, slot).reshape(self.n_out, -1)
+        w_slot, zero = self.w.sum_target(slot)
+        w_slot = w_slot.reshape(self.n_out, -1)
         if self._mask is None:
-            add_product(w_slot, g, col.T)                        # ∂E/∂w_o = Σ_{n,i,j} ∂E/∂y_{n,o,i,j} x_window(n,i,j)
+            (product if zero else add_product)(w_slot, g, col.T)  # ∂E/∂w_o = Σ_{n,i,j} ∂E/∂y_{n,o,i,j} x_window(n,i,j)
         else:
-            gw = self._gw.resize(*w_slot.shape, dtype=w_slot.dtype).x
+            gw = w_slot if zero else self._gw.resize(*w_slot.shape, dtype=w_slot.dtype).x
             product(gw, g, col.T)
             gw.reshape(self.w.x.shape)[...] *= self._mask          # unconnected weights get no update
-            w_slot += gw
+            if not zero:
+                w_slot += gw
         if not inp.requires_dx:
             return                                               # raw images: no ∂E/∂x wanted
         # col2im, batch innermost: rows of w'·n contiguous numbers instead of w' pixels
@@ -301,8 +303,10 @@ class Subsampling(Module):
         np.multiply(g, m, out=t)
         if power == 2:
             t *= m
-        add_sum_to(getattr(self.a, slot), t, self._sum)
-        add_sum_to(getattr(self.b, slot), g, self._sum)
+        target, zero = self.a.sum_target(slot)
+        add_sum_to(target, t, self._sum, zero=zero)
+        target, zero = self.b.sum_target(slot)
+        add_sum_to(target, g, self._sum, zero=zero)
 
     def bprop(self, inp: State, out: State) -> None:
         self._back(inp, out.dx, 1, "dx")             # ∂E/∂x = (a/s²) ∂E/∂y, ∂E/∂a = Σ ∂E/∂y m, ∂E/∂b = Σ ∂E/∂y

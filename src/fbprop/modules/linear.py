@@ -13,8 +13,9 @@ from fbprop.state import State
 class Linear(Module):
     """y = W x with W (n_out, n_in) from the pool. Shapes: x (n, n_in) -> y (n, n_out).
 
-    bprop and bbprop add their products straight into dx/ddx with `add_product` (gemm, β = 1);
-    bbprop squares W and x into buffers kept across calls.
+    bprop and bbprop add their products straight into dx/ddx with `add_product` (gemm, β = 1),
+    or write ∂E/∂W (β = 0) where the pool's dx slice is still zero from a lazy clear; bbprop
+    squares W and x into buffers kept across calls.
     """
 
     def __init__(self, n_in: int, n_out: int, pool: ParamPool) -> None:
@@ -30,7 +31,8 @@ class Linear(Module):
     def bprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:
             add_product(inp.dx, out.dx, self.w.x)                # ∂E/∂x = Wᵀ ∂E/∂y
-        add_product(self.w.dx, out.dx.T, inp.x)                  # ∂E/∂W = ∂E/∂y xᵀ
+        dw, zero = self.w.dx_for_sum()
+        (product if zero else add_product)(dw, out.dx.T, inp.x)  # ∂E/∂W = ∂E/∂y xᵀ
 
     def bbprop(self, inp: State, out: State) -> None:
         x2 = self._x2.resize(*inp.x.shape, dtype=inp.x.dtype).x

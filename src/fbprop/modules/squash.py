@@ -10,13 +10,17 @@ from fbprop.params import ParamPool
 from fbprop.state import State
 
 
-def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 1.0) -> None:
+def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 1.0, zero: bool = False) -> None:
     """target += α Σ a over the batch axis and the axes where `target` (one sample's shape)
-    broadcasts (size 1): the gradient of a bias. `buffer` keeps the sum between calls."""
+    broadcasts (size 1): the gradient of a bias. `buffer` keeps the sum between calls. With
+    `zero` (target holds zeros not yet written, `Param.dx_for_sum`) target ← α Σ a instead."""
     axes = (0,) + tuple(i + 1 for i, k in enumerate(target.shape) if k == 1 and a.shape[i + 1] != 1)
     total = buffer.resize(1, *target.shape, dtype=a.dtype).x
     np.add.reduce(a, axis=axes, keepdims=True, out=total)
-    add_scaled(target, total.reshape(target.shape), alpha)
+    if zero:
+        np.multiply(total.reshape(target.shape), alpha, out=target)      # = 0 + α Σ a, rounded the same
+    else:
+        add_scaled(target, total.reshape(target.shape), alpha)
 
 
 class Squash(Module):
@@ -71,7 +75,8 @@ class Squash(Module):
         if inp.requires_dx:
             add_scaled(getattr(inp, slot), g, c)
         if self.b is not None:
-            add_sum_to(getattr(self.b, slot), g, self._sum, c)
+            target, zero = self.b.sum_target(slot)
+            add_sum_to(target, g, self._sum, c, zero)
 
     def bprop(self, inp: State, out: State) -> None:
         self._back(inp, out, 1, "dx")                            # ∂E/∂x = ∂E/∂u = f'(u) ∂E/∂y, ∂E/∂b = Σ_batch ∂E/∂u
