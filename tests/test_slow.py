@@ -1,8 +1,8 @@
 """Long end-to-end runs on Fashion-MNIST: the README's documented commands and their results.
 
 Kept out of the default run (`-m 'not slow'` in pyproject.toml); run them with
-`python -m pytest -m slow` (on one idle core: about 10 minutes for the MLP, 13 for LeNet-5 and
-20 for lenet-modern). Each command is the README's, `fbprop train --data fashion-mnist --model M`
+`python -m pytest -m slow` (on one idle core: about 9 minutes for the MLP, 12 for LeNet-5 and
+7 for lenet-modern). Each command is the README's, `fbprop train --data fashion-mnist --model M`,
 with the model's recipe; the thresholds are the README's figures rounded down to the percent
 below, so a recipe or a change to the code that costs accuracy fails here.
 """
