@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from fbprop.module import Module
+from fbprop.modules.squash import add_sum_to
 from fbprop.params import ParamPool
 from fbprop.state import State
 
@@ -41,7 +42,7 @@ class GroupNorm(Module):
         self.channels, self.groups, self.eps = int(channels), int(groups), float(eps)
         self.gamma = pool.alloc(self.channels, value=1.0)
         self.beta = pool.alloc(self.channels, value=0.0)
-        self._xhat, self._s, self._g, self._sum = State(), State(), State(), State()
+        self._xhat, self._s, self._g, self._sum, self._total = State(), State(), State(), State(), State()
 
     def init_args(self) -> dict:
         """For fbprop.serialize (the pool is passed separately)."""
@@ -73,18 +74,18 @@ class GroupNorm(Module):
         np.multiply(hc, self.gamma.x[:, None], out=yc)
         yc += self.beta.x[:, None]
 
-    def _param_sums(self, d: np.ndarray, xhat_power: np.ndarray, gamma_slot: np.ndarray, beta_slot: np.ndarray) -> None:
-        """gamma_slot += Σ_{n, r} d·x̂^k (x̂^k given), beta_slot += Σ_{n, r} d."""
+    def _param_sums(self, d: np.ndarray, xhat_power: np.ndarray, slot: str) -> None:
+        """γ's `slot` += Σ_{n, r} d·x̂^k (x̂^k given), β's `slot` += Σ_{n, r} d, summed like a bias."""
         _, dc = self._views(d)
-        buf = self._g.resize(*d.shape, dtype=d.dtype).x
-        _, bc = self._views(buf)
+        _, bc = self._views(self._g.resize(*d.shape, dtype=d.dtype).x)
         np.multiply(dc, self._views(xhat_power)[1], out=bc)
-        gamma_slot += bc.sum(axis=(0, 2))
-        beta_slot += dc.sum(axis=(0, 2))
+        for param, a in ((self.gamma, bc), (self.beta, dc)):
+            target, zero = param.sum_target(slot)
+            add_sum_to(target.reshape(-1, 1), a, self._total, zero=zero)     # (C, 1) against (n, C, r)
 
     def bprop(self, inp: State, out: State) -> None:
         xhat = self._xhat.x
-        self._param_sums(out.dx, xhat, self.gamma.dx, self.beta.dx)
+        self._param_sums(out.dx, xhat, "dx")
         if not inp.requires_dx:
             return
         g = self._g.x                                            # g = γ ∂E/∂y
@@ -103,7 +104,7 @@ class GroupNorm(Module):
         xhat = self._xhat.x
         sq = self._sum.resize(*xhat.shape, dtype=xhat.dtype).x
         np.multiply(xhat, xhat, out=sq)                          # x̂²
-        self._param_sums(out.ddx, sq, self.gamma.ddx, self.beta.ddx)
+        self._param_sums(out.ddx, sq, "ddx")
         if not inp.requires_dx:
             return
         h = self._g.x                                            # h = γ² ∂²E/∂y²
