@@ -218,6 +218,17 @@ def test_gradcheck_passes_every_module_of_the_model(model):
 
 
 # errors ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["--model", "mlp", "--dropout", "1.5"], "Dropout: expected a drop probability p in [0, 1), got 1.5"),
+    (["--model", "lenet-modern", "--norm-groups", "5"], "expected norm_groups 0 (none) or a divisor of 32, got 5"),
+    (["--optimizer", "lbfgs", "--augment", "affine"], "--augment: lbfgs trains on the fixed full training set"),
+])
+def test_a_model_or_distortion_refused_at_build_claims_no_run_directory(tmp_path, args, message):
+    err = one_line(fail("train", *args, "--out", tmp_path / "r"))
+    assert message in err
+    assert not (tmp_path / "r").exists()                         # no config.json left to be taken for a run
+
+
 def test_missing_fashion_mnist_is_one_line_naming_where_it_looked_and_writes_nothing(tmp_path):
     err = one_line(fail("train", "--data", "fashion-mnist", "--data-dir", "/nonexistent", "--out", tmp_path / "r"))
     assert err.startswith("fbprop train: error: load_dataset('fashion-mnist'): data set not found, "

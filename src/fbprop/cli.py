@@ -479,6 +479,14 @@ def cmd_train(args) -> int:
     else:
         data, spec, settings = _new_run(args, root)
         out = Path(args.out) if args.out else None
+    # the machine and the distortions are built (and refused) before the run directory is claimed
+    machine = build_machine(spec)
+    takes = OPTIMIZERS[settings["optimizer"]].options
+    options = {k: v for k, v in settings.items() if k in takes}
+    transform = make_transform(settings.get("augment"), settings.get("augment_args"))
+    if transform is not None and OPTIMIZERS[settings["optimizer"]].updater != "minibatch":
+        raise CommandError(f"--augment: {settings['optimizer']} trains on the fixed full training set; distortions "
+                           "need a mini-batch optimizer (sgd, momentum, sdlm)")
     config = {"fbprop": __version__, "model": spec, "training": settings,
               "data": {"name": data.name, "train": len(data.train), "val": len(data.val), "test": len(data.test)}}
     if root:
@@ -489,13 +497,6 @@ def cmd_train(args) -> int:
         else:
             claim(out, config)
     out = parallel.share(out)                                    # rank 0's clock names the run
-    machine = build_machine(spec)
-    takes = OPTIMIZERS[settings["optimizer"]].options
-    options = {k: v for k, v in settings.items() if k in takes}
-    transform = make_transform(settings.get("augment"), settings.get("augment_args"))
-    if transform is not None and OPTIMIZERS[settings["optimizer"]].updater != "minibatch":
-        raise CommandError(f"--augment: {settings['optimizer']} trains on the fixed full training set; distortions "
-                           "need a mini-batch optimizer (sgd, momentum, sdlm)")
     extensions = [] if args.no_plots else [Plots(out, f"{spec['model']} on {data.name}")]
     if transform is not None and not args.no_plots:
         extensions.append(DistortionSamples(out, transform, data.train.x[:8]))
