@@ -67,6 +67,7 @@ CASES = [
     ("Conv2d table", _table),
     ("Subsampling", lambda pool: (fb.Subsampling(2, 2, pool), [_images(2, 2, 4, 6)])),
     ("MaxPool", lambda pool: (fb.MaxPool(2), [_images(2, 2, 4, 4)])),
+    ("MaxPool leaving a border", lambda pool: (fb.MaxPool(2), [_images(2, 2, 5, 7)])),
     ("MaxPool overlapping", lambda pool: (fb.MaxPool(3, stride=2), [_images(2, 2, 5, 5)])),
     ("Flatten", lambda pool: (fb.Flatten(), [_images(2, 2, 3, 3)])),
     ("Reshape", lambda pool: (fb.Reshape(2, 3, 3), [_images(2, 18)])),

@@ -168,6 +168,19 @@ def test_maxpool_routes_gradient_to_each_windows_maximum():
     np.testing.assert_array_equal(x.ddx[0, 0], [[0, 10, 0, 0], [0, 0, 20, 0], [0, 0, 0, 0], [30, 0, 0, 40]])
 
 
+def test_maxpool_routes_ties_to_the_first_maximum_and_nothing_past_the_last_window():
+    x = fb.State(np.array([[0, 0, 3, 1, 4], [0, 0, 3, 3, 4], [2, 2, 2, 2, 4.0]])[None, None])    # (1, 1, 3, 5)
+    pool2, out = fb.MaxPool(2), fb.State()
+    for step in range(2):                                        # the second pass reuses every buffer
+        x.x += step                                              # and must see the new maxima
+        pool2.fprop(x, out)
+        np.testing.assert_array_equal(out.x[0, 0], [[0 + step, 3 + step]])
+        out.dx = np.array([[5.0, 7.0]])[None, None]
+        x.dx = np.zeros_like(x.x)
+        pool2.bprop(x, out)
+        np.testing.assert_array_equal(x.dx[0, 0], [[5, 0, 7, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]])
+
+
 def test_maxpool_with_overlapping_windows_adds_where_one_maximum_serves_two():
     x, out = fb.State(np.array([[1.0, 9, 2]])[None, None].repeat(2, 2)), fb.State()   # (1, 1, 2, 3)
     mp = fb.MaxPool(2, stride=1)

@@ -6,10 +6,10 @@ adds the columns back onto the image with one slice-add per kernel offset (k² o
 over samples or pixels). Scratch arrays are `State`s resized in place, so a training step with
 fixed shapes allocates nothing large.
 
-Caching: im2col columns (Conv2d), window argmaxes (MaxPool) and window means (Subsampling) are
-computed in fprop and reused by bprop/bbprop when they receive the same `inp.x` array that the
-last fprop saw; for another array (a module instance applied to two inputs) they are recomputed.
-As everywhere in fbprop, bprop assumes `inp.x` has not been changed in place since fprop.
+Caching: im2col columns (Conv2d), the positions of the window maxima (MaxPool, found at the first
+backward call) and window means (Subsampling) are computed once and reused by bprop/bbprop when
+they receive the same `inp.x` array that the last fprop saw; for another array (a module instance
+applied to two inputs) they are recomputed. As everywhere in fbprop, bprop assumes `inp.x` has not been changed in place since fprop.
 """
 
 from __future__ import annotations
@@ -323,60 +323,72 @@ class MaxPool(Module):
     Shapes: x (n, c, h, w) -> y (n, c, (h − size)//stride + 1, (w − size)//stride + 1); stride
     defaults to size. The Jacobian is 1 at each window's argmax (the first, on ties), so bprop and
     bbprop route ∂E/∂y and ∂²E/∂y² there; overlapping windows add.
+
+    fprop keeps only y. The first bprop or bbprop after it marks, for each window offset (a, b), the
+    windows whose maximum sits there and was not claimed by an earlier offset: size² boolean
+    arrays the shape of y, one byte per input pixel when windows do not overlap.
     """
 
     def __init__(self, size: int, stride: int | None = None) -> None:
         _positive("MaxPool", size=size, stride=size if stride is None else stride)
         self.size = int(size)
         self.stride = self.size if stride is None else int(stride)
-        self._y, self._idx, self._step, self._up, self._g = (State() for _ in range(5))
-        self._idx_of: np.ndarray | None = None
+        self._hits, self._claimed, self._g = State(), State(), State()
+        self._hits_of: np.ndarray | None = None
 
     def _windows(self, inp: State) -> list[tuple[slice, ...]]:
         """The size² strided views x[:, :, stride·i + a, stride·j + b], one per window offset (a, b)."""
         h_out, w_out = _out_size(self, inp, self.size, self.stride)
         return [_offset(a, b, h_out, w_out, self.stride) for a in range(self.size) for b in range(self.size)]
 
-    def _argmax(self, inp: State, y: np.ndarray | None = None) -> np.ndarray:
-        """Each window's maximum into y (when given) and its offset a·size + b, the first on ties."""
-        if y is None and self._idx_of is inp.x:
-            return self._idx.x
-        first, *rest = self._windows(inp)
-        shape = inp.x[first].shape
-        y = self._y.resize(*shape, dtype=inp.x.dtype).x if y is None else y
-        idx, step = (t.resize(*shape, dtype=np.intp).x for t in (self._idx, self._step))
-        up = self._up.resize(*shape, dtype=bool).x
-        np.copyto(y, inp.x[first])
-        idx.fill(0)
-        for k, at in enumerate(rest, 1):                         # branch-free: masked copies mispredict
-            np.greater(inp.x[at], y, out=up)
-            np.maximum(y, inp.x[at], out=y)                      # y = max(y, x[s·i + a, s·j + b])
-            np.subtract(k, idx, out=step)
-            np.multiply(step, up, out=step)
-            idx += step                                          # idx = k where x[s·i + a, s·j + b] > y
-        self._idx_of = inp.x
-        return idx
+    def _argmax(self, inp: State, y: np.ndarray) -> np.ndarray:
+        """hits[k] = True where window offset k holds its window's maximum y, the first such k on ties."""
+        if self._hits_of is inp.x:
+            return self._hits.x
+        views = self._windows(inp)
+        hits = self._hits.resize(len(views), *y.shape, dtype=bool).x
+        claimed = self._claimed.resize(*y.shape, dtype=bool).x
+        for k, at in enumerate(views):
+            np.equal(inp.x[at], y, out=hits[k])
+            if k:
+                np.greater(hits[k], claimed, out=hits[k])        # and not claimed by an earlier offset
+                np.logical_or(claimed, hits[k], out=claimed)
+            else:
+                np.copyto(claimed, hits[0])
+        self._hits_of = inp.x
+        return hits
 
     def fprop(self, inp: State, out: State) -> None:
         expect_images(self, inp)
         h_out, w_out = _out_size(self, inp, self.size, self.stride)
-        out.resize(*inp.x.shape[:2], h_out, w_out, dtype=inp.x.dtype)
-        self._argmax(inp, out.x)                                 # y = max_window x
+        y = out.resize(*inp.x.shape[:2], h_out, w_out, dtype=inp.x.dtype).x
+        first, *rest = self._windows(inp)
+        np.copyto(y, inp.x[first])
+        for at in rest:
+            np.maximum(y, inp.x[at], out=y)                      # y = max_window x
+        self._hits_of = None
 
-    def _route(self, inp: State, g: np.ndarray, target: np.ndarray) -> None:
-        idx = self._argmax(inp)
-        hit = self._up.resize(*idx.shape, dtype=bool).x
-        routed = self._g.resize(*idx.shape, dtype=g.dtype).x
+    def _route(self, inp: State, out: State, g: np.ndarray, target: np.ndarray) -> None:
+        hits = self._argmax(inp, out.x)
+        if self.stride == self.size:                             # disjoint windows: build the image, add once
+            kept = self._g.x
+            routed = self._g.resize(*inp.x.shape, dtype=g.dtype).x
+            if routed is not kept:
+                routed.fill(0)                                   # pixels past the last window stay 0
+            for k, at in enumerate(self._windows(inp)):
+                np.multiply(g, hits[k], out=routed[at])          # ∂y/∂x = 1 at the argmax, 0 elsewhere
+            target += routed
+            return
+        routed = self._g.resize(*g.shape, dtype=g.dtype).x
         for k, at in enumerate(self._windows(inp)):
-            np.equal(idx, k, out=hit)
-            np.multiply(g, hit, out=routed)                      # ∂y/∂x = 1 at the argmax, 0 elsewhere
-            target[at] += routed
+            np.multiply(g, hits[k], out=routed)
+            target[at] += routed                                 # overlapping windows add
 
     def bprop(self, inp: State, out: State) -> None:
-        self._route(inp, out.dx, inp.dx)                         # ∂E/∂x_argmax = ∂E/∂y
+        self._route(inp, out, out.dx, inp.dx)                    # ∂E/∂x_argmax = ∂E/∂y
 
     def bbprop(self, inp: State, out: State) -> None:
-        self._route(inp, out.ddx, inp.ddx)                       # 1² ∂²E/∂y²
+        self._route(inp, out, out.ddx, inp.ddx)                  # 1² ∂²E/∂y²
 
     def __repr__(self) -> str:
         stride = f", stride {self.stride}" if self.stride != self.size else ""
