@@ -206,7 +206,7 @@ def test_train_help_states_each_default_once():
     out, _ = ok("train", "--help")
     text = " ".join(out.split())                                 # argparse wraps lines anywhere
     assert "(default: None)" not in text
-    assert "(default 300,100)" in text and "(default: the model's, 32 for mlp)" in text
+    assert "(default: mlp 300,100; lenet-modern 128; lenet-wide 256)" in text and "(default: the model's, 32 for mlp)" in text
 
 
 # gradcheck ------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_gradcheck_passes_every_module_of_the_model(model):
 # errors ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, message", [
     (["--model", "mlp", "--dropout", "1.5"], "Dropout: expected a drop probability p in [0, 1), got 1.5"),
-    (["--model", "lenet-modern", "--norm-groups", "5"], "expected norm_groups 0 (none) or a divisor of 32, got 5"),
+    (["--model", "lenet-modern", "--norm-groups", "5"], "expected norm_groups 0 (none) or a divisor of both maps 32 and 64, got 5"),
     (["--optimizer", "lbfgs", "--augment", "affine"], "--augment: lbfgs trains on the fixed full training set"),
 ])
 def test_a_model_or_distortion_refused_at_build_claims_no_run_directory(tmp_path, args, message):
@@ -423,7 +423,7 @@ def test_loss_arguments_reach_the_loss_and_unknown_ones_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (("--model", "lenet5", "--hidden", "10"), "--hidden is an option of mlp, not of lenet5"),
+    (("--model", "lenet5", "--hidden", "10"), "--hidden is an option of mlp, lenet-modern, lenet-wide, not of lenet5"),
     (("--momentum", "0.5"), "--momentum is an option of momentum, not of sgd"),
     (("--optimizer", "lbfgs", "--lr", "0.1"), "--lr: lbfgs has no learning rate"),
     (("--val-size", "2.5"), "--val-size: expected a fraction in [0, 1) or a whole count, got 2.5"),

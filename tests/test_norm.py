@@ -71,7 +71,7 @@ def test_lenet_modern_puts_a_group_norm_after_each_convolution():
     kinds = [type(m).__name__ for m in net.modules]
     assert kinds[:8] == ["Conv2d", "GroupNorm", "ReLU", "MaxPool", "Conv2d", "GroupNorm", "ReLU", "MaxPool"]
     assert [m.groups for m in net.modules if isinstance(m, fb.GroupNorm)] == [8, 8]
-    with pytest.raises(ValueError, match="expected norm_groups 0 \\(none\\) or a divisor of 32, got 5"):
+    with pytest.raises(ValueError, match="expected norm_groups 0 \\(none\\) or a divisor of both maps 32 and 64, got 5"):
         fb.lenet_modern(fb.ParamPool(np.float32), size=8, norm_groups=5)
 
 
@@ -82,4 +82,4 @@ def test_norm_groups_trains_lenet_modern_from_the_command_line_and_is_refused_fo
     assert main(["eval", str(tmp_path / "run" / "checkpoint.npz")]) == 0
     capsys.readouterr()
     assert main(["train", "--model", "mlp", "--norm-groups", "4", "--out", str(tmp_path / "no")]) == 2
-    assert "--norm-groups is an option of lenet-modern, not of mlp" in capsys.readouterr().err
+    assert "--norm-groups is an option of lenet-modern, lenet-wide, not of mlp" in capsys.readouterr().err

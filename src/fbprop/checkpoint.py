@@ -180,10 +180,11 @@ def check_spec(path, spec: dict) -> None:
         _field(path, "architecture.input_shape", math.prod(shape), int, size, f"at most {MAX_SIZE} values a sample")
     if "n_classes" in spec:
         _field(path, "architecture.n_classes", spec["n_classes"], int, lambda v: 1 <= v <= 65536, "1 to 65536")
-    if "hidden" in spec:
-        _field(path, "architecture.hidden", spec["hidden"], list, what="a list of layer sizes")
-        for v in spec["hidden"]:
-            _field(path, "architecture.hidden", v, int, size, f"sizes from 1 to {MAX_SIZE}")
+    for key in ("hidden", "maps"):
+        if key in spec:
+            _field(path, f"architecture.{key}", spec[key], list, what="a list of layer sizes")
+            for v in spec[key]:
+                _field(path, f"architecture.{key}", v, int, size, f"sizes from 1 to {MAX_SIZE}")
     if "task" in spec:
         _field(path, "architecture.task", spec["task"], str, lambda v: v in ("classification", "regression"),
                "classification or regression")

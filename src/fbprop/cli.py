@@ -120,7 +120,12 @@ def train_options() -> dict[str, tuple]:
                                                   "holds real numbers that are not all whole: then a regression, "
                                                   "energy ½‖G(X) − Y‖² (euclidean), energy loss (default: auto)"}),
         "model": ("mlp", {"choices": list(MODELS), "help": "; ".join(f"{k}: {e.help}" for k, e in MODELS.items())}),
-        "hidden": (None, {"type": _sizes, "help": "hidden layer sizes of mlp (default 300,100)"}),
+        "hidden": (None, {"type": _sizes, "help": "hidden layer sizes (default: " + "; ".join(
+            f"{k} {','.join(map(str, e.defaults['hidden']))}" for k, e in MODELS.items() if "hidden" in e.options)
+            + ")"}),
+        "maps": (None, {"type": _sizes, "help": "feature maps of the two convolutions (default: " + "; ".join(
+            f"{k} {','.join(map(str, e.defaults['maps']))}" for k, e in MODELS.items() if "maps" in e.options)
+            + ")"}),
         "squash": (None, {"choices": list(SQUASHES), "help": "mlp's sigmoid (default tanh)"}),
         "energy": (None, {"choices": ENERGIES, "help": "scores: energies are negated outputs; rbf: distances to "
                                                        "per-class target codes (default: the model's)"}),
@@ -289,7 +294,7 @@ def _model_spec(args, base: dict) -> dict:
     """The model spec: `base` with the model options given on the command line applied."""
     spec = dict(base)
     entry = model_entry(spec["model"])
-    for key in ("hidden", "squash", "dropout", "norm_groups"):
+    for key in ("hidden", "squash", "dropout", "norm_groups", "maps"):
         if getattr(args, key) is not None:
             if key not in entry.options:
                 owners = ", ".join(k for k, e in MODELS.items() if key in e.options)

@@ -4,6 +4,8 @@ recognition", Proc. IEEE 1998) and a modern ReLU/max-pooling counterpart, built 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fbprop.models import MIRROR, ModelEntry, register_model
@@ -100,11 +102,13 @@ def lenet5_energy(pool: ParamPool, n_classes: int = 10) -> RBF:
     return RBF(lenet5_codes(n_classes), pool, trainable=False)
 
 
-def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int = 128,
-                 channels: int = 1, dropout: float = 0.0, norm_groups: int = 0) -> Cascade:
+def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: int | Sequence[int] = 128,
+                 channels: int = 1, dropout: float = 0.0, norm_groups: int = 0,
+                 maps: Sequence[int] = (32, 64)) -> Cascade:
     """Conv(C→32, 3×3, pad 1) - ReLU - MaxPool 2 - Conv(32→64, 3×3, pad 1) - ReLU - MaxPool 2 -
     Flatten - Linear(64·(size/4)² → hidden) - ReLU - Linear(hidden → n_classes) - Bias; with
-    `dropout` p > 0, a Dropout(p) before each Linear.
+    `dropout` p > 0, a Dropout(p) before each Linear. `maps` are the two convolutions' output
+    maps (32, 64), `hidden` the size of the hidden layer (or sizes of several, ReLU after each).
 
     Input (n, C, size, size), C = `channels` input maps (1 grey, 3 RGB), with size a multiple
     of 4 (28 for MNIST, 8 for the 8×8 digits),
@@ -117,23 +121,35 @@ def lenet_modern(pool: ParamPool, n_classes: int = 10, size: int = 28, hidden: i
         raise ValueError(f"lenet_modern: expected n_classes >= 1, got {n_classes}")
     if int(channels) != channels or channels < 1:
         raise ValueError(f"lenet_modern: expected channels >= 1 input maps, got {channels}")
-    q = size // 4
-    if isinstance(norm_groups, bool) or int(norm_groups) != norm_groups or norm_groups < 0 or 32 % max(norm_groups, 1):
-        raise ValueError(f"lenet_modern: expected norm_groups 0 (none) or a divisor of 32, got {norm_groups!r}")
+    maps = list(maps) if isinstance(maps, (list, tuple)) else maps
+    if not isinstance(maps, list) or len(maps) != 2 or any(isinstance(m, bool) or int(m) != m or m < 1 for m in maps):
+        raise ValueError(f"lenet_modern: expected maps, two positive numbers of feature maps, got {maps!r}")
+    hidden = [hidden] if isinstance(hidden, int) and not isinstance(hidden, bool) else list(hidden)
+    if not hidden or any(isinstance(h, bool) or int(h) != h or h < 1 for h in hidden):
+        raise ValueError(f"lenet_modern: expected hidden, one or more positive layer sizes, got {hidden!r}")
+    if (isinstance(norm_groups, bool) or int(norm_groups) != norm_groups or norm_groups < 0
+            or any(m % max(norm_groups, 1) for m in maps)):
+        raise ValueError(f"lenet_modern: expected norm_groups 0 (none) or a divisor of both maps "
+                         f"{maps[0]} and {maps[1]}, got {norm_groups!r}")
+    (m1, m2), q = (int(m) for m in maps), size // 4
+
     def drop() -> list[Module]:                                  # one module per place: its mask is its state
         return [Dropout(dropout)] if dropout else []
+
     def act(maps: int) -> list[Module]:
         if norm_groups:
             return [GroupNorm(maps, norm_groups, pool), ReLU()]
         return [ReLU((maps, 1, 1), pool)]
+
+    # the modules are made in the order they run: the pool hands out (and initialises) parameters in that order
+    convs = [Conv2d(channels, m1, 3, pool, padding=1), *act(m1), MaxPool(2),
+             Conv2d(m1, m2, 3, pool, padding=1), *act(m2), MaxPool(2), Flatten()]
+    widths = [m2 * q * q, *(int(h) for h in hidden)]
+    layers = [m for a, b in zip(widths, widths[1:]) for m in (*drop(), Linear(a, b, pool), ReLU(b, pool))]
     return ImageCascade(
         f"LeNetModern[{size}x{size}]" if channels == 1 else f"LeNetModern[{channels}x{size}x{size}]", size,
         " (set size=, a multiple of 4, and channels=)",
-        Conv2d(channels, 32, 3, pool, padding=1), *act(32), MaxPool(2),
-        Conv2d(32, 64, 3, pool, padding=1), *act(64), MaxPool(2),
-        Flatten(), *drop(),
-        Linear(64 * q * q, hidden, pool), ReLU(hidden, pool), *drop(),
-        Linear(hidden, n_classes, pool), Bias(n_classes, pool), channels=channels,
+        *convs, *layers, *drop(), Linear(widths[-1], n_classes, pool), Bias(n_classes, pool), channels=channels,
     )
 
 
@@ -156,7 +172,8 @@ def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"lenet-modern: expected square images (channels, size, size), got {shape}")
     return lenet_modern(pool, n_classes=int(spec["n_classes"]), size=shape[2], channels=shape[0],
-                        dropout=spec.get("dropout", 0.0), norm_groups=spec.get("norm_groups", 0)), NegatedScores()
+                        dropout=spec.get("dropout", 0.0), norm_groups=spec.get("norm_groups", 0),
+                        maps=spec.get("maps", (32, 64)), hidden=spec.get("hidden", 128)), NegatedScores()
 
 
 # the recipes of bench/recipes.md, on all 60,000 Fashion-MNIST images, keeping the last epoch: LeNet-5
@@ -167,6 +184,9 @@ FASHION_LENET5 = {"optimizer": "sdlm", "lr": 0.002, "mu": 0.02, "schedule": "cos
                   "augment": "affine", "augment_args": {**MIRROR, "shift": 1.0}}
 FASHION_LENET_MODERN = {"optimizer": "momentum", "lr": 0.01, "momentum": 0.9, "schedule": "cosine", "epochs": 8,
                         "val_size": 0}
+# lenet-wide: to be measured
+FASHION_LENET_WIDE = {"optimizer": "momentum", "lr": 0.02, "momentum": 0.9, "batch_size": 64, "schedule": "cosine",
+                      "epochs": 12, "val_size": 0, "augment": "affine", "augment_args": {**MIRROR, "shift": 1.0}}
 # elsewhere (the 8x8 digits, MNIST) LeNet-5 starts with the paper's optimizer: plain SGD at 0.05
 # saturates its RBF layer on the digits and stays at chance
 LENET5_DEFAULT = {"optimizer": "sdlm", "lr": 0.002, "mu": 0.02, "schedule": "cosine", "epochs": 20}
@@ -174,7 +194,13 @@ LENET5_DEFAULT = {"optimizer": "sdlm", "lr": 0.002, "mu": 0.02, "schedule": "cos
 register_model("lenet5", ModelEntry(_build_lenet5, {"energy": "rbf", "loss": "nll", "loss_args": {"beta": 0.1}},
                                     help="LeNet-5 (1998): C1-S2-C3-S4-C5-F6, RBF energies",
                                     training={"fashion-mnist": FASHION_LENET5, "default": LENET5_DEFAULT}))
-register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"energy": "scores", "loss": "nll"},
-                                          ("dropout", "norm_groups"),
+register_model("lenet-modern", ModelEntry(_build_lenet_modern, {"maps": [32, 64], "hidden": [128], "energy": "scores",
+                                                               "loss": "nll"},
+                                          ("dropout", "norm_groups", "maps", "hidden"),
                                           help="a small ReLU / max-pooling convnet",
                                           training={"fashion-mnist": FASHION_LENET_MODERN}))
+register_model("lenet-wide", ModelEntry(_build_lenet_modern, {"maps": [64, 128], "hidden": [256], "energy": "scores",
+                                                             "loss": "nll"},
+                                        ("dropout", "norm_groups", "maps", "hidden"),
+                                        help="lenet-modern with twice the maps (64, 128) and 256 hidden units",
+                                        training={"fashion-mnist": FASHION_LENET_WIDE}))
