@@ -71,7 +71,7 @@ def test_lenet_modern_puts_a_group_norm_after_each_convolution():
     kinds = [type(m).__name__ for m in net.modules]
     assert kinds[:8] == ["Conv2d", "GroupNorm", "ReLU", "MaxPool", "Conv2d", "GroupNorm", "ReLU", "MaxPool"]
     assert [m.groups for m in net.modules if isinstance(m, fb.GroupNorm)] == [8, 8]
-    with pytest.raises(ValueError, match="expected norm_groups 0 \\(none\\) or a divisor of both maps 32 and 64, got 5"):
+    with pytest.raises(ValueError, match="norm_groups 0 \\(none\\) or a divisor of both maps 32 and 64, got 5"):
         fb.lenet_modern(fb.ParamPool(np.float32), size=8, norm_groups=5)
 
 

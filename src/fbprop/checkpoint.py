@@ -195,6 +195,9 @@ def check_spec(path, spec: dict) -> None:
     for key in ("squash", "energy", "loss", "dataset", "label_column"):
         if key in spec:
             _field(path, f"architecture.{key}", spec[key], str, what="a name")
+    if "test_mirror" in spec and not isinstance(spec["test_mirror"], bool):
+        got = repr(spec["test_mirror"])[:100]
+        raise CheckpointError(f"{path}: architecture.test_mirror: expected true or false, got {got}")
     if "dtype" in spec:
         _field(path, "architecture.dtype", spec["dtype"], str, lambda v: v in ("float32", "float64"),
                "float32 or float64")

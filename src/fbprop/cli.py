@@ -141,6 +141,9 @@ def train_options() -> dict[str, tuple]:
         "norm_groups": (None, {"type": int, "metavar": "G", "help": "group normalisation after each convolution of "
                                + ", ".join(k for k, e in MODELS.items() if "norm_groups" in e.options)
                                + ", G groups of maps (0: none; default: the model's)"}),
+        "test_mirror": (None, {"action": argparse.BooleanOptionalAction,
+                               "help": "at inference (validation, test, eval, predict), average each answer's energy "
+                                       "over the image and its left-right mirror (default: the model's recipe, off)"}),
         "optimizer": (None, {"choices": list(OPTIMIZERS),
                              "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())
                              + " (default: the model's recipe, sgd for mlp)"}),
@@ -294,6 +297,8 @@ def _model_spec(args, base: dict) -> dict:
     """The model spec: `base` with the model options given on the command line applied."""
     spec = dict(base)
     entry = model_entry(spec["model"])
+    if args.test_mirror is not None:
+        spec["test_mirror"] = args.test_mirror
     for key in ("hidden", "squash", "dropout", "norm_groups", "maps"):
         if getattr(args, key) is not None:
             if key not in entry.options:
@@ -360,7 +365,7 @@ def _training_settings(args, base: dict) -> dict:
 def _defaults(model: str | None = None, dataset: str | None = None) -> dict:
     """The training settings a new run starts from: the generic ones, then the model's recipe for the data."""
     settings = recipe(model, dataset) if model else {}
-    spec_keys = {*model_entry(model).options, "val_size"} if model else set()
+    spec_keys = {*model_entry(model).options, "val_size", "test_mirror"} if model else set()
     settings = {k: v for k, v in settings.items() if k not in spec_keys}
     entry = OPTIMIZERS[settings.get("optimizer", "sgd")]
     return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
@@ -420,7 +425,7 @@ def _new_run(args, root: bool):
     data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
     options = model_entry(spec["model"]).options                 # a recipe may set the model's options (dropout)
     for key, value in recipe(spec["model"], data.name).items():
-        if key in options and getattr(args, key, None) is None:
+        if key in (*options, "test_mirror") and getattr(args, key, None) is None:
             spec[key] = value
     settings = _training_settings(args, {**_defaults(spec["model"], data.name), "seed": spec["seed"]})
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,

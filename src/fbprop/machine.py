@@ -63,6 +63,11 @@ class Machine:
             self.out = self.network.state("out")
         self.y_enters = self.network.n_inputs == 2
         self.inputs = [self.inp, self.target] if self.y_enters else [self.inp]
+        self.test_mirror = bool(self.spec.get("test_mirror", False))
+        if self.test_mirror and (self.regression or self.y_enters):
+            raise ValueError("Machine: test_mirror averages the energies of each answer over an image and its "
+                             "mirror; it needs a classifier, not a regression or a machine reading Y")
+        self._mirrored, self._mirror_energies = State(), State()
 
     # forward ------------------------------------------------------------------------------
     def fprop(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
@@ -85,6 +90,27 @@ class Machine:
         if y is not None:
             self.labels.x = y
             self.loss.fprop(self.energies, None if self.y_enters else self.labels, self.losses)
+
+    def inference(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
+        """fprop for inference (predict, energies_of, evaluation): with `test_mirror` set, each
+        answer's energy is the mean of its energies for the image and for its left-right mirror,
+        E'(W, y, X) = ½ [E(W, y, X) + E(W, y, mirror(X))], and the losses are those of E'."""
+        if not self.test_mirror:
+            self.fprop(x, y)
+            return
+        if np.ndim(x) != 4:
+            raise ValueError(f"Machine: test_mirror needs image batches (n, c, h, w), got input of shape "
+                             f"{np.shape(x)}")
+        mirrored = self._mirrored.resize(*x.shape, dtype=self.pool.dtype).x
+        np.copyto(mirrored, x[..., ::-1], casting="same_kind")
+        self.fprop(mirrored, None)
+        e = self._mirror_energies.set(self.energies.x).x
+        self.fprop(x, None)
+        e += self.energies.x
+        np.multiply(e, 0.5, out=self.energies.x)
+        if y is not None:
+            self.labels.x = y
+            self.loss.fprop(self.energies, self.labels, self.losses)
 
     def _own_dtype(self, a, slot: str):
         """`a` itself, or for a floating array of another dtype than the pool's, its values
@@ -114,7 +140,7 @@ class Machine:
                              "fbprop.minimize_energy(machine, x, y0) to find the Y of least energy")
         parts = []
         for i in range(0, len(x), batch_size):
-            self.fprop(x[i:i + batch_size], None)
+            self.inference(x[i:i + batch_size], None)
             parts.append(self.out.x.copy() if self.regression else self.answers())
         if parts and parts[0] is None:
             raise ValueError(f"Machine: {self.loss!r} gives no discrete answers to predict")
@@ -251,7 +277,7 @@ class Machine:
             x = x.astype(self.pool.dtype)
         parts = []
         for i in range(0, len(x), batch_size):
-            self.fprop(x[i:i + batch_size], None if y is None else y[i:i + batch_size])
+            self.inference(x[i:i + batch_size], None if y is None else y[i:i + batch_size])
             parts.append(self.energies.x.copy())
         if not parts:                                            # k from the energy or the spec, as known
             k = getattr(self.energy, "k", None) or self.spec.get("n_classes", 0)

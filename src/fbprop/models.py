@@ -179,6 +179,9 @@ def build_machine(spec: dict) -> Machine:
     for key in ("input_shape", "n_classes"):
         if key not in spec:
             raise ValueError(f"build_machine: the spec has no {key!r}")
+    if spec.get("test_mirror") and len(spec["input_shape"]) != 3:
+        raise ValueError(f"build_machine: test_mirror mirrors images (channels, height, width), "
+                         f"got input_shape {spec['input_shape']}")
     pool = ParamPool(np.dtype(spec.get("dtype", "float32")), seed=spec.get("seed", 0))
     if regression:
         if spec["energy"] != "euclidean":

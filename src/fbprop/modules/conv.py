@@ -9,7 +9,8 @@ fixed shapes allocates nothing large.
 Caching: im2col columns (Conv2d), the positions of the window maxima (MaxPool, found at the first
 backward call) and window means (Subsampling) are computed once and reused by bprop/bbprop when
 they receive the same `inp.x` array that the last fprop saw; for another array (a module instance
-applied to two inputs) they are recomputed. As everywhere in fbprop, bprop assumes `inp.x` has not been changed in place since fprop.
+applied to two inputs) they are recomputed. As everywhere in fbprop, bprop assumes `inp.x` has not
+been changed in place since fprop.
 """
 
 from __future__ import annotations

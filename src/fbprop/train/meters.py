@@ -66,7 +66,8 @@ class Meter:
 
 def evaluate(machine: Machine, split, n_classes: int, batch_size: int = 1024) -> Meter:
     """Loss, error rate and confusion (RMSE and MAE for a regression) of the machine on a split,
-    with no parameter changes.
+    with no parameter changes, by the machine's inference (`Machine.inference`: test-time mirroring
+    when its spec asks for it).
 
     With several processes (fbprop.distributed) each takes its part and the meters are summed.
     """
@@ -75,6 +76,6 @@ def evaluate(machine: Machine, split, n_classes: int, batch_size: int = 1024) ->
     xs, ys = split.x[part], split.y[part]
     for i in range(0, len(ys), batch_size):
         x, y = xs[i:i + batch_size], ys[i:i + batch_size]
-        machine.fprop(x, y)
+        machine.inference(x, y)
         meter.add_batch(machine, y)
     return meter.summed(machine)

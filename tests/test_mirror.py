@@ -1,0 +1,117 @@
+"""Test-time mirroring: inference on E'(W, y, X) = ½ [E(W, y, X) + E(W, y, mirror(X))]; and lenet-wide."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import fbprop as fb
+from fbprop.checkpoint import CheckpointError, check_spec
+from fbprop.data.datasets import Normalisation, load_dataset
+from fbprop.models import build_machine
+from fbprop.train import evaluate
+from test_cli import fail, ok, one_line
+
+SPEC = {"model": "lenet-modern", "input_shape": [1, 8, 8], "n_classes": 10, "dtype": "float64", "seed": 3}
+
+
+def _pair():
+    """The same net twice (same seed, so the same parameters): plain, and mirroring at inference."""
+    return build_machine(SPEC), build_machine({**SPEC, "test_mirror": True})
+
+
+def test_mirrored_energies_are_the_mean_over_the_image_and_its_mirror():
+    plain, mirroring = _pair()
+    assert np.array_equal(plain.pool.x, mirroring.pool.x)
+    x = np.random.default_rng(0).standard_normal((7, 1, 8, 8))
+    want = 0.5 * (plain.energies_of(x) + plain.energies_of(x[..., ::-1]))
+    got = mirroring.energies_of(x, batch_size=3)                 # batches of 3, 3 and 1
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+    assert not np.allclose(got, plain.energies_of(x))           # the mirror does change them
+    assert np.array_equal(mirroring.predict(x, batch_size=2), want.argmin(1))
+    symmetric = x + x[..., ::-1]                                 # an image equal to its mirror: no change
+    np.testing.assert_allclose(mirroring.energies_of(symmetric), plain.energies_of(symmetric), rtol=0, atol=1e-13)
+
+
+def test_evaluation_reports_the_loss_and_error_of_the_mirrored_energies_and_training_ignores_them():
+    plain, mirroring = _pair()
+    data = load_dataset("digits", val_size=0, dtype=np.float64, limit=200)
+    meter = evaluate(mirroring, data.test, 10, batch_size=100)
+    e = 0.5 * (plain.energies_of(data.test.x) + plain.energies_of(data.test.x[..., ::-1]))
+    assert meter.error == pytest.approx(np.mean(e.argmin(1) != data.test.y), abs=1e-12)
+    nll = fb.NLLLoss()
+    losses = fb.State()
+    nll.fprop(fb.State(e), fb.State(data.test.y), losses)
+    assert meter.loss == pytest.approx(losses.x.mean(), rel=1e-12)
+    x, y = data.train.x[:16], data.train.y[:16]                  # a training step sees the image alone
+    assert plain.gradient(x, y) == mirroring.gradient(x, y)
+    assert np.array_equal(plain.pool.dx, mirroring.pool.dx)
+
+
+def test_test_mirror_is_refused_for_a_regression_and_for_inputs_that_are_not_images():
+    with pytest.raises(ValueError, match="test_mirror mirrors images .* got input_shape .64."):
+        build_machine({"model": "mlp", "input_shape": [64], "n_classes": 10, "test_mirror": True})
+    with pytest.raises(ValueError, match="test_mirror .* needs a classifier, not a regression"):
+        build_machine({"model": "mlp", "input_shape": [1, 8, 8], "n_classes": 2, "task": "regression",
+                       "test_mirror": True})
+    with pytest.raises(CheckpointError, match="architecture.test_mirror: expected true or false, got 'yes'"):
+        check_spec("c.npz", {"test_mirror": "yes"})
+
+
+def test_the_command_line_records_test_mirror_and_eval_infers_with_it(tmp_path):
+    d = tmp_path / "run"
+    ok("train", "--model", "lenet-modern", "--test-mirror", "--epochs", "2", "--limit", "300", "--out", d,
+       "--no-plots")
+    spec = json.loads((d / "config.json").read_text())["model"]
+    assert spec["test_mirror"] is True
+    out, _ = ok("eval", d / "checkpoint.npz")
+    report = json.loads(out.strip().splitlines()[-1])
+    machine = build_machine(spec)
+    machine.pool.load(np.load(d / "checkpoint.npz")["params"])
+    data = load_dataset("digits", val_size=spec["val_size"], seed=spec["seed"])
+    data.standardise_as(Normalisation.from_dict(spec["normalisation"]))
+    x = data.test.x
+    machine.test_mirror = False
+    e = 0.5 * (machine.energies_of(x) + machine.energies_of(x[..., ::-1]))
+    assert report["error"] == pytest.approx(np.mean(e.argmin(1) != data.test.y), abs=1e-12)
+    losses = fb.State()
+    fb.NLLLoss().fprop(fb.State(e), fb.State(data.test.y), losses)
+    plain = fb.State()
+    fb.NLLLoss().fprop(fb.State(machine.energies_of(x)), fb.State(data.test.y), plain)
+    assert report["loss"] == pytest.approx(losses.x.mean(), rel=1e-5)
+    assert report["loss"] != pytest.approx(plain.x.mean(), rel=1e-3)       # not the plain energies' loss
+
+
+# ---- lenet-wide and the sizes of lenet-modern ---------------------------------------------------
+
+def test_lenet_wide_is_lenet_modern_with_twice_the_maps_and_256_hidden_units():
+    m = build_machine({"model": "lenet-wide", "input_shape": [1, 28, 28], "n_classes": 10})
+    kinds = [(type(mod).__name__, sum(p.x.size for p in mod.params())) for mod in fb.network.leaves(m.net)]
+    assert kinds == [("Conv2d", 9 * 64), ("ReLU", 64), ("MaxPool", 0), ("Conv2d", 9 * 64 * 128), ("ReLU", 128),
+                     ("MaxPool", 0), ("Flatten", 0), ("Linear", 128 * 7 * 7 * 256), ("ReLU", 256),
+                     ("Linear", 256 * 10), ("Bias", 10)]
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    assert m.energies_of(x).shape == (2, 10)
+
+
+def test_lenet_modern_takes_several_hidden_layers_and_refuses_bad_sizes_in_one_line(tmp_path):
+    net = fb.lenet_modern(fb.ParamPool(), size=8, maps=(4, 6), hidden=[5, 3], dropout=0.1)
+    names = [type(mod).__name__ for mod in net.modules]
+    assert names == ["Conv2d", "ReLU", "MaxPool", "Conv2d", "ReLU", "MaxPool", "Flatten", "Dropout", "Linear",
+                     "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear", "Bias"]
+    assert [mod.w.x.shape for mod in net.modules if isinstance(mod, fb.Linear)] == [(5, 24), (3, 5), (10, 3)]
+    with pytest.raises(ValueError, match="expected maps, two positive numbers of feature maps, got \\[4\\]"):
+        fb.lenet_modern(fb.ParamPool(), size=8, maps=[4])
+    with pytest.raises(ValueError, match="expected hidden, one or more positive layer sizes, got \\[0\\]"):
+        fb.lenet_modern(fb.ParamPool(), size=8, hidden=[0])
+    with pytest.raises(ValueError, match="a divisor of both maps 8 and 12, got 8"):
+        fb.lenet_modern(fb.ParamPool(), size=8, maps=(8, 12), norm_groups=8)
+    d = tmp_path / "run"
+    ok("train", "--model", "lenet-modern", "--maps", "4,8", "--hidden", "16", "--epochs", "1", "--limit", "100",
+       "--out", d, "--no-plots")
+    spec = json.loads((d / "config.json").read_text())["model"]
+    assert spec["maps"] == [4, 8] and spec["hidden"] == [16]
+    assert "--maps is an option of lenet-modern, lenet-wide, not of lenet5" in one_line(
+        fail("train", "--model", "lenet5", "--maps", "4,8", "--out", tmp_path / "r2"))
