@@ -115,3 +115,21 @@ def test_lenet_modern_takes_several_hidden_layers_and_refuses_bad_sizes_in_one_l
     assert spec["maps"] == [4, 8] and spec["hidden"] == [16]
     assert "--maps is an option of lenet-modern, lenet-wide, not of lenet5" in one_line(
         fail("train", "--model", "lenet5", "--maps", "4,8", "--out", tmp_path / "r2"))
+
+
+def test_export_of_a_mirroring_run_says_how_to_reproduce_its_answers(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    ok("train", "--model", "lenet-modern", "--test-mirror", "--epochs", "2", "--limit", "300", "--no-plots",
+       "--out", run)
+    out, _ = ok("export", run, "--onnx", tmp_path / "m.onnx")
+    assert out.splitlines()[1] == (f"note: {run} infers with test-time mirroring; the ONNX graph gives the energies "
+                                   f"of x alone: average them with those of x[..., ::-1] for fbprop's answers")
+    data = load_dataset("digits")
+    pixels = np.rint((data.test.x * data.std + data.mean) * 16).astype(np.float32)    # counts 0..16
+    np.save(tmp_path / "pixels.npy", pixels[:, 0])
+    answers = np.array(ok("predict", run, tmp_path / "pixels.npy")[0].split(), dtype=int)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    energies = [session.run(None, {"x": np.ascontiguousarray(p)})[0] for p in (pixels, pixels[..., ::-1])]
+    assert (np.argmin(energies[0] + energies[1], axis=1) == answers).mean() > 0.99

@@ -734,6 +734,9 @@ def cmd_export(args) -> int:
             takes = f"pixel values 0-{norm['pixel_scale']:g}" if norm else "standardised images"
             print(f"ONNX model written to {args.onnx}: input x (n, {', '.join(map(str, spec['input_shape']))}) "
                   f"of {takes}, output energies (n, {spec['n_classes']})")
+            if machine.test_mirror:
+                print(f"note: {args.checkpoint} infers with test-time mirroring; the ONNX graph gives the energies "
+                      f"of x alone: average them with those of x[..., ::-1] for fbprop's answers")
         if args.safetensors:
             export.save_safetensors(machine, args.safetensors)
             print(f"weights written to {args.safetensors}: {', '.join(export.state_dict(machine))}")
