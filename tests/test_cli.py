@@ -211,7 +211,7 @@ def test_train_help_states_each_default_once():
 
 
 # gradcheck ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("model", ["mlp", "linear"])
+@pytest.mark.parametrize("model", ["mlp", "linear", "lenet5", "lenet-modern", "lenet-wide"])
 def test_gradcheck_passes_every_module_of_the_model(model):
     out, _ = ok("gradcheck", model)
     assert out.splitlines()[-1] == f"{model}: all modules pass"
