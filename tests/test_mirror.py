@@ -133,3 +133,18 @@ def test_export_of_a_mirroring_run_says_how_to_reproduce_its_answers(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     energies = [session.run(None, {"x": np.ascontiguousarray(p)})[0] for p in (pixels, pixels[..., ::-1])]
     assert (np.argmin(energies[0] + energies[1], axis=1) == answers).mean() > 0.99
+
+
+def test_the_attribute_turns_mirroring_on_and_fb_save_keeps_it(tmp_path):
+    plain, _ = _pair()
+    machine = build_machine(SPEC)
+    machine.test_mirror = True
+    x = np.random.default_rng(1).standard_normal((3, 1, 8, 8))
+    want = 0.5 * (plain.energies_of(x) + plain.energies_of(x[..., ::-1]))
+    np.testing.assert_allclose(machine.energies_of(x), want, rtol=0, atol=1e-13)
+    fb.save(machine, tmp_path / "m.npz")
+    loaded = fb.load(tmp_path / "m.npz")
+    assert loaded.test_mirror is True
+    np.testing.assert_allclose(loaded.energies_of(x), want, rtol=0, atol=1e-13)
+    with pytest.raises(TypeError, match="test_mirror is True or False, got 'yes'"):
+        machine.test_mirror = "yes"

@@ -63,11 +63,24 @@ class Machine:
             self.out = self.network.state("out")
         self.y_enters = self.network.n_inputs == 2
         self.inputs = [self.inp, self.target] if self.y_enters else [self.inp]
-        self.test_mirror = bool(self.spec.get("test_mirror", False))
-        if self.test_mirror and (self.regression or self.y_enters):
+        self._mirrored, self._mirror_energies = State(), State()
+        self.test_mirror = self.spec.get("test_mirror", False)
+
+    @property
+    def test_mirror(self) -> bool:
+        """Inference on the image and its mirror (see `inference`); kept in the spec, so `fb.save`
+        and checkpoints carry it."""
+        return bool(self.spec.get("test_mirror", False))
+
+    @test_mirror.setter
+    def test_mirror(self, on: bool) -> None:
+        if not isinstance(on, (bool, np.bool_)):
+            raise TypeError(f"Machine: test_mirror is True or False, got {on!r}")
+        if on and (self.regression or self.y_enters):
             raise ValueError("Machine: test_mirror averages the energies of each answer over an image and its "
                              "mirror; it needs a classifier, not a regression or a machine reading Y")
-        self._mirrored, self._mirror_energies = State(), State()
+        if on or "test_mirror" in self.spec:
+            self.spec["test_mirror"] = bool(on)
 
     # forward ------------------------------------------------------------------------------
     def fprop(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
