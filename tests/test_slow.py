@@ -25,9 +25,6 @@ pytestmark = [
 ]
 
 
-LENET5_LEAST = 0.91                                              # set from the README figure
-
-
 def _accuracy(out):
     return 1 - json.loads((out / "result.json").read_text())["test_error"]
 
@@ -40,7 +37,7 @@ def test_the_readme_fashion_mnist_command_reaches_its_figure(model, least, tmp_p
 
 
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="needs an MPI launcher (pip install -e '.[mpi]')")
-@pytest.mark.parametrize("model, least", [("lenet5", LENET5_LEAST), ("lenet-wide", 0.93)])
+@pytest.mark.parametrize("model, least", [("lenet5", 0.92), ("lenet-wide", 0.93)])
 def test_the_readme_command_on_two_processes_reaches_its_figure(model, least, tmp_path):
     args = ["train", "--data", "fashion-mnist", "--model", model, "--no-plots", "--no-progress"]
     subprocess.run(["mpiexec", "-n", "2", sys.executable, "-m", "fbprop.cli", *args, "--out", str(tmp_path)],

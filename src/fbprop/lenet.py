@@ -176,7 +176,8 @@ def _build_lenet_modern(spec: dict, pool: ParamPool) -> tuple[Module, Module]:
                         maps=spec.get("maps", (32, 64)), hidden=spec.get("hidden", 128)), NegatedScores()
 
 
-# the recipes of bench/recipes.md, on all 60,000 Fashion-MNIST images, keeping the last epoch: LeNet-5
+# the recipes of bench/recipes.md, on all 60,000 Fashion-MNIST images (no validation split: the epoch of
+# least training error is kept, the last or nearly): LeNet-5
 # for 120 epochs with half the images mirrored and shifts of up to 1 pixel (the best validation error
 # of the three distortions tried; 120 epochs did better than 60), inferring on the image and its mirror;
 # lenet-modern for 8 epochs undistorted (distortions and group normalisation did no better on the
