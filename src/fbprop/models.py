@@ -37,8 +37,8 @@ class ModelEntry:
     loss, loss_args); `options` are the spec keys a user may set beyond energy and loss;
     `training` holds the model's recipes, the training settings `fbprop train --model M` starts
     from (optimizer, lr, the optimizer's options, batch_size, epochs, schedule, augment,
-    augment_args; and, going into the spec, any of the model's `options`, e.g. dropout, and
-    val_size), by data set name, "default" for the others (see `recipe`)."""
+    augment_args; and, going into the spec, any of the model's `options`, e.g. dropout, val_size
+    and test_mirror), by data set name, "default" for the others (see `recipe`)."""
 
     build: Callable[[dict, ParamPool], tuple[Module, Module]]
     defaults: dict = field(default_factory=dict)
