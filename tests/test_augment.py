@@ -349,7 +349,7 @@ def test_every_registered_recipe_names_known_settings():
     from fbprop import cli, models
     from fbprop.optim import OPTIMIZERS
     known = {"optimizer", "lr", "batch_size", "hessian_samples", "epochs", "schedule", "patience", "augment",
-             "augment_args", "val_size", "test_mirror"}
+             "augment_args", "val_size", "test_mirror", "test_shift"}
     for name, entry in models.MODELS.items():
         for dataset, settings in entry.training.items():
             optimizer = OPTIMIZERS[settings.get("optimizer", "sgd")]

@@ -51,7 +51,7 @@ def test_evaluation_reports_the_loss_and_error_of_the_mirrored_energies_and_trai
 
 
 def test_test_mirror_is_refused_for_a_regression_and_for_inputs_that_are_not_images():
-    with pytest.raises(ValueError, match="test_mirror mirrors images .* got input_shape .64."):
+    with pytest.raises(ValueError, match="test_mirror moves images .* got input_shape .64."):
         build_machine({"model": "mlp", "input_shape": [64], "n_classes": 10, "test_mirror": True})
     with pytest.raises(ValueError, match="test_mirror .* needs a classifier, not a regression"):
         build_machine({"model": "mlp", "input_shape": [1, 8, 8], "n_classes": 2, "task": "regression",
@@ -124,8 +124,8 @@ def test_export_of_a_mirroring_run_says_how_to_reproduce_its_answers(tmp_path):
     ok("train", "--model", "lenet-modern", "--test-mirror", "--epochs", "2", "--limit", "300", "--no-plots",
        "--out", run)
     out, _ = ok("export", run, "--onnx", tmp_path / "m.onnx")
-    assert out.splitlines()[1] == (f"note: {run} infers with test-time mirroring; the ONNX graph gives the energies "
-                                   f"of x alone: average them with those of x[..., ::-1] for fbprop's answers")
+    assert out.splitlines()[1] == (f"note: {run} infers on several views of each image; the ONNX graph gives the "
+                                   f"energies of x alone: average them over x, x[..., ::-1] for fbprop's answers")
     data = load_dataset("digits")
     pixels = np.rint((data.test.x * data.std + data.mean) * 16).astype(np.float32)    # counts 0..16
     np.save(tmp_path / "pixels.npy", pixels[:, 0])
@@ -148,3 +148,42 @@ def test_the_attribute_turns_mirroring_on_and_fb_save_keeps_it(tmp_path):
     np.testing.assert_allclose(loaded.energies_of(x), want, rtol=0, atol=1e-13)
     with pytest.raises(TypeError, match="test_mirror is True or False, got 'yes'"):
         machine.test_mirror = "yes"
+
+
+def _shifted(x, dy, dx):
+    """x moved dy rows down and dx columns right, the edges repeated (numpy's edge padding, then a crop)."""
+    h, w = x.shape[-2:]
+    p = np.pad(x, ((0, 0), (0, 0), (abs(dy), abs(dy)), (abs(dx), abs(dx))), mode="edge")
+    return p[..., abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_shifted_views_average_the_energies_of_the_image_moved_each_way(mirror):
+    plain = build_machine(SPEC)
+    views = build_machine({**SPEC, "test_mirror": mirror, "test_shift": 1})
+    x = np.random.default_rng(2).standard_normal((5, 1, 8, 8))
+    images = [x, x[..., ::-1]] if mirror else [x]
+    moves = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)]
+    want = np.mean([plain.energies_of(_shifted(im, dy, dx)) for im in images for dy, dx in moves], axis=0)
+    np.testing.assert_allclose(views.energies_of(x, batch_size=2), want, rtol=0, atol=1e-12)
+    assert np.array_equal(views.predict(x), want.argmin(1))
+    two = build_machine({**SPEC, "test_shift": 2})
+    want2 = np.mean([plain.energies_of(_shifted(x, dy, dx)) for dy, dx in [(0, 0), (2, 0), (-2, 0), (0, 2), (0, -2)]],
+                    axis=0)
+    np.testing.assert_allclose(two.energies_of(x), want2, rtol=0, atol=1e-12)
+
+
+def test_test_shift_is_refused_when_negative_or_not_for_images_and_recorded_by_the_command_line(tmp_path):
+    with pytest.raises(ValueError, match="test_shift is a number of pixels >= 0, got -1"):
+        build_machine({**SPEC, "test_shift": -1})
+    with pytest.raises(ValueError, match="test_shift moves images .* got input_shape .64."):
+        build_machine({"model": "mlp", "input_shape": [64], "n_classes": 10, "test_shift": 1})
+    with pytest.raises(CheckpointError, match="architecture.test_shift: expected 0 to 64 pixels, got 100"):
+        check_spec("c.npz", {"test_shift": 100})
+    d = tmp_path / "run"
+    ok("train", "--model", "lenet-modern", "--test-mirror", "--test-shift", "1", "--epochs", "1", "--limit", "200",
+       "--out", d, "--no-plots")
+    spec = json.loads((d / "config.json").read_text())["model"]
+    assert spec["test_mirror"] is True and spec["test_shift"] == 1
+    assert "test_shift is a number of pixels >= 0, got -2" in one_line(
+        fail("train", "--model", "lenet-modern", "--test-shift", "-2", "--out", tmp_path / "r2"))

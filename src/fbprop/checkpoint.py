@@ -198,6 +198,8 @@ def check_spec(path, spec: dict) -> None:
     if "test_mirror" in spec and not isinstance(spec["test_mirror"], bool):
         got = repr(spec["test_mirror"])[:100]
         raise CheckpointError(f"{path}: architecture.test_mirror: expected true or false, got {got}")
+    if "test_shift" in spec:
+        _field(path, "architecture.test_shift", spec["test_shift"], int, lambda v: 0 <= v <= 64, "0 to 64 pixels")
     if "dtype" in spec:
         _field(path, "architecture.dtype", spec["dtype"], str, lambda v: v in ("float32", "float64"),
                "float32 or float64")

@@ -144,6 +144,9 @@ def train_options() -> dict[str, tuple]:
         "test_mirror": (None, {"action": argparse.BooleanOptionalAction,
                                "help": "at inference (validation, test, eval, predict), average each answer's energy "
                                        "over the image and its left-right mirror (default: the model's recipe, off)"}),
+        "test_shift": (None, {"type": int, "metavar": "PIXELS",
+                              "help": "at inference, average also over the image (and its mirror, with --test-mirror) "
+                                      "moved by PIXELS up, down, left and right (default: the model's recipe, 0)"}),
         "optimizer": (None, {"choices": list(OPTIMIZERS),
                              "help": "; ".join(f"{k}: {e.help}" for k, e in OPTIMIZERS.items())
                              + " (default: the model's recipe, sgd for mlp)"}),
@@ -297,8 +300,9 @@ def _model_spec(args, base: dict) -> dict:
     """The model spec: `base` with the model options given on the command line applied."""
     spec = dict(base)
     entry = model_entry(spec["model"])
-    if args.test_mirror is not None:
-        spec["test_mirror"] = args.test_mirror
+    for key in ("test_mirror", "test_shift"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
     for key in ("hidden", "squash", "dropout", "norm_groups", "maps"):
         if getattr(args, key) is not None:
             if key not in entry.options:
@@ -365,7 +369,7 @@ def _training_settings(args, base: dict) -> dict:
 def _defaults(model: str | None = None, dataset: str | None = None) -> dict:
     """The training settings a new run starts from: the generic ones, then the model's recipe for the data."""
     settings = recipe(model, dataset) if model else {}
-    spec_keys = {*model_entry(model).options, "val_size", "test_mirror"} if model else set()
+    spec_keys = {*model_entry(model).options, "val_size", "test_mirror", "test_shift"} if model else set()
     settings = {k: v for k, v in settings.items() if k not in spec_keys}
     entry = OPTIMIZERS[settings.get("optimizer", "sgd")]
     return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
@@ -425,7 +429,7 @@ def _new_run(args, root: bool):
     data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
     options = model_entry(spec["model"]).options                 # a recipe may set the model's options (dropout)
     for key, value in recipe(spec["model"], data.name).items():
-        if key in (*options, "test_mirror") and getattr(args, key, None) is None:
+        if key in (*options, "test_mirror", "test_shift") and getattr(args, key, None) is None:
             spec[key] = value
     settings = _training_settings(args, {**_defaults(spec["model"], data.name), "seed": spec["seed"]})
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,
@@ -734,9 +738,12 @@ def cmd_export(args) -> int:
             takes = f"pixel values 0-{norm['pixel_scale']:g}" if norm else "standardised images"
             print(f"ONNX model written to {args.onnx}: input x (n, {', '.join(map(str, spec['input_shape']))}) "
                   f"of {takes}, output energies (n, {spec['n_classes']})")
-            if machine.test_mirror:
-                print(f"note: {args.checkpoint} infers with test-time mirroring; the ONNX graph gives the energies "
-                      f"of x alone: average them with those of x[..., ::-1] for fbprop's answers")
+            if machine.test_mirror or machine.test_shift:
+                views = [*(["x[..., ::-1]"] if machine.test_mirror else []),
+                         *([f"copies moved by {machine.test_shift} px each way (edges repeated)"]
+                           if machine.test_shift else [])]
+                print(f"note: {args.checkpoint} infers on several views of each image; the ONNX graph gives the "
+                      f"energies of x alone: average them over x, {' and '.join(views)} for fbprop's answers")
         if args.safetensors:
             export.save_safetensors(machine, args.safetensors)
             print(f"weights written to {args.safetensors}: {', '.join(export.state_dict(machine))}")

@@ -63,8 +63,9 @@ class Machine:
             self.out = self.network.state("out")
         self.y_enters = self.network.n_inputs == 2
         self.inputs = [self.inp, self.target] if self.y_enters else [self.inp]
-        self._mirrored, self._mirror_energies = State(), State()
+        self._view, self._view_energies = State(), State()
         self.test_mirror = self.spec.get("test_mirror", False)
+        self.test_shift = self.spec.get("test_shift", 0)
 
     @property
     def test_mirror(self) -> bool:
@@ -81,6 +82,21 @@ class Machine:
                              "mirror; it needs a classifier, not a regression or a machine reading Y")
         if on or "test_mirror" in self.spec:
             self.spec["test_mirror"] = bool(on)
+
+    @property
+    def test_shift(self) -> int:
+        """Inference also on the image moved by this many pixels each way (see `inference`); 0: off."""
+        return int(self.spec.get("test_shift", 0))
+
+    @test_shift.setter
+    def test_shift(self, pixels: int) -> None:
+        if isinstance(pixels, (bool, np.bool_)) or not isinstance(pixels, (int, np.integer)) or pixels < 0:
+            raise ValueError(f"Machine: test_shift is a number of pixels >= 0, got {pixels!r}")
+        if pixels and (self.regression or self.y_enters):
+            raise ValueError("Machine: test_shift averages the energies of each answer over moved copies of an "
+                             "image; it needs a classifier, not a regression or a machine reading Y")
+        if pixels or "test_shift" in self.spec:
+            self.spec["test_shift"] = int(pixels)
 
     # forward ------------------------------------------------------------------------------
     def fprop(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
@@ -105,25 +121,37 @@ class Machine:
             self.loss.fprop(self.energies, None if self.y_enters else self.labels, self.losses)
 
     def inference(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
-        """fprop for inference (predict, energies_of, evaluation): with `test_mirror` set, each
-        answer's energy is the mean of its energies for the image and for its left-right mirror,
-        E'(W, y, X) = ½ [E(W, y, X) + E(W, y, mirror(X))], and the losses are those of E'."""
-        if not self.test_mirror:
+        """fprop for inference (predict, energies_of, evaluation). With `test_mirror` or `test_shift`
+        set, each answer's energy is its mean energy over views of the image, E'(W, y, X) =
+        mean_T E(W, y, T X): the image and its left-right mirror (test_mirror), each of them also
+        moved by `test_shift` pixels up, down, left and right (edges repeated, as the training
+        distortions do); the losses are those of E'."""
+        views = self._views()
+        if len(views) == 1:
             self.fprop(x, y)
             return
         if np.ndim(x) != 4:
-            raise ValueError(f"Machine: test_mirror needs image batches (n, c, h, w), got input of shape "
-                             f"{np.shape(x)}")
-        mirrored = self._mirrored.resize(*x.shape, dtype=self.pool.dtype).x
-        np.copyto(mirrored, x[..., ::-1], casting="same_kind")
-        self.fprop(mirrored, None)
-        e = self._mirror_energies.set(self.energies.x).x
-        self.fprop(x, None)
-        e += self.energies.x
-        np.multiply(e, 0.5, out=self.energies.x)
+            raise ValueError(f"Machine: test_mirror and test_shift need image batches (n, c, h, w), got input "
+                             f"of shape {np.shape(x)}")
+        view = self._view.resize(*x.shape, dtype=self.pool.dtype).x
+        total = None
+        for mirror, dy, dx in views:
+            _moved(view, x[..., ::-1] if mirror else x, dy, dx)
+            self.fprop(view, None)
+            if total is None:
+                total = self._view_energies.set(self.energies.x).x
+            else:
+                total += self.energies.x
+        np.multiply(total, 1 / len(views), out=self.energies.x)
         if y is not None:
             self.labels.x = y
             self.loss.fprop(self.energies, self.labels, self.losses)
+
+    def _views(self) -> list[tuple[bool, int, int]]:
+        """(mirrored?, rows down, columns right) of each view inference averages over."""
+        s = self.test_shift
+        moves = [(0, 0), (s, 0), (-s, 0), (0, s), (0, -s)] if s else [(0, 0)]
+        return [(m, dy, dx) for m in ((False, True) if self.test_mirror else (False,)) for dy, dx in moves]
 
     def _own_dtype(self, a, slot: str):
         """`a` itself, or for a floating array of another dtype than the pool's, its values
@@ -345,3 +373,21 @@ def _first_nonfinite(module: Module, inputs: list[State]) -> tuple[str | None, l
     module.fprop(*inputs, *outs)
     bad = any(o.x.dtype.kind == "f" and not np.isfinite(o.x).all() for o in outs)
     return (repr(module) if bad else None), outs
+
+
+def _moved(dst: np.ndarray, src: np.ndarray, dy: int, dx: int) -> None:
+    """dst = src moved dy rows down and dx columns right (negative: up, left), the edge rows and
+    columns repeated into the space left behind."""
+    h, w = src.shape[-2:]
+    dy, dx = max(-h + 1, min(h - 1, dy)), max(-w + 1, min(w - 1, dx))
+    rows = (slice(dy, None), slice(None, h - dy)) if dy >= 0 else (slice(None, h + dy), slice(-dy, None))
+    cols = (slice(dx, None), slice(None, w - dx)) if dx >= 0 else (slice(None, w + dx), slice(-dx, None))
+    np.copyto(dst[..., rows[0], cols[0]], src[..., rows[1], cols[1]], casting="same_kind")
+    if dy > 0:
+        dst[..., :dy, :] = dst[..., dy:dy + 1, :]
+    elif dy < 0:
+        dst[..., h + dy:, :] = dst[..., h + dy - 1:h + dy, :]
+    if dx > 0:
+        dst[..., :, :dx] = dst[..., :, dx:dx + 1]
+    elif dx < 0:
+        dst[..., :, w + dx:] = dst[..., :, w + dx - 1:w + dx]

@@ -37,8 +37,8 @@ class ModelEntry:
     loss, loss_args); `options` are the spec keys a user may set beyond energy and loss;
     `training` holds the model's recipes, the training settings `fbprop train --model M` starts
     from (optimizer, lr, the optimizer's options, batch_size, epochs, schedule, augment,
-    augment_args; and, going into the spec, any of the model's `options`, e.g. dropout, val_size
-    and test_mirror), by data set name, "default" for the others (see `recipe`)."""
+    augment_args; and, going into the spec, any of the model's `options`, e.g. dropout, val_size,
+    test_mirror and test_shift), by data set name, "default" for the others (see `recipe`)."""
 
     build: Callable[[dict, ParamPool], tuple[Module, Module]]
     defaults: dict = field(default_factory=dict)
@@ -180,9 +180,10 @@ def build_machine(spec: dict) -> Machine:
     for key in ("input_shape", "n_classes"):
         if key not in spec:
             raise ValueError(f"build_machine: the spec has no {key!r}")
-    if spec.get("test_mirror") and len(spec["input_shape"]) != 3:
-        raise ValueError(f"build_machine: test_mirror mirrors images (channels, height, width), "
-                         f"got input_shape {spec['input_shape']}")
+    for key in ("test_mirror", "test_shift"):
+        if spec.get(key) and len(spec["input_shape"]) != 3:
+            raise ValueError(f"build_machine: {key} moves images (channels, height, width), "
+                             f"got input_shape {spec['input_shape']}")
     pool = ParamPool(np.dtype(spec.get("dtype", "float32")), seed=spec.get("seed", 0))
     if regression:
         if spec["energy"] != "euclidean":
