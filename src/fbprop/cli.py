@@ -296,11 +296,14 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+VIEW_KEYS = ("test_mirror", "test_shift")                        # inference options: any image classifier's
+
+
 def _model_spec(args, base: dict) -> dict:
     """The model spec: `base` with the model options given on the command line applied."""
     spec = dict(base)
     entry = model_entry(spec["model"])
-    for key in ("test_mirror", "test_shift"):
+    for key in VIEW_KEYS:
         if getattr(args, key) is not None:
             spec[key] = getattr(args, key)
     for key in ("hidden", "squash", "dropout", "norm_groups", "maps"):
@@ -369,7 +372,7 @@ def _training_settings(args, base: dict) -> dict:
 def _defaults(model: str | None = None, dataset: str | None = None) -> dict:
     """The training settings a new run starts from: the generic ones, then the model's recipe for the data."""
     settings = recipe(model, dataset) if model else {}
-    spec_keys = {*model_entry(model).options, "val_size", "test_mirror", "test_shift"} if model else set()
+    spec_keys = {*model_entry(model).options, "val_size", *VIEW_KEYS} if model else set()
     settings = {k: v for k, v in settings.items() if k not in spec_keys}
     entry = OPTIMIZERS[settings.get("optimizer", "sgd")]
     return {"optimizer": "sgd", "lr": entry.lr, **entry.options, "batch_size": 32, "hessian_samples": 500,
@@ -429,7 +432,7 @@ def _new_run(args, root: bool):
     data = _load_data(args.data or "digits", args, spec, args.limit, spec.get("dtype", "float32"))
     options = model_entry(spec["model"]).options                 # a recipe may set the model's options (dropout)
     for key, value in recipe(spec["model"], data.name).items():
-        if key in (*options, "test_mirror", "test_shift") and getattr(args, key, None) is None:
+        if key in (*options, *VIEW_KEYS) and getattr(args, key, None) is None:
             spec[key] = value
     settings = _training_settings(args, {**_defaults(spec["model"], data.name), "seed": spec["seed"]})
     spec.update(input_shape=list(data.image_shape), n_classes=data.n_classes, dataset=data.name, limit=args.limit,

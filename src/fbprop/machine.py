@@ -77,11 +77,7 @@ class Machine:
     def test_mirror(self, on: bool) -> None:
         if not isinstance(on, (bool, np.bool_)):
             raise TypeError(f"Machine: test_mirror is True or False, got {on!r}")
-        if on and (self.regression or self.y_enters):
-            raise ValueError("Machine: test_mirror averages the energies of each answer over an image and its "
-                             "mirror; it needs a classifier, not a regression or a machine reading Y")
-        if on or "test_mirror" in self.spec:
-            self.spec["test_mirror"] = bool(on)
+        self._set_view("test_mirror", bool(on))
 
     @property
     def test_shift(self) -> int:
@@ -92,11 +88,15 @@ class Machine:
     def test_shift(self, pixels: int) -> None:
         if isinstance(pixels, (bool, np.bool_)) or not isinstance(pixels, (int, np.integer)) or pixels < 0:
             raise ValueError(f"Machine: test_shift is a number of pixels >= 0, got {pixels!r}")
-        if pixels and (self.regression or self.y_enters):
-            raise ValueError("Machine: test_shift averages the energies of each answer over moved copies of an "
-                             "image; it needs a classifier, not a regression or a machine reading Y")
-        if pixels or "test_shift" in self.spec:
-            self.spec["test_shift"] = int(pixels)
+        self._set_view("test_shift", int(pixels))
+
+    def _set_view(self, key: str, value: bool | int) -> None:
+        """Record an inference view option in the spec (left out while off and never set)."""
+        if value and (self.regression or self.y_enters):
+            raise ValueError(f"Machine: {key} averages the energies of each answer over views of an image; "
+                             f"it needs a classifier, not a regression or a machine reading Y")
+        if value or key in self.spec:
+            self.spec[key] = value
 
     # forward ------------------------------------------------------------------------------
     def fprop(self, x: np.ndarray, y: np.ndarray | None = None) -> None:
