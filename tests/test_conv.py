@@ -128,7 +128,7 @@ def test_conv2d_reuses_its_scratch_buffers_across_calls():
     conv.fprop(x, out)
     out.dx = np.ones(out.shape)
     conv.bprop(x, out)
-    scratch = (conv._xp, conv._col, conv._y, conv._g, conv._gt, conv._dcol, conv._dxt, out, x)
+    scratch = (conv._xp, conv._col, conv._dcol, conv._dxt, out, x)
     buffers = [s.x for s in scratch] + [out.dx, x.dx]
     conv.fprop(x, out)
     conv.bprop(x, out)

@@ -5,11 +5,52 @@ from __future__ import annotations
 import numpy as np
 
 
+def is_batch_last(a: np.ndarray) -> bool:
+    """Whether `a` (n, …) keeps each position's n values side by side in memory, the batch innermost
+    (its shape is batch-first, its memory (…, n) in C order), and is not also in C order: an array
+    for which C-order code would be slow. A batch of one, or of plain numbers, is C order."""
+    return a.ndim > 1 and not a.flags.c_contiguous and memory(a).flags.c_contiguous
+
+
+def memory(a: np.ndarray) -> np.ndarray:
+    """`a` (n, d1, …) seen as (d1, …, n): a C-contiguous view when `a` is batch-last."""
+    return a.transpose(*range(1, a.ndim), 0)
+
+
+def blocks(c: int, h: int, w: int, n: int):
+    """Slices (maps, rows) of a (c, h, w, n) array in blocks of about 8192 numbers."""
+    maps, rows = max(1, 8192 // (h * w * n)), max(1, 8192 // (w * n))
+    for k in range(0, c, maps):
+        for i in range(0, h, rows):
+            yield slice(k, k + maps), slice(i, i + rows)
+
+
+def copy_batch_last(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst (c, h, w, n) ← src (n, c, h, w), in blocks. A transposed copy reads one array against
+    its memory order; numpy does it element by element over the whole array, which misses the
+    cache on every read once the batch is large (34 ms for a (4704, 1024) array, against 4.6 ms
+    in blocks that stay in the L1 cache). A batch-last src is one plain copy."""
+    if is_batch_last(src):
+        np.copyto(dst, memory(src))
+        return
+    for k, i in blocks(*dst.shape):
+        np.copyto(dst[k, i], src[:, k, i].transpose(1, 2, 3, 0))
+
+
+def _empty(shape: tuple[int, ...], dtype: np.dtype, last: bool) -> np.ndarray:
+    if not last:
+        return np.empty(shape, dtype=dtype)
+    return np.empty(shape[1:] + shape[:1], dtype=dtype).transpose(len(shape) - 1, *range(len(shape) - 1))
+
+
 class State:
     """A slot between modules: `x` (value), `dx` (∂L/∂x), `ddx` (Gauss-Newton ∂²L/∂x²).
 
     Arrays of any rank, batch axis first. `dx` and `ddx` have the shape of `x` and are allocated
-    on first use, so a state that only runs forward costs one array. `resize` to the shape it
+    on first use, so a state that only runs forward costs one array. Memory order is the writer's
+    choice: C order, or batch-last (`resize(..., batch_last=True)`, see `is_batch_last`), which
+    convolutions use so that a window's pixels for the whole batch are one contiguous run; `dx` and
+    `ddx` follow the layout of `x`. Readers take any layout. `resize` to the shape it
     already has keeps every buffer, which is what makes a training step allocation-free.
 
     `requires_dx = False` marks a state nobody reads derivatives of (a batch of raw data): a
@@ -68,11 +109,14 @@ class State:
     def ddx(self, value: np.ndarray) -> None:
         self.ddx[...] = value
 
-    def resize(self, *shape: int, dtype: np.dtype | type | None = None) -> State:
-        """Give `x` this shape (and dtype); the buffers are kept when nothing changes."""
+    def resize(self, *shape: int, dtype: np.dtype | type | None = None, batch_last: bool = False) -> State:
+        """Give `x` this shape (and dtype), in C order or with the batch innermost in memory
+        (`batch_last`); the buffers are kept when nothing changes."""
         dtype = np.dtype(dtype) if dtype is not None else self.x.dtype
-        if self.x.shape != shape or self.x.dtype != dtype:
-            self.x = np.empty(shape, dtype=dtype)
+        x = self.x
+        last = batch_last and len(shape) > 1 and shape[0] > 1
+        if x.shape != shape or x.dtype != dtype or not (memory(x) if last else x).flags.c_contiguous:
+            self.x = _empty(shape, dtype, last)
             self._dx = self._ddx = None
         return self
 

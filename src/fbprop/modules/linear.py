@@ -7,7 +7,7 @@ import numpy as np
 from fbprop.blas import add_product, product
 from fbprop.module import Module, expect_shape
 from fbprop.params import ParamPool
-from fbprop.state import State
+from fbprop.state import State, is_batch_last
 
 
 class Linear(Module):
@@ -25,7 +25,7 @@ class Linear(Module):
 
     def fprop(self, inp: State, out: State) -> None:
         expect_shape(self, inp, (None, self.n_in))
-        out.resize(inp.batch, self.n_out, dtype=np.result_type(inp.x, self.w.x))
+        out.resize(inp.batch, self.n_out, dtype=np.result_type(inp.x, self.w.x), batch_last=is_batch_last(inp.x))
         product(out.x, inp.x, self.w.x.T)                        # y = W x
 
     def bprop(self, inp: State, out: State) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from fbprop.module import Module
-from fbprop.state import State
+from fbprop.state import State, copy_batch_last, memory
 
 
 def expect_images(who: Module, inp: State, channels: int | None = None) -> None:
@@ -71,6 +73,8 @@ class Pad(Module):
 
     y[:, :, p:p+h, p:p+w] = x and 0 elsewhere, so ∂E/∂x is the interior of ∂E/∂y (LeNet-5 pads
     the 28×28 MNIST digits to 32×32 so that the strokes reach the centre of C5's receptive field).
+    y is batch-last in memory (see `State`), the layout a convolution reads without a copy: the
+    copy that pads is the one that puts the batch innermost.
     """
 
     def __init__(self, p: int) -> None:
@@ -86,11 +90,14 @@ class Pad(Module):
         expect_images(self, inp)
         n, c, h, w = inp.x.shape
         p = self.p
-        out.resize(n, c, h + 2 * p, w + 2 * p, dtype=inp.x.dtype)
+        out.resize(n, c, h + 2 * p, w + 2 * p, dtype=inp.x.dtype, batch_last=True)
         y = out.x
         y[:, :, :p] = y[:, :, p + h:] = 0                        # y = 0 on the border rows
         y[:, :, :, :p] = y[:, :, :, p + w:] = 0                  # and columns
-        y[self._interior(inp)] = inp.x                           # y = x inside
+        if n > 1:
+            copy_batch_last(memory(y)[:, p:p + h, p:p + w], inp.x)          # y = x inside, batch last
+        else:
+            np.copyto(y[self._interior(inp)], inp.x)
 
     def bprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:

@@ -7,7 +7,7 @@ import numpy as np
 from fbprop.blas import add_scaled
 from fbprop.module import Module
 from fbprop.params import ParamPool
-from fbprop.state import State
+from fbprop.state import State, is_batch_last, memory
 
 
 def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 1.0, zero: bool = False) -> None:
@@ -15,8 +15,12 @@ def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 
     broadcasts (size 1): the gradient of a bias. `buffer` keeps the sum between calls. With
     `zero` (target holds zeros not yet written, `Param.dx_for_sum`) target ← α Σ a instead."""
     axes = (0,) + tuple(i + 1 for i, k in enumerate(target.shape) if k == 1 and a.shape[i + 1] != 1)
-    total = buffer.resize(1, *target.shape, dtype=a.dtype).x
-    np.add.reduce(a, axis=axes, keepdims=True, out=total)
+    if is_batch_last(a):                                         # sum in memory order: the batch is the last axis
+        total = buffer.resize(*target.shape, 1, dtype=a.dtype).x
+        np.add.reduce(memory(a), axis=tuple(i - 1 if i else a.ndim - 1 for i in axes), keepdims=True, out=total)
+    else:
+        total = buffer.resize(1, *target.shape, dtype=a.dtype).x
+        np.add.reduce(a, axis=axes, keepdims=True, out=total)
     if zero:
         np.multiply(total.reshape(target.shape), alpha, out=target)      # = 0 + α Σ a, rounded the same
     else:
@@ -58,7 +62,7 @@ class Squash(Module):
 
     def fprop(self, inp: State, out: State) -> None:
         self._check(inp)
-        out.resize(*inp.x.shape, dtype=inp.x.dtype)
+        out.resize(*inp.x.shape, dtype=inp.x.dtype, batch_last=is_batch_last(inp.x))   # the input's layout
         if self.b is None:
             np.copyto(out.x, inp.x)
         else:
@@ -67,7 +71,7 @@ class Squash(Module):
 
     def _back(self, inp: State, out: State, power: int, slot: str) -> None:
         """Adds f'(u)^power · (the output's `slot`) into the input's and the bias's `slot`."""
-        g = self._g.resize(*out.x.shape, dtype=out.x.dtype).x
+        g = self._g.resize(*out.x.shape, dtype=out.x.dtype, batch_last=is_batch_last(out.x)).x
         c = self.slope(out.x, g) ** power
         if power == 2:
             np.multiply(g, g, out=g)
