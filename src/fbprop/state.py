@@ -69,12 +69,25 @@ class State:
         self._dx: np.ndarray | None = None
         self._ddx: np.ndarray | None = None
 
+    def __getstate__(self) -> tuple:
+        # pickle writes an array in C order: a batch-last buffer goes as its memory and comes back
+        # batch-last, so a copy computes in the original's layout, to the same bits
+        slots = {name: getattr(self, name) for name in self.__slots__ if hasattr(self, name)}
+        last = tuple(name for name, v in slots.items() if isinstance(v, np.ndarray) and is_batch_last(v))
+        for name in last:
+            slots[name] = memory(slots[name])
+        return None, {**slots, "_batch_last": last}
+
     def __setstate__(self, state: tuple) -> None:
         # slots come back as (None, {name: value}); a buffer unpickled as a read-only memory map
         # (joblib's mmap_mode) is copied, since modules write into it
-        for name, value in state[1].items():
+        values = dict(state[1])
+        last = values.pop("_batch_last", ())
+        for name, value in values.items():
             if isinstance(value, np.ndarray) and not value.flags.writeable:
                 value = value.copy()
+            if name in last:
+                value = value.transpose(value.ndim - 1, *range(value.ndim - 1))
             setattr(self, name, value)
 
     @property
