@@ -14,6 +14,19 @@ def _images(*shape: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape)
 
 
+def _batch_last(a: np.ndarray) -> np.ndarray:
+    """The same numbers stored batch innermost (see fbprop.State), as a convolution's output is."""
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 0, -1)), -1, 0)
+
+
+def _last(factory):
+    """The case with its inputs batch-last: the modules' batch-last code paths."""
+    def made(pool):
+        module, inputs = factory(pool)
+        return module, [_batch_last(a) for a in inputs]
+    return made
+
+
 def _conv(**kw):
     return lambda pool: (fb.Conv2d(2, 3, 3, pool, **kw), [_images(2, 2, 5, 5)])
 
@@ -79,4 +92,20 @@ CASES = [
     ("Cascade conv-groupnorm-relu-flatten-linear", _group_norm_net),
     ("Cascade conv-tanh-subsampling-flatten-linear", _cascade),
     ("ImageCascade pad-conv-flatten-linear", _image_cascade),
+    # the same modules reading batch-last states (a convolution's output, and what follows it)
+    ("Conv2d, batch-last input (col2im straight into dx)", _last(_conv())),
+    ("Conv2d stride 2 padding 1, batch-last input", _last(_conv(stride=2, padding=1))),
+    ("Conv2d table, batch-last input", _last(_table)),
+    ("Subsampling, batch-last input", _last(lambda pool: (fb.Subsampling(2, 2, pool), [_images(2, 2, 4, 6)]))),
+    ("MaxPool leaving a border, batch-last input", _last(lambda pool: (fb.MaxPool(2), [_images(2, 2, 5, 7)]))),
+    ("MaxPool overlapping, batch-last input", _last(lambda pool: (fb.MaxPool(3, stride=2), [_images(2, 2, 5, 5)]))),
+    ("Pad, batch-last input", _last(lambda pool: (fb.Pad(2), [_images(2, 2, 3, 3)]))),
+    ("Flatten, batch-last input", _last(lambda pool: (fb.Flatten(), [_images(2, 2, 3, 3)]))),
+    ("ScaledTanh with a bias per map, batch-last input",
+     _last(lambda pool: (fb.ScaledTanh((2, 1, 1), pool), [_images(3, 2, 3, 4)]))),
+    ("Linear, batch-last input", _last(lambda pool: (fb.Linear(6, 4, pool), [_images(3, 6)]))),
+    ("GroupNorm, batch-last input", _last(_group_norm(4, 2, (3, 4, 3, 3), 3))),
+    ("Dropout with a fixed mask, batch-last input",
+     _last(lambda pool: (fb.Dropout(0.5, mask=np.random.default_rng(2).integers(0, 2, (2, 3, 3)) * 2.0),
+                         [_images(3, 2, 3, 3)]))),
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from scipy.special import expit
 
 import fbprop as fb
+from fbprop.state import is_batch_last
 
 RNG = np.random.default_rng(7)
 X = RNG.standard_normal((3, 4))
@@ -298,3 +301,47 @@ def test_a_cascade_subclass_with_its_own_fprop_is_not_opened_up():
     assert net._links[0] is checked
     with pytest.raises(ValueError, match="Checked: expected 4 features"):
         net.fprop(fb.State(np.ones((2, 5))), fb.State())
+
+
+# ---- memory layout: batch-last states -----------------------------------------------------------
+
+def test_a_batch_last_state_is_batch_first_in_shape_and_batch_innermost_in_memory():
+    s = fb.State().resize(4, 3, 2, 5, dtype=np.float32, batch_last=True)
+    assert s.x.shape == (4, 3, 2, 5)
+    assert s.x.strides == (4, 2 * 5 * 4 * 4, 5 * 4 * 4, 4 * 4)   # the 4 samples of a pixel are adjacent
+    assert is_batch_last(s.x) and is_batch_last(s.dx) and is_batch_last(s.ddx)   # dx and ddx follow x
+    x, dx = s.x, s.dx
+    assert s.resize(4, 3, 2, 5, dtype=np.float32, batch_last=True).x is x and s.dx is dx   # kept
+    assert s.resize(4, 3, 2, 5, dtype=np.float32).x.flags.c_contiguous                  # C order asked: a new buffer
+    assert fb.State().resize(1, 3, 2, 5, batch_last=True).x.flags.c_contiguous           # one sample: the same memory
+    assert not is_batch_last(np.zeros((4, 3))) and not is_batch_last(np.zeros((4, 1))) and not is_batch_last(np.zeros(4))
+
+
+def test_a_copy_of_a_batch_last_state_keeps_its_layout_and_numbers():
+    s = fb.State().resize(4, 3, 5, batch_last=True)
+    s.x[...] = np.arange(60.0).reshape(4, 3, 5)
+    s.dx[...] = -s.x
+    for clone in (copy.deepcopy(s), pickle.loads(pickle.dumps(s))):
+        assert is_batch_last(clone.x) and is_batch_last(clone.dx)
+        np.testing.assert_array_equal(clone.x, s.x)
+        np.testing.assert_array_equal(clone.dx, -s.x)
+
+
+def test_modules_give_the_same_numbers_for_either_layout_of_their_input():
+    rng = np.random.default_rng(3)
+    pool = fb.ParamPool(np.float64)
+    net = fb.Cascade(fb.Conv2d(2, 3, 3, pool, padding=1), fb.ScaledTanh((3, 1, 1), pool), fb.Subsampling(3, 2, pool),
+                     fb.MaxPool(2), fb.Flatten(), fb.Linear(3 * 2 * 2, 4, pool), fb.ScaledTanh(4, pool))
+    x = rng.standard_normal((5, 2, 8, 8))
+    results = []
+    for a in (x, np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)):
+        inp, out = fb.State(a.copy()), fb.State()
+        pool.clear_dx()
+        net.fprop(inp, out)
+        out.dx = rng.standard_normal(out.x.shape) if not results else results[0][2]
+        net.bprop(inp, out)
+        results.append((out.x.copy(), inp.dx.copy(), out.dx.copy(), pool.dx.copy()))
+    (y0, dx0, _, dw0), (y1, dx1, _, dw1) = results
+    np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dw1, dw0, rtol=1e-12, atol=1e-14)
