@@ -314,7 +314,7 @@ def test_a_batch_last_state_is_batch_first_in_shape_and_batch_innermost_in_memor
     assert s.resize(4, 3, 2, 5, dtype=np.float32, batch_last=True).x is x and s.dx is dx   # kept
     assert s.resize(4, 3, 2, 5, dtype=np.float32).x.flags.c_contiguous                  # C order asked: a new buffer
     assert fb.State().resize(1, 3, 2, 5, batch_last=True).x.flags.c_contiguous           # one sample: the same memory
-    assert not is_batch_last(np.zeros((4, 3))) and not is_batch_last(np.zeros((4, 1))) and not is_batch_last(np.zeros(4))
+    assert not any(is_batch_last(np.zeros(shape)) for shape in ((4, 3), (4, 1), (4,)))
 
 
 def test_a_copy_of_a_batch_last_state_keeps_its_layout_and_numbers():
