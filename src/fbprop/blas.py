@@ -2,16 +2,37 @@
 
 BLAS's gemm computes C ← αAB + βC: with β = 1 it *is* "add into dx", so a product lands in the
 caller's dx with no temporary and one pass over it. axpy (y ← αx + y) is the SGD step in one
-pass over the pool. scipy.linalg is imported on the first call (0.15 s of start-up otherwise).
+pass over the pool.
+
+Two OpenBLAS libraries live in a numpy + scipy process: numpy's (0.3.31 in numpy 2.4's wheels)
+and scipy's (0.3.30 in scipy 1.17's). scipy.linalg.blas exposes gemm with β and axpy, and calls
+them with the least overhead (1-3 µs), but numpy's runs LeNet-5's convolution products 25-35%
+faster. Each library keeps its own thread pool, and two pools on the same cores ruin each other
+(a worker of one spins while the other's waits: LeNet-5's step 10× slower on 2 threads). So the
+work is split where OpenBLAS itself would run one thread: a product of m·n·k ≤ 262,144 or an
+axpy of ≤ 10,000 numbers goes to scipy's library, which then never starts its pool; with more
+than one thread, anything larger goes to numpy's — np.matmul for c = ab, and the same library's
+cblas gemm (β = 1) and axpy through ctypes, found once. With one thread there are no pools, and
+only the convolutions' products (`product(..., wide=True)`) go to numpy's library, the fully
+connected layers' staying on scipy's, as fast or faster for their shapes. Where numpy's library
+cannot be found (another numpy build), scipy's does everything. scipy.linalg is imported on the
+first call (0.15 s of start-up).
 """
 
 from __future__ import annotations
+
+import ctypes
+import glob
+import os
 
 import numpy as np
 
 from fbprop.state import is_batch_last, memory
 
 _BLAS: dict[tuple[str, np.dtype], object] = {}
+SMALL_GEMM = 65536 * 4          # OpenBLAS's own limit for a one-thread gemm (m·n·k)
+SMALL_AXPY = 10000              # and for a one-thread axpy (n)
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
 def _blas(name: str, dtype: np.dtype):
@@ -24,6 +45,67 @@ def _blas(name: str, dtype: np.dtype):
     return _BLAS.get((name, dtype))
 
 
+class _NumpyBlas:
+    """numpy's own OpenBLAS (the library np.matmul calls), its cblas gemm and axpy through ctypes."""
+
+    def __init__(self) -> None:
+        self.routines: dict[tuple[str, np.dtype], object] = {}
+        self.threads = lambda: 1                                 # its thread count, asked at each use
+        here = os.path.dirname(np.__file__)
+        found = sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*"))
+                       + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
+        if not found:
+            return
+        try:
+            lib = ctypes.CDLL(found[0])
+        except OSError:
+            return
+        names = (("scipy_cblas_{}64_", ctypes.c_int64), ("cblas_{}64_", ctypes.c_int64), ("cblas_{}", ctypes.c_int))
+        symbol, int_t = next(((s, t) for s, t in names if hasattr(lib, s.format("sgemm"))), (None, None))
+        if symbol is None:
+            return
+        threads = symbol.replace("cblas_{}", "openblas_get_num_threads")
+        self.threads = getattr(lib, threads, None) or (lambda: 1)
+        for dt, real, p in ((np.dtype(np.float32), ctypes.c_float, "s"), (np.dtype(np.float64), ctypes.c_double, "d")):
+            gemm, axpy = getattr(lib, symbol.format(p + "gemm")), getattr(lib, symbol.format(p + "axpy"))
+            ptr = ctypes.c_void_p
+            gemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t, real, ptr, int_t,
+                             ptr, int_t, real, ptr, int_t]
+            axpy.argtypes = [int_t, real, ptr, int_t, ptr, int_t]
+            gemm.restype = axpy.restype = None
+            self.routines["gemm", dt], self.routines["axpy", dt] = gemm, axpy
+
+    def gemm(self, c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float) -> bool:
+        """c ← α a b + β c in row-major cblas terms; False when the arrays do not fit it."""
+        gemm = self.routines.get(("gemm", c.dtype))
+        if gemm is None or not c.flags.c_contiguous:
+            if gemm is None or not c.flags.f_contiguous:
+                return False
+            c, a, b = c.T, b.T, a.T                              # cᵀ = bᵀ aᵀ, cᵀ C-ordered
+        (m, k), n = a.shape, b.shape[1]
+        ta, lda = (_NO_TRANS, k) if a.flags.c_contiguous else (_TRANS, m)
+        tb, ldb = (_NO_TRANS, n) if b.flags.c_contiguous else (_TRANS, k)
+        gemm(_ROW_MAJOR, ta, tb, m, n, k, alpha, a.ctypes.data, max(lda, 1), b.ctypes.data, max(ldb, 1),
+             beta, c.ctypes.data, max(n, 1))
+        return True
+
+    def axpy(self, y: np.ndarray, x: np.ndarray, alpha: float) -> bool:
+        axpy = self.routines.get(("axpy", y.dtype))
+        if axpy is None:
+            return False
+        axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+        return True
+
+
+_NUMPY: list[_NumpyBlas] = []
+
+
+def _numpy_blas() -> _NumpyBlas:
+    if not _NUMPY:
+        _NUMPY.append(_NumpyBlas())
+    return _NUMPY[0]
+
+
 def _fortran(a: np.ndarray) -> tuple[np.ndarray, int] | None:
     """`a` as a Fortran-ordered array and whether BLAS must transpose it (a C-ordered `a` is aᵀ in
     Fortran order); None when `a` is neither (a strided view), which BLAS cannot take in place."""
@@ -34,13 +116,35 @@ def _fortran(a: np.ndarray) -> tuple[np.ndarray, int] | None:
     return None
 
 
-def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float) -> None:
+def _blasable(a: np.ndarray) -> bool:
+    return a.flags.c_contiguous or a.flags.f_contiguous
+
+
+def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float, wide: bool) -> bool:
+    """A product in numpy's library: a convolution's (`wide`), or any too large for one thread
+    when numpy's library has a pool; False where it does not apply."""
+    k = a.shape[1]
+    if c.size * k <= SMALL_GEMM or k < 2 or not (a.dtype == b.dtype == c.dtype) or c.dtype.kind != "f":
+        return False                                             # (k = 1: numpy's matmul loops outside BLAS)
+    if not (_blasable(a) and _blasable(b) and _blasable(c)):
+        return False
+    if not wide and _numpy_blas().threads() == 1:
+        return False                                             # one thread: no pools to keep apart
+    if alpha == 1.0 and beta == 0.0:
+        np.matmul(a, b, out=c)
+        return True
+    return _numpy_blas().gemm(c, a, b, alpha, beta)
+
+
+def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float, wide: bool = False) -> None:
     """c ← α a b + β c for 2-D arrays (a (m, k), b (k, n), c (m, n)), in place.
 
     One gemm when the three share a float dtype and are C- or F-contiguous (views such as w.T
     are): nothing is allocated and c is written once. Otherwise numpy computes the product into
     a temporary.
     """
+    if _large(c, a, b, alpha, beta, wide):
+        return
     gemm = _blas("gemm", c.dtype) if a.dtype == b.dtype == c.dtype else None
     if c.flags.c_contiguous and not c.flags.f_contiguous:
         c, a, b = c.T, b.T, a.T                                  # cᵀ ← α bᵀ aᵀ + β cᵀ, cᵀ in Fortran order
@@ -59,32 +163,16 @@ def add_product(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 1.0)
     _gemm(c, a, b, alpha, 1.0)
 
 
-def product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """c = a b, in place (gemm with β = 0)."""
-    _gemm(c, a, b, 1.0, 0.0)
-
-
-def wide_product(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """c = a b, in place, through np.matmul: for the convolutions' products (a few output maps
-    times an im2col matrix as wide as the batch's pixels), which numpy's OpenBLAS (0.3.31 here)
-    runs 25-35% faster than scipy's (0.3.30), measured on LeNet-5's C1 and C3 at batch 32 and
-    128. Elsewhere (the fully connected layers, at every batch size) scipy's measured as fast or
-    faster in the step, so `product` stays on it. Falls back to `product` where numpy would
-    need a temporary."""
-    if a.dtype == b.dtype == c.dtype and c.flags.c_contiguous and _blasable(a) and _blasable(b) and a.shape[1] > 1:
-        np.matmul(a, b, out=c)
-    else:
-        _gemm(c, a, b, 1.0, 0.0)
-
-
-def _blasable(a: np.ndarray) -> bool:
-    return a.flags.c_contiguous or a.flags.f_contiguous
+def product(c: np.ndarray, a: np.ndarray, b: np.ndarray, wide: bool = False) -> None:
+    """c = a b, in place (gemm with β = 0). `wide`: a convolution's product (a few maps times an
+    im2col matrix as wide as the batch's pixels), which numpy's library runs faster."""
+    _gemm(c, a, b, 1.0, 0.0, wide)
 
 
 def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
     """y += α x for two C-contiguous (or two batch-last) arrays of one shape and float dtype: one
-    axpy, one pass, no temporary (α folds a constant factor into the add). With α = 1 numpy's add is the same
-    pass with less call overhead."""
+    axpy, one pass, no temporary (α folds a constant factor into the add). With α = 1 numpy's add
+    is the same pass with less call overhead."""
     if alpha == 1.0:
         y += x
         return
@@ -93,5 +181,7 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
         x, y = memory(x), memory(y)                              # both batch-last: in memory order
     if axpy is None or not (x.flags.c_contiguous and y.flags.c_contiguous) or y.size == 0:
         y += alpha * x
+        return
+    if y.size > SMALL_AXPY and _numpy_blas().threads() > 1 and _numpy_blas().axpy(y, x, alpha):
         return
     axpy(x.reshape(-1), y.reshape(-1), a=alpha)                 # views: y is updated in place

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fbprop.blas import add_product, product, wide_product
+from fbprop.blas import add_product, product
 from fbprop.module import Module
 from fbprop.modules.shape import expect_images
 from fbprop.modules.squash import add_sum_to
@@ -185,7 +185,7 @@ class Conv2d(Module):
         h_out, w_out, n = self._col.x.shape[3:]
         out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype, batch_last=True)
         y = memory(out.x).reshape(self.n_out, -1)
-        wide_product(y, self._weights(1), col)                  # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
+        product(y, self._weights(1), col, wide=True)            # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
 
     def _back(self, inp: State, g_out: np.ndarray, col: np.ndarray, w: np.ndarray, slot: str) -> None:
         """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bprop with
@@ -201,7 +201,7 @@ class Conv2d(Module):
         gw = self._gw
         if gw is None or gw.shape != w_slot.shape or gw.dtype != g.dtype:
             gw = self._gw = np.empty(w_slot.shape, dtype=g.dtype, order="F")
-        product(gw, g, col.T)                                    # ∂E/∂w_o = Σ_{i,j,n} ∂E/∂y_{n,o,i,j} x_window(i,j,n)
+        product(gw, g, col.T, wide=True)                         # ∂E/∂w_o = Σ_{i,j,n} ∂E/∂y_{n,o,i,j} x_window(i,j,n)
         if self._mask is not None:
             gw *= self._mask_rows                                # unconnected weights get no update
         if zero:
@@ -211,7 +211,7 @@ class Conv2d(Module):
         if not inp.requires_dx:
             return                                               # raw images: no ∂E/∂x wanted
         dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
-        wide_product(dcol.reshape(c * k * k, -1), w.T, g)        # ∂E/∂x_window = Wᵀ ∂E/∂y
+        product(dcol.reshape(c * k * k, -1), w.T, g, wide=True)  # ∂E/∂x_window = Wᵀ ∂E/∂y
         p, s = self.padding, self.stride
         h, w_in = inp.x.shape[2:]
         into = memory(getattr(inp, slot))
