@@ -1,0 +1,87 @@
+"""fbprop.blas: every route a product or an axpy can take (scipy's library, numpy's through
+np.matmul, numpy's cblas through ctypes) computes c ← α a b + β c and y ← α x + y, for C- and
+Fortran-ordered operands, in float32 and float64."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from fbprop import blas
+
+ORDERS = list(itertools.product("CF", repeat=3))
+
+
+def _operands(m, k, n, orders, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    a, b, c = (np.asarray(rng.standard_normal(shape), dtype=dtype, order=o)
+               for shape, o in zip(((m, k), (k, n), (m, n)), orders, strict=True))
+    return a, b, c
+
+
+def _tol(dtype):
+    return {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
+
+
+@pytest.mark.parametrize("threads", [1, 2])                     # numpy's library without a pool, or with one
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("orders", ORDERS)
+@pytest.mark.parametrize("m, k, n", [(3, 5, 4), (70, 90, 80)])   # below and above the one-thread limit
+def test_products_add_into_and_write_their_output(m, k, n, orders, dtype, threads, monkeypatch):
+    monkeypatch.setattr(blas._numpy_blas(), "threads", lambda: threads)
+    a, b, c = _operands(m, k, n, orders, dtype)
+    expected = c.astype(np.float64) - 0.5 * (a.astype(np.float64) @ b)
+    blas.add_product(c, a, b, alpha=-0.5)
+    np.testing.assert_allclose(c, expected, **_tol(dtype))
+    for wide in (False, True):
+        blas.product(c, a, b, wide=wide)
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_an_outer_product_is_exact_on_every_route(k):
+    a, b, c = _operands(300, k, 200, "CCC", np.float64)
+    for wide in (False, True):
+        blas.product(c, a, b, wide=wide)
+        np.testing.assert_allclose(c, a @ b, rtol=1e-14)
+
+
+needs_numpy_blas = pytest.mark.skipif(not blas._numpy_blas().routines,
+                                      reason="numpy's own OpenBLAS is not found in this numpy build")
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("orders", ORDERS)
+def test_numpy_librarys_gemm_through_ctypes(orders, dtype):
+    a, b, c = _operands(7, 9, 11, orders, dtype, seed=1)
+    expected = 0.25 * c.astype(np.float64) + 3.0 * (a.astype(np.float64) @ b)
+    assert blas._numpy_blas().gemm(c, a, b, 3.0, 0.25)
+    np.testing.assert_allclose(c, expected, **_tol(dtype))
+
+
+@needs_numpy_blas
+def test_numpy_librarys_gemm_refuses_a_strided_output():
+    a, b, c = _operands(4, 3, 6, "CCC", np.float64)
+    assert not blas._numpy_blas().gemm(c[:, ::2], a, b[:, ::2], 1.0, 0.0)
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_axpy_on_either_library_and_either_layout(dtype, monkeypatch):
+    rng = np.random.default_rng(2)
+    for size in (50, 3 * blas.SMALL_AXPY):                      # below and above the one-thread limit
+        x, y = (rng.standard_normal(size).astype(dtype) for _ in range(2))
+        expected = y.astype(np.float64) - 0.3 * x
+        assert blas._numpy_blas().axpy(y.copy(), x, -0.3)
+        for threads in (1, 2):                                   # numpy's library with a pool or without
+            monkeypatch.setattr(blas._numpy_blas(), "threads", lambda t=threads: t)
+            z = y.copy()
+            blas.add_scaled(z, x, -0.3)
+            np.testing.assert_allclose(z, expected, **_tol(dtype))
+    last = np.moveaxis(rng.standard_normal((4, 3, 5)).astype(dtype), -1, 0)     # batch-last (5, 4, 3)
+    into = np.moveaxis(np.zeros((4, 3, 5), dtype), -1, 0)
+    blas.add_scaled(into, last, 2.0)
+    np.testing.assert_allclose(into, 2.0 * last, **_tol(dtype))
