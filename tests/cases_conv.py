@@ -97,6 +97,8 @@ CASES = [
     ("Conv2d stride 2 padding 1, batch-last input", _last(_conv(stride=2, padding=1))),
     ("Conv2d table, batch-last input", _last(_table)),
     ("Subsampling, batch-last input", _last(lambda pool: (fb.Subsampling(2, 2, pool), [_images(2, 2, 4, 6)]))),
+    ("Subsampling 1x1, batch-last input", _last(lambda pool: (fb.Subsampling(2, 1, pool), [_images(2, 2, 3, 3)]))),
+    ("Subsampling 3x3, batch-last input", _last(lambda pool: (fb.Subsampling(1, 3, pool), [_images(3, 1, 6, 3)]))),
     ("MaxPool leaving a border, batch-last input", _last(lambda pool: (fb.MaxPool(2), [_images(2, 2, 5, 7)]))),
     ("MaxPool overlapping, batch-last input", _last(lambda pool: (fb.MaxPool(3, stride=2), [_images(2, 2, 5, 5)]))),
     ("Pad, batch-last input", _last(lambda pool: (fb.Pad(2), [_images(2, 2, 3, 3)]))),

@@ -282,7 +282,10 @@ class Subsampling(Module):
             m = self._m.resize(n, c, h // s, w // s, dtype=inp.x.dtype, batch_last=last).x
             if last:                                             # batch-last: s² strided passes over runs of n
                 x, mm = memory(inp.x), memory(m)
-                np.add(x[:, 0::s, 0::s], x[:, 0::s, 1::s], out=mm)
+                if s == 1:
+                    np.copyto(mm, x)
+                else:
+                    np.add(x[:, 0::s, 0::s], x[:, 0::s, 1::s], out=mm)
                 for a, b in _offsets(s)[2:]:
                     mm += x[:, a::s, b::s]
                 mm *= 1.0 / s**2                                 # m = (1/s²) Σ_window x
