@@ -40,6 +40,15 @@ def test_products_add_into_and_write_their_output(m, k, n, orders, dtype, thread
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype))
 
 
+def test_without_numpys_library_scipys_does_every_product(monkeypatch):
+    monkeypatch.setattr(blas._numpy_blas(), "routines", {})
+    monkeypatch.setattr(np, "matmul", None)                      # any call to it would fail
+    a, b, c = _operands(70, 90, 80, "CFC", np.float64)
+    for wide in (False, True):
+        blas.product(c, a, b, wide=wide)
+        np.testing.assert_allclose(c, a @ b, rtol=1e-12)
+
+
 @pytest.mark.parametrize("k", [1, 2])
 def test_an_outer_product_is_exact_on_every_route(k):
     a, b, c = _operands(300, k, 200, "CCC", np.float64)

@@ -126,8 +126,8 @@ def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
     k = a.shape[1]
     if c.size * k <= SMALL_GEMM or k < 2 or not (a.dtype == b.dtype == c.dtype) or c.dtype.kind != "f":
         return False                                             # (k = 1: numpy's matmul loops outside BLAS)
-    if not (_blasable(a) and _blasable(b) and _blasable(c)):
-        return False
+    if not (_blasable(a) and _blasable(b) and _blasable(c)) or not _numpy_blas().routines:
+        return False                                             # (no OpenBLAS of numpy's found: scipy's does all)
     if not wide and _numpy_blas().threads() == 1:
         return False                                             # one thread: no pools to keep apart
     if alpha == 1.0 and beta == 0.0:
