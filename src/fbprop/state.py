@@ -17,6 +17,11 @@ def memory(a: np.ndarray) -> np.ndarray:
     return a.transpose(*range(1, a.ndim), 0)
 
 
+def from_memory(m: np.ndarray) -> np.ndarray:
+    """The inverse of `memory`: a (d1, …, n) array seen as (n, d1, …)."""
+    return m.transpose(m.ndim - 1, *range(m.ndim - 1))
+
+
 def blocks(c: int, h: int, w: int, n: int):
     """Slices (maps, rows) of a (c, h, w, n) array in blocks of about 8192 numbers."""
     maps, rows = max(1, 8192 // (h * w * n)), max(1, 8192 // (w * n))
@@ -40,7 +45,7 @@ def copy_batch_last(dst: np.ndarray, src: np.ndarray) -> None:
 def _empty(shape: tuple[int, ...], dtype: np.dtype, last: bool) -> np.ndarray:
     if not last:
         return np.empty(shape, dtype=dtype)
-    return np.empty(shape[1:] + shape[:1], dtype=dtype).transpose(len(shape) - 1, *range(len(shape) - 1))
+    return from_memory(np.empty(shape[1:] + shape[:1], dtype=dtype))
 
 
 class State:
@@ -87,7 +92,7 @@ class State:
             if isinstance(value, np.ndarray) and not value.flags.writeable:
                 value = value.copy()
             if name in last:
-                value = value.transpose(value.ndim - 1, *range(value.ndim - 1))
+                value = from_memory(value)
             setattr(self, name, value)
 
     @property

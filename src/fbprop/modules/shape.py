@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from fbprop.module import Module
 from fbprop.state import State, copy_batch_last, memory
 
@@ -94,10 +92,7 @@ class Pad(Module):
         y = out.x
         y[:, :, :p] = y[:, :, p + h:] = 0                        # y = 0 on the border rows
         y[:, :, :, :p] = y[:, :, :, p + w:] = 0                  # and columns
-        if n > 1:
-            copy_batch_last(memory(y)[:, p:p + h, p:p + w], inp.x)          # y = x inside, batch last
-        else:
-            np.copyto(y[self._interior(inp)], inp.x)
+        copy_batch_last(memory(y)[:, p:p + h, p:p + w], inp.x)              # y = x inside, batch last
 
     def bprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:
