@@ -92,6 +92,11 @@ CASES = [
     ("Cascade conv-groupnorm-relu-flatten-linear", _group_norm_net),
     ("Cascade conv-tanh-subsampling-flatten-linear", _cascade),
     ("ImageCascade pad-conv-flatten-linear", _image_cascade),
+    # one window covering the whole image (LeNet-5's C5): the image is the column matrix
+    ("Conv2d one window, the whole image", lambda pool: (fb.Conv2d(2, 3, 3, pool), [_images(2, 2, 3, 3)])),
+    ("Conv2d one window, padded image", lambda pool: (fb.Conv2d(2, 3, 3, pool, padding=1), [_images(2, 2, 1, 1)])),
+    ("Conv2d one window, a batch of one", lambda pool: (fb.Conv2d(2, 3, 3, pool), [_images(1, 2, 3, 3)])),
+    ("Conv2d one window, batch-last input", _last(lambda pool: (fb.Conv2d(2, 3, 3, pool), [_images(3, 2, 3, 3)]))),
     # the same modules reading batch-last states (a convolution's output, and what follows it)
     ("Conv2d, batch-last input (col2im straight into dx)", _last(_conv())),
     ("Conv2d stride 2 padding 1, batch-last input", _last(_conv(stride=2, padding=1))),

@@ -141,13 +141,14 @@ class Conv2d(Module):
         # the batch's pixels 1.4-1.6× faster than into C order (LeNet-5's C1 and C3 shapes)
         self._gw: np.ndarray | None = None
         self._col_of: np.ndarray | None = None
+        self._cols, self._geometry, self._whole = None, None, False   # the last im2col, (c, k, h', w', n)
         self._border_of: np.ndarray | None = None
 
     def _columns(self, inp: State, fresh: bool = False) -> np.ndarray:
         """im2col: the (n_in·k·k, h'·w'·n) matrix whose column (i, j, n) is the window y_{n,·,i,j} sees."""
         k, p, s = self.kernel, self.padding, self.stride
         if not fresh and self._col_of is inp.x:
-            return self._col.x.reshape(self.n_in * k * k, -1)
+            return self._cols
         n, c, h, w = inp.x.shape
         src = memory(inp.x)                                       # (c, h, w, n)
         if p or not src.flags.c_contiguous:                       # padded, or batch-first: one copy, batch last
@@ -158,11 +159,17 @@ class Conv2d(Module):
             copy_batch_last(xp[:, p:p + h, p:p + w], inp.x)
             src = xp
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        col = self._col.resize(c, k, k, h_out, w_out, n, dtype=inp.x.dtype).x
-        windows = sliding_window_view(src, (k, k), axis=(1, 2))[:, ::s, ::s]
-        np.copyto(col, windows.transpose(0, 4, 5, 1, 2, 3))      # col[c,a,b,i,j,n] = x[n,c,si+a,sj+b]
+        self._geometry = (c, k, h_out, w_out, n)
+        self._whole = h_out == w_out == 1 and h + 2 * p == w + 2 * p == k
+        if self._whole:                                          # one window, the whole image: col is the
+            self._cols = src.reshape(c * k * k, n)               # batch-last image itself (LeNet-5's C5)
+        else:
+            col = self._col.resize(c, k, k, h_out, w_out, n, dtype=inp.x.dtype).x
+            windows = sliding_window_view(src, (k, k), axis=(1, 2))[:, ::s, ::s]
+            np.copyto(col, windows.transpose(0, 4, 5, 1, 2, 3))  # col[c,a,b,i,j,n] = x[n,c,si+a,sj+b]
+            self._cols = col.reshape(c * k * k, -1)
         self._col_of = inp.x
-        return col.reshape(c * k * k, -1)
+        return self._cols
 
     def _weights(self, power: int) -> np.ndarray:
         """W∘mask (power 1) or W∘W∘mask (power 2) as an (n_out, n_in·k·k) matrix."""
@@ -182,7 +189,7 @@ class Conv2d(Module):
         expect_images(self, inp, self.n_in)
         _out_size(self, inp, self.kernel, self.stride, self.padding)
         col = self._columns(inp, fresh=True)
-        h_out, w_out, n = self._col.x.shape[3:]
+        h_out, w_out, n = self._geometry[2:]
         out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype, batch_last=True)
         y = memory(out.x).reshape(self.n_out, -1)
         product(y, self._weights(1), col, wide=True)            # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
@@ -190,7 +197,7 @@ class Conv2d(Module):
     def _back(self, inp: State, g_out: np.ndarray, col: np.ndarray, w: np.ndarray, slot: str) -> None:
         """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bprop with
         (g, col, w) = (∂E/∂y, x, W), bbprop with (∂²E/∂y², x∘x, W∘W)."""
-        c, k, _, h_out, w_out, n = self._col.x.shape
+        c, k, h_out, w_out, n = self._geometry
         g = memory(g_out)
         if not g.flags.c_contiguous:                             # a batch-first ∂E/∂y (set by hand): one copy
             g = self._g.resize(self.n_out, h_out, w_out, n, dtype=g_out.dtype).x
@@ -210,11 +217,14 @@ class Conv2d(Module):
             w_slot += gw
         if not inp.requires_dx:
             return                                               # raw images: no ∂E/∂x wanted
-        dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
-        product(dcol.reshape(c * k * k, -1), w.T, g, wide=True)  # ∂E/∂x_window = Wᵀ ∂E/∂y
         p, s = self.padding, self.stride
         h, w_in = inp.x.shape[2:]
         into = memory(getattr(inp, slot))
+        if self._whole and not p and into.flags.c_contiguous:
+            add_product(into.reshape(c * k * k, n), w.T, g)      # one window, the whole image: no col2im
+            return
+        dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
+        product(dcol.reshape(c * k * k, -1), w.T, g, wide=True)  # ∂E/∂x_window = Wᵀ ∂E/∂y
         direct = not p and into.flags.c_contiguous               # col2im adds straight into a batch-last dx
         dxt = into if direct else self._dxt.resize(c, h + 2 * p, w_in + 2 * p, n, dtype=g.dtype).x
         if not direct:
@@ -229,8 +239,9 @@ class Conv2d(Module):
         self._back(inp, out.dx, self._columns(inp), self._weights(1), "dx")   # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
 
     def bbprop(self, inp: State, out: State) -> None:
-        col = self._columns(inp)
-        np.multiply(col, col, out=col)                           # x∘x, in place: the cache is spent
+        x = self._columns(inp)
+        col = self._col.resize(*x.shape, dtype=x.dtype).x if self._whole else x   # (whole: x is the image)
+        np.multiply(x, x, out=col)                               # x∘x, in place: the cache is spent
         self._col_of = None
         self._back(inp, out.ddx, col, self._weights(2), "ddx")   # ∂²E/∂y² (x∘x)ᵀ, (W∘W)ᵀ ∂²E/∂y²
 
