@@ -228,7 +228,10 @@ def gradcheck(module: Module, *inputs: np.ndarray | State, eps: float = 1e-6, ep
         if method == module.bbprop:
             module.bprop(*states, *outs)                         # bbprop reads the dx bprop leaves
         for _, t in targets:
-            getattr(t, slot).fill(0)
+            if slot == "dx":
+                t.clear_dx()                                     # (an input's, lazily: the first term is written)
+            else:
+                getattr(t, slot).fill(0)
         for _ in range(times):
             method(*states, *outs)
         return [getattr(t, slot).copy() for _, t in targets]

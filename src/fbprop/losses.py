@@ -78,8 +78,13 @@ class Loss(Module):
     def bprop(self, energies: State, labels: State | None, out: State) -> None:
         g, _ = self._derivatives(energies, labels)
         t = self._scratch(g)
+        into, zero = energies.sum_target("dx")
+        if zero:
+            np.multiply(g, _column(out.dx, g), out=into)         # ∂L/∂E_k, scaled by ∂objective/∂L
+            return
+        t = self._scratch(g)
         np.multiply(g, _column(out.dx, g), out=t)
-        energies.dx += t                                         # ∂L/∂E_k, scaled by ∂objective/∂L
+        into += t
 
     def bbprop(self, energies: State, labels: State | None, out: State) -> None:
         g, h = self._derivatives(energies, labels)

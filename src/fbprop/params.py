@@ -37,6 +37,9 @@ class Param(State):
     def dx(self, value: np.ndarray) -> None:
         self.dx[...] = value
 
+    def clear_dx(self) -> None:
+        self.dx.fill(0)                                          # this slice now (the pool clears lazily)
+
     def dx_for_sum(self) -> tuple[np.ndarray, bool]:
         """(dx, zero): this slice of the pool's dx and whether it is zero by a clear not yet
         carried out, in which case the caller writes its term instead of adding it (the same

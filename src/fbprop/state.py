@@ -42,6 +42,16 @@ def copy_batch_last(dst: np.ndarray, src: np.ndarray) -> None:
         np.copyto(dst[k, i], src[:, k, i].transpose(1, 2, 3, 0))
 
 
+def add_into(state: State, slot: str, value: np.ndarray) -> None:
+    """state.<slot> += value, written instead where the slot holds nothing since a clear
+    (`State.sum_target`); `value` of the slot's shape or broadcasting to it."""
+    into, zero = state.sum_target(slot)
+    if zero:
+        np.copyto(into, value)
+    else:
+        np.add(into, value, out=into)
+
+
 def _empty(shape: tuple[int, ...], dtype: np.dtype, last: bool) -> np.ndarray:
     if not last:
         return np.empty(shape, dtype=dtype)
@@ -62,7 +72,7 @@ class State:
     module may then skip computing them, which saves the largest product of a first layer.
     """
 
-    __slots__ = ("x", "_dx", "_ddx", "requires_dx")
+    __slots__ = ("x", "_dx", "_ddx", "requires_dx", "_dx_cleared")
 
     def __init__(self, x: np.ndarray | None = None, dtype: np.dtype | type | None = None,
                  requires_dx: bool = True) -> None:
@@ -73,6 +83,7 @@ class State:
             self.x = np.asarray(x, dtype=dtype)
         self._dx: np.ndarray | None = None
         self._ddx: np.ndarray | None = None
+        self._dx_cleared = False                                 # a clear_dx not yet carried out
 
     def __getstate__(self) -> tuple:
         # pickle writes an array in C order: a batch-last buffer goes as its memory and comes back
@@ -88,6 +99,7 @@ class State:
         # (joblib's mmap_mode) is copied, since modules write into it
         values = dict(state[1])
         last = values.pop("_batch_last", ())
+        self._dx_cleared = False                                 # (pickled before clears were lazy)
         for name, value in values.items():
             if isinstance(value, np.ndarray) and not value.flags.writeable:
                 value = value.copy()
@@ -109,9 +121,14 @@ class State:
 
     @property
     def dx(self) -> np.ndarray:
-        if self._dx is None or self._dx.shape != self.x.shape or self._dx.dtype != self.x.dtype:
-            self._dx = np.zeros_like(self.x)
-        return self._dx
+        d, x = self._dx, self.x
+        if d is None or d.shape != x.shape or d.dtype != x.dtype:
+            d = self._dx = np.zeros_like(x)
+            self._dx_cleared = False
+        elif self._dx_cleared:
+            d.fill(0)
+            self._dx_cleared = False
+        return d
 
     @dx.setter
     def dx(self, value: np.ndarray) -> None:
@@ -146,7 +163,24 @@ class State:
         return self
 
     def clear_dx(self) -> None:
-        self.dx.fill(0)
+        """dx ← 0, carried out lazily: by the first read of `dx`, or never, when the first module
+        to add into it asks `sum_target` and writes its term instead (one pass over dx, not three)."""
+        self._dx_cleared = True
+
+    def sum_target(self, slot: str) -> tuple[np.ndarray, bool]:
+        """(the `slot` array, zero): with zero True, dx holds nothing yet since `clear_dx` (not
+        even zeros) and the caller WRITES its whole term instead of adding it; the same numbers
+        as adding to zeros, without the pass that zeroes dx and the one that reads it back. From
+        then on dx counts as written. ddx is cleared when asked, so zero is False for it."""
+        if slot != "dx":
+            return getattr(self, slot), False
+        d, x = self._dx, self.x
+        if not self._dx_cleared and d is not None and d.shape == x.shape and d.dtype == x.dtype:
+            return d, False
+        if d is None or d.shape != x.shape or d.dtype != x.dtype:
+            d = self._dx = np.empty_like(x)                      # (same layout as x)
+        self._dx_cleared = False
+        return d, True
 
     def clear_ddx(self) -> None:
         self.ddx.fill(0)

@@ -23,7 +23,7 @@ from fbprop.module import Module
 from fbprop.modules.shape import expect_images
 from fbprop.modules.squash import add_sum_to
 from fbprop.params import ParamPool
-from fbprop.state import State, blocks, copy_batch_last, is_batch_last, memory
+from fbprop.state import State, blocks, copy_batch_last, from_memory, is_batch_last, memory
 
 
 def _table(rows: list[str]) -> np.ndarray:
@@ -219,10 +219,13 @@ class Conv2d(Module):
             return                                               # raw images: no ∂E/∂x wanted
         p, s = self.padding, self.stride
         h, w_in = inp.x.shape[2:]
-        into = memory(getattr(inp, slot))
-        if self._whole and not p and into.flags.c_contiguous:
-            add_product(into.reshape(c * k * k, n), w.T, g)      # one window, the whole image: no col2im
+        into, zero = inp.sum_target(slot)
+        into = memory(into)
+        if self._whole and not p and into.flags.c_contiguous:    # one window, the whole image: no col2im
+            (product if zero else add_product)(into.reshape(c * k * k, n), w.T, g)
             return
+        if zero:
+            into.fill(0)
         dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
         product(dcol.reshape(c * k * k, -1), w.T, g, wide=True)  # ∂E/∂x_window = Wᵀ ∂E/∂y
         direct = not p and into.flags.c_contiguous               # col2im adds straight into a batch-last dx
@@ -233,7 +236,7 @@ class Conv2d(Module):
             for b in range(k):                                   # ∂E/∂x_{c,si+a,sj+b} += dcol[c,a,b,i,j]
                 dxt[:, a:a + s * (h_out - 1) + 1:s, b:b + s * (w_out - 1) + 1:s] += dcol[:, a, b]
         if not direct:
-            _add_batch_first(getattr(inp, slot), dxt[:, p:p + h, p:p + w_in])   # the border is dropped
+            _add_batch_first(from_memory(into), dxt[:, p:p + h, p:p + w_in])   # the border is dropped
 
     def bprop(self, inp: State, out: State) -> None:
         self._back(inp, out.dx, self._columns(inp), self._weights(1), "dx")   # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
@@ -324,13 +327,18 @@ class Subsampling(Module):
         t = self._t.resize(*g.shape, dtype=g.dtype, batch_last=is_batch_last(g)).x
         if inp.requires_dx:
             n, c, h, w = inp.x.shape
-            s, into = self.size, getattr(inp, slot)
+            s, (into, zero) = self.size, inp.sum_target(slot)
             if is_batch_last(into):                              # batch-last: add onto each window offset
                 np.multiply(g, (self.a.x * (1.0 / s**2)) ** power, out=t)          # (a/s²)^power g
                 into, tm = memory(into), memory(t)
                 for a, b in _offsets(s):
-                    into[:, a::s, b::s] += tm
+                    if zero:                                     # windows tile the image: each pixel written once
+                        np.copyto(into[:, a::s, b::s], tm)
+                    else:
+                        into[:, a::s, b::s] += tm
             else:
+                if zero:
+                    into.fill(0)
                 np.multiply(g, self.a.x if power == 1 else self.a.x**2, out=t)
                 target = into.reshape(n * c * (h // s), s * w)
                 add_product(target, t.reshape(target.shape[0], -1), self._spread(w, g.dtype),

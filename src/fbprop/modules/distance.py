@@ -7,7 +7,7 @@ import numpy as np
 from fbprop.blas import add_product, product
 from fbprop.module import Module, expect_shape
 from fbprop.params import ParamPool
-from fbprop.state import State
+from fbprop.state import State, add_into
 
 
 def _per_sample(v: np.ndarray, like: np.ndarray) -> np.ndarray:
@@ -110,7 +110,7 @@ class RBF(Module):
             np.sum(g, axis=1, keepdims=True, out=gs)
             tmp = self._tmp.resize(*x.shape, dtype=x.dtype).x
             np.multiply(x, gs, out=tmp)
-            inp.dx += tmp
+            add_into(inp, "dx", tmp)
             add_product(inp.dx, g, t, alpha=-1.0)                # ∂E/∂x = Σ_k g_k (x − t_k)
         if self.params():
             self.w.dx += g.sum(0)[:, None] * t - g.T @ x         # ∂E/∂t_k = Σ_n g_nk (t_k − x_n)
@@ -139,7 +139,11 @@ class NegatedScores(Module):
         np.negative(inp.x, out=out.x)                            # E = −s
 
     def bprop(self, inp: State, out: State) -> None:
-        inp.dx -= out.dx                                         # ∂E/∂s = −1
+        into, zero = inp.sum_target("dx")
+        if zero:
+            np.negative(out.dx, out=into)                        # ∂E/∂s = −1
+        else:
+            into -= out.dx
 
     def bbprop(self, inp: State, out: State) -> None:
         inp.ddx += out.ddx                                       # (−1)² ∂²L/∂E²

@@ -30,7 +30,8 @@ class Linear(Module):
 
     def bprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:
-            add_product(inp.dx, out.dx, self.w.x)                # ∂E/∂x = Wᵀ ∂E/∂y
+            dx, zero = inp.sum_target("dx")
+            (product if zero else add_product)(dx, out.dx, self.w.x)     # ∂E/∂x = Wᵀ ∂E/∂y
         dw, zero = self.w.dx_for_sum()
         (product if zero else add_product)(dw, out.dx.T, inp.x)  # ∂E/∂W = ∂E/∂y xᵀ
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from fbprop.module import Module
-from fbprop.state import State, copy_batch_last, memory
+from fbprop.state import State, add_into, copy_batch_last, memory
 
 
 def expect_images(who: Module, inp: State, channels: int | None = None) -> None:
@@ -46,7 +46,7 @@ class Reshape(Module):
 
     def bprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:
-            inp.dx += out.dx.reshape(inp.x.shape)                # ∂E/∂x = ∂E/∂y, rearranged
+            add_into(inp, "dx", out.dx.reshape(inp.x.shape))     # ∂E/∂x = ∂E/∂y, rearranged
 
     def bbprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:

@@ -77,7 +77,11 @@ class Squash(Module):
             np.multiply(g, g, out=g)
         np.multiply(g, getattr(out, slot), out=g)
         if inp.requires_dx:
-            add_scaled(getattr(inp, slot), g, c)
+            into, zero = inp.sum_target(slot)
+            if zero:
+                np.multiply(g, c, out=into)                      # = 0 + c g, rounded the same
+            else:
+                add_scaled(into, g, c)
         if self.b is not None:
             target, zero = self.b.sum_target(slot)
             add_sum_to(target, g, self._sum, c, zero)
