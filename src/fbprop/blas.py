@@ -126,6 +126,7 @@ def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
     k = a.shape[1]
     if c.size * k <= SMALL_GEMM or k < 2 or not (a.dtype == b.dtype == c.dtype) or c.dtype.kind != "f":
         return False                                             # (k = 1: numpy's matmul loops outside BLAS)
+    # (_gemm asks only above SMALL_GEMM; the test stays for direct callers)
     if not (_blasable(a) and _blasable(b) and _blasable(c)) or not _numpy_blas().routines:
         return False                                             # (no OpenBLAS of numpy's found: scipy's does all)
     if not wide and _numpy_blas().threads() == 1:
@@ -143,19 +144,24 @@ def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float
     are): nothing is allocated and c is written once. Otherwise numpy computes the product into
     a temporary.
     """
-    if _large(c, a, b, alpha, beta, wide):
+    if c.size * a.shape[1] > SMALL_GEMM and _large(c, a, b, alpha, beta, wide):
         return
-    gemm = _blas("gemm", c.dtype) if a.dtype == b.dtype == c.dtype else None
-    if c.flags.c_contiguous and not c.flags.f_contiguous:
+    dtype = c.dtype
+    gemm = (_BLAS.get(("gemm", dtype)) if _BLAS else _blas("gemm", dtype)) \
+        if (a.dtype is dtype or a.dtype == dtype) and (b.dtype is dtype or b.dtype == dtype) else None
+    cf = c.flags
+    if cf.c_contiguous and not cf.f_contiguous:
         c, a, b = c.T, b.T, a.T                                  # cᵀ ← α bᵀ aᵀ + β cᵀ, cᵀ in Fortran order
+        cf = c.flags
     fa, fb = _fortran(a), _fortran(b)
-    if gemm is None or fa is None or fb is None or not c.flags.f_contiguous or a.shape[1] == 0 or c.size == 0:
+    if gemm is None or fa is None or fb is None or not cf.f_contiguous or a.shape[1] == 0 or c.size == 0:
         if beta == 0.0:
             np.copyto(c, alpha * (a @ b), casting="same_kind")
         else:
             c += alpha * (a @ b)
         return
-    gemm(alpha, fa[0], fb[0], beta=beta, c=c, trans_a=fa[1], trans_b=fb[1], overwrite_c=1)
+    gemm(alpha, fa[0], fb[0], beta, c, fa[1], fb[1], 1)         # (beta, c, trans_a, trans_b, overwrite_c):
+    # positional, as f2py parses keywords at ~1 µs a call
 
 
 def add_product(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 1.0) -> None:
@@ -184,4 +190,4 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
         return
     if y.size > SMALL_AXPY and _numpy_blas().threads() > 1 and _numpy_blas().axpy(y, x, alpha):
         return
-    axpy(x.reshape(-1), y.reshape(-1), a=alpha)                 # views: y is updated in place
+    axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)           # (n, a); views: y is updated in place

@@ -8,6 +8,8 @@ and LeCun, Chopra, Hadsell, Ranzato, Huang, "A Tutorial on Energy-Based Learning
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from fbprop.module import Module
@@ -17,6 +19,12 @@ from fbprop.state import State
 
 def _logistic(u: np.ndarray) -> np.ndarray:
     return np.exp(-np.logaddexp(0, -u))                          # σ(u) = 1/(1 + e^−u), exact in both tails
+
+
+@lru_cache(maxsize=16)
+def _unsigned(dtype: np.dtype) -> np.dtype:
+    """The unsigned integer dtype of the same size (labels seen as unsigned: a negative one is huge)."""
+    return np.dtype(dtype.str.replace("i", "u"))
 
 
 def infer(energies: np.ndarray) -> np.ndarray:
@@ -48,7 +56,7 @@ class Loss(Module):
             got = "no labels" if y is None else f"{y.dtype} labels of shape {y.shape}"
             raise ValueError(f"{self!r}: expected integer labels of shape ({e.shape[0]},), got {got}")
         # one pass: seen as unsigned, a negative label is larger than any k
-        if y.size and y.view(y.dtype.str.replace("i", "u")).max() >= e.shape[1]:
+        if y.size and np.maximum.reduce(y.view(_unsigned(y.dtype))) >= e.shape[1]:
             raise ValueError(f"{self!r}: expected labels in [0, {e.shape[1]}), got values from {y.min()} to {y.max()}")
         return e, y
 

@@ -229,16 +229,19 @@ class Machine:
         self.fprop(x, y)
         self.losses.dx.fill(weight)                              # ∂objective/∂L_i
         self.bprop()
-        return float(self.losses.x.sum())
+        return float(np.add.reduce(self.losses.x))
 
     def _accumulate_part(self, x: np.ndarray, y: np.ndarray, weight: float,
                          batch_size: int | None = None) -> tuple[float, int]:
         """`accumulate` over this process's part of (x, y), in batches of `batch_size` (one batch
         when None); returns (Σ_i L_i of that part, its number of samples)."""
-        part = self.reducer.part(len(x))
-        x, y = x[part], y[part]
-        step = batch_size or max(len(x), 1)
-        total = sum((self.accumulate(x[i:i + step], y[i:i + step], weight) for i in range(0, len(x), step)), 0.0)
+        if self.reducer.size > 1:
+            part = self.reducer.part(len(x))
+            x, y = x[part], y[part]
+        if not batch_size or batch_size >= len(x):
+            return (self.accumulate(x, y, weight) if len(x) else 0.0), len(x)     # one batch, the usual step
+        total = sum((self.accumulate(x[i:i + batch_size], y[i:i + batch_size], weight)
+                     for i in range(0, len(x), batch_size)), 0.0)
         return total, len(x)
 
     def _summed_dx(self, total: float) -> float:

@@ -122,7 +122,7 @@ class State:
     @property
     def dx(self) -> np.ndarray:
         d, x = self._dx, self.x
-        if d is None or d.shape != x.shape or d.dtype != x.dtype:
+        if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
             d = self._dx = np.zeros_like(x)
             self._dx_cleared = False
         elif self._dx_cleared:
@@ -147,12 +147,13 @@ class State:
     def resize(self, *shape: int, dtype: np.dtype | type | None = None, batch_last: bool = False) -> State:
         """Give `x` this shape (and dtype), in C order or with the batch innermost in memory
         (`batch_last`); the buffers are kept when nothing changes."""
-        dtype = np.dtype(dtype) if dtype is not None else self.x.dtype
         x = self.x
         last = batch_last and len(shape) > 1 and shape[0] > 1
-        if x.shape != shape or x.dtype != dtype or not (memory(x) if last else x).flags.c_contiguous:
-            self.x = _empty(shape, dtype, last)
-            self._dx = self._ddx = None
+        if x.shape == shape and (dtype is None or x.dtype is dtype or x.dtype == dtype) and \
+                (memory(x) if last else x).flags.c_contiguous:
+            return self                                          # (the common case, every step)
+        self.x = _empty(shape, x.dtype if dtype is None else np.dtype(dtype), last)
+        self._dx = self._ddx = None
         return self
 
     def set(self, x: np.ndarray) -> State:

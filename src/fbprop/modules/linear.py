@@ -24,9 +24,11 @@ class Linear(Module):
         self._w2, self._x2 = State(), State()
 
     def fprop(self, inp: State, out: State) -> None:
+        x, w = inp.x, self.w.x
         expect_shape(self, inp, (None, self.n_in))
-        out.resize(inp.batch, self.n_out, dtype=np.result_type(inp.x, self.w.x), batch_last=is_batch_last(inp.x))
-        product(out.x, inp.x, self.w.x.T)                        # y = W x
+        dtype = x.dtype if x.dtype is w.dtype else np.result_type(x, w)
+        out.resize(x.shape[0], self.n_out, dtype=dtype, batch_last=is_batch_last(x))
+        product(out.x, x, w.T)                                   # y = W x
 
     def bprop(self, inp: State, out: State) -> None:
         if inp.requires_dx:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from fbprop.blas import add_scaled
@@ -10,17 +12,24 @@ from fbprop.params import ParamPool
 from fbprop.state import State, is_batch_last, memory
 
 
+@lru_cache(maxsize=256)
+def _bias_sum(target: tuple[int, ...], a: tuple[int, ...], last: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(shape of the sum, axes to reduce) for add_sum_to: the batch axis and the axes where
+    `target` broadcasts; for a batch-last `a` in memory order, where the batch is the last axis."""
+    axes = (0,) + tuple(i + 1 for i, k in enumerate(target) if k == 1 and a[i + 1] != 1)
+    if last:
+        return (*target, 1), tuple(i - 1 if i else len(a) - 1 for i in axes)
+    return (1, *target), axes
+
+
 def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 1.0, zero: bool = False) -> None:
     """target += α Σ a over the batch axis and the axes where `target` (one sample's shape)
     broadcasts (size 1): the gradient of a bias. `buffer` keeps the sum between calls. With
     `zero` (target holds zeros not yet written, `Param.dx_for_sum`) target ← α Σ a instead."""
-    axes = (0,) + tuple(i + 1 for i, k in enumerate(target.shape) if k == 1 and a.shape[i + 1] != 1)
-    if is_batch_last(a):                                         # sum in memory order: the batch is the last axis
-        total = buffer.resize(*target.shape, 1, dtype=a.dtype).x
-        np.add.reduce(memory(a), axis=tuple(i - 1 if i else a.ndim - 1 for i in axes), keepdims=True, out=total)
-    else:
-        total = buffer.resize(1, *target.shape, dtype=a.dtype).x
-        np.add.reduce(a, axis=axes, keepdims=True, out=total)
+    last = is_batch_last(a)
+    shape, axes = _bias_sum(target.shape, a.shape, last)
+    total = buffer.resize(*shape, dtype=a.dtype).x
+    np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=total)
     if zero:
         np.multiply(total.reshape(target.shape), alpha, out=target)      # = 0 + α Σ a, rounded the same
     else:
@@ -52,13 +61,16 @@ class Squash(Module):
         """g ← f'(u) / c, written in terms of y = f(u); returns the constant c."""
         raise NotImplementedError
 
+    _checked = None                                              # the last sample shape that passed _check
+
     def _check(self, inp: State) -> None:
-        if self.shape is None:
-            return
         got = inp.x.shape[1:]
+        if self.shape is None or got == self._checked:
+            return
         if len(got) != len(self.shape) or any(s != 1 and s != g for s, g in zip(self.shape, got, strict=True)):
             raise ValueError(f"{self!r}: expected input of shape (n, {', '.join(map(str, self.shape))}), "
                              f"got {inp.x.shape}")
+        self._checked = got
 
     def fprop(self, inp: State, out: State) -> None:
         self._check(inp)
