@@ -219,13 +219,13 @@ class NLLLoss(Loss):
         np.log(z, out=z)
         if b != 1.0:
             z *= 1.0 / b
-        np.take(e, at, out=loss[:, 0], mode="clip")             # at is in range; "raise" would buffer out
+        e.take(at, out=loss[:, 0], mode="clip")                 # at is in range; "raise" would buffer out
         loss += z
         loss -= low                                              # L = E_Y − free, free = −(1/β) log Σ exp(−βE)
-        np.take(p, at, out=z[:, 0], mode="clip")
+        p.take(at, out=z[:, 0], mode="clip")                     # (methods: np.take's wrapper costs 1 µs)
         np.subtract(1.0, z, out=z)
         np.negative(p, out=g)
-        np.put(g, at, z, mode="clip")                            # ∂L/∂E_k = δ_kY − p_k
+        g.put(at, z, mode="clip")                                # ∂L/∂E_k = δ_kY − p_k
         return loss[:, 0], g, lambda: b * p * (1.0 - p)
 
 

@@ -143,8 +143,9 @@ class Cascade(Module):
         chain = self._chain(inp, out)
         self._mark(inp)
         first = 0 if inp.requires_dx else self._first_trainable
+        clear = "clear_" + slot
         for s in self._link_states[first:]:
-            getattr(s, f"clear_{slot}")()
+            getattr(s, clear)()
         for i in range(len(self._links) - 1, first - 1, -1):
             getattr(self._links[i], method)(chain[i], chain[i + 1])
 

@@ -28,6 +28,11 @@ def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 
     `zero` (target holds zeros not yet written, `Param.dx_for_sum`) target ← α Σ a instead."""
     last = is_batch_last(a)
     shape, axes = _bias_sum(target.shape, a.shape, last)
+    if zero and a.dtype == target.dtype and target.flags.c_contiguous:   # the sum straight into target, × α:
+        np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=target.reshape(shape))
+        if alpha != 1.0:                                         # = 0 + α Σ a, rounded the same
+            target *= alpha
+        return
     total = buffer.resize(*shape, dtype=a.dtype).x
     np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=total)
     if zero:
@@ -83,20 +88,23 @@ class Squash(Module):
 
     def _back(self, inp: State, out: State, power: int, slot: str) -> None:
         """Adds f'(u)^power · (the output's `slot`) into the input's and the bias's `slot`."""
-        g = self._g.resize(*out.x.shape, dtype=out.x.dtype, batch_last=is_batch_last(out.x)).x
-        c = self.slope(out.x, g) ** power
+        y = out.x
+        into, zero = inp.sum_target(slot) if inp.requires_dx else (None, False)
+        # g = f'(u)^power/c^power · the output's slot: computed in the input's slot itself when
+        # that holds nothing yet since a clear (then scaled by c in place), else in a scratch buffer
+        g = into if zero else self._g.resize(*y.shape, dtype=y.dtype, batch_last=is_batch_last(y)).x
+        c = self.slope(y, g) ** power
         if power == 2:
             np.multiply(g, g, out=g)
         np.multiply(g, getattr(out, slot), out=g)
-        if inp.requires_dx:
-            into, zero = inp.sum_target(slot)
-            if zero:
-                np.multiply(g, c, out=into)                      # = 0 + c g, rounded the same
-            else:
-                add_scaled(into, g, c)
         if self.b is not None:
-            target, zero = self.b.sum_target(slot)
-            add_sum_to(target, g, self._sum, c, zero)
+            target, b_zero = self.b.sum_target(slot)
+            add_sum_to(target, g, self._sum, c, b_zero)
+        if zero:
+            if c != 1.0:
+                g *= c                                           # = 0 + c g, rounded the same
+        elif into is not None:
+            add_scaled(into, g, c)
 
     def bprop(self, inp: State, out: State) -> None:
         self._back(inp, out, 1, "dx")                            # ∂E/∂x = ∂E/∂u = f'(u) ∂E/∂y, ∂E/∂b = Σ_batch ∂E/∂u
