@@ -122,6 +122,32 @@ def test_conv2d_recomputes_its_columns_for_another_input():
     np.testing.assert_allclose(a.dx, expected[1])
 
 
+@pytest.mark.parametrize("stride, padding, table, last", [(1, 0, None, False), (2, 1, None, True),
+                                                          (1, 2, [(0, 0), (1, 1), (0, 2)], True)])
+def test_conv2d_over_its_column_budget_builds_columns_in_bands_with_the_same_result(stride, padding, table, last):
+    """Columns over `column_budget` bytes are built a band of output rows at a time (inference at
+    large batches); the output equals the one-product fprop's, and a bprop after it (which builds
+    the columns again) the one after a one-product fprop, bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 2, 9, 7)).astype(np.float32)
+    if last:
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)      # batch-last, as a conv writes
+    runs = []
+    for budget in (None, 1, 2000):                               # one product; one row a band; a few rows
+        pool = fb.ParamPool(np.float32, seed=0)
+        conv = fb.Conv2d(2, 3, 3, pool, stride=stride, padding=padding, table=table)
+        if budget is not None:
+            conv.column_budget = budget
+        inp, out = fb.State(x.copy()), fb.State()
+        conv.fprop(inp, out)
+        out.dx = rng.standard_normal(out.shape).astype(np.float32) if not runs else runs[0][1]
+        conv.bprop(inp, out)
+        runs.append((out.x.copy(), out.dx.copy(), pool.dx.copy(), inp.dx.copy()))
+    for banded in runs[1:]:
+        for a, b in zip(runs[0], banded, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_conv2d_reuses_its_scratch_buffers_across_calls():
     conv = fb.Conv2d(1, 2, 3, fb.ParamPool(np.float32), padding=1)
     x, out = fb.State(np.ones((2, 1, 6, 6), np.float32)), fb.State()

@@ -118,7 +118,14 @@ class Conv2d(Module):
     im2col and col2im move runs of w'·n contiguous numbers instead of rows of w' pixels (3-6×
     faster at n = 32). An input in that layout (the previous convolution's output, or a module
     that keeps its input's layout) is read as it stands; a batch-first one is copied once.
+
+    Columns larger than `column_budget` bytes (16 MiB: LeNet-5's C1 from a batch of about 210)
+    are built a band of output rows at a time during fprop, each band's product written into its
+    rows of the output, and not kept: inference on large batches needs a few MiB of columns instead
+    of hundreds (the same numbers, bit for bit); a bprop after such an fprop builds them again.
     """
+
+    column_budget = 16 << 20    # bytes of im2col columns above which fprop builds them a band of rows at a time
 
     def __init__(self, n_in: int, n_out: int, kernel: int, pool: ParamPool, stride: int = 1,
                  padding: int = 0, table: np.ndarray | list[tuple[int, int]] | None = None) -> None:
@@ -144,11 +151,10 @@ class Conv2d(Module):
         self._cols, self._geometry, self._whole = None, None, False   # the last im2col, (c, k, h', w', n)
         self._border_of: np.ndarray | None = None
 
-    def _columns(self, inp: State, fresh: bool = False) -> np.ndarray:
-        """im2col: the (n_in·k·k, h'·w'·n) matrix whose column (i, j, n) is the window y_{n,·,i,j} sees."""
+    def _source(self, inp: State) -> np.ndarray:
+        """The (padded) input as a C-ordered (c, h + 2p, w + 2p, n) array: a batch-last input's
+        memory as it stands, else one copy; sets the geometry (c, k, h', w', n)."""
         k, p, s = self.kernel, self.padding, self.stride
-        if not fresh and self._col_of is inp.x:
-            return self._cols
         n, c, h, w = inp.x.shape
         src = memory(inp.x)                                       # (c, h, w, n)
         if p or not src.flags.c_contiguous:                       # padded, or batch-first: one copy, batch last
@@ -161,15 +167,40 @@ class Conv2d(Module):
         h_out, w_out = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         self._geometry = (c, k, h_out, w_out, n)
         self._whole = h_out == w_out == 1 and h + 2 * p == w + 2 * p == k
+        return src
+
+    def _columns(self, inp: State, fresh: bool = False) -> np.ndarray:
+        """im2col: the (n_in·k·k, h'·w'·n) matrix whose column (i, j, n) is the window y_{n,·,i,j} sees."""
+        if not fresh and self._col_of is inp.x:
+            return self._cols
+        src = self._source(inp)
+        c, k, h_out, w_out, n = self._geometry
         if self._whole:                                          # one window, the whole image: col is the
             self._cols = src.reshape(c * k * k, n)               # batch-last image itself (LeNet-5's C5)
         else:
             col = self._col.resize(c, k, k, h_out, w_out, n, dtype=inp.x.dtype).x
-            windows = sliding_window_view(src, (k, k), axis=(1, 2))[:, ::s, ::s]
+            windows = sliding_window_view(src, (k, k), axis=(1, 2))[:, ::self.stride, ::self.stride]
             np.copyto(col, windows.transpose(0, 4, 5, 1, 2, 3))  # col[c,a,b,i,j,n] = x[n,c,si+a,sj+b]
             self._cols = col.reshape(c * k * k, -1)
         self._col_of = inp.x
         return self._cols
+
+    def _fprop_bands(self, inp: State, out: State, rows: int) -> None:
+        """fprop with the columns built `rows` output rows at a time into one small buffer, each
+        band's product written into its rows of the batch-last output; the columns are not kept."""
+        src = self._source(inp)
+        c, k, h_out, w_out, n = self._geometry
+        out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype, batch_last=True)
+        y = memory(out.x).reshape(self.n_out, -1)                # (maps, h'·w'·n): a band is a block of columns
+        wm, run = self._weights(1), w_out * n
+        flat = self._col.resize(c * k * k * rows * run, dtype=inp.x.dtype).x
+        windows = sliding_window_view(src, (k, k), axis=(1, 2))[:, ::self.stride, ::self.stride]
+        for i in range(0, h_out, rows):
+            r = min(rows, h_out - i)
+            col = flat[:c * k * k * r * run].reshape(c, k, k, r, w_out, n)
+            np.copyto(col, windows[:, i:i + r].transpose(0, 4, 5, 1, 2, 3))
+            np.matmul(wm, col.reshape(c * k * k, -1), out=y[:, i * run:(i + r) * run])
+        self._col_of = None                                      # a bprop builds all the columns again
 
     def _weights(self, power: int) -> np.ndarray:
         """W∘mask (power 1) or W∘W∘mask (power 2) as an (n_out, n_in·k·k) matrix."""
@@ -187,7 +218,12 @@ class Conv2d(Module):
 
     def fprop(self, inp: State, out: State) -> None:
         expect_images(self, inp, self.n_in)
-        _out_size(self, inp, self.kernel, self.stride, self.padding)
+        h_out, w_out = _out_size(self, inp, self.kernel, self.stride, self.padding)
+        n, c = inp.x.shape[:2]
+        row = c * self.kernel**2 * w_out * n * inp.x.itemsize       # bytes of one output row's columns
+        if row * h_out > self.column_budget and h_out > 1:
+            self._fprop_bands(inp, out, max(1, self.column_budget // row))
+            return
         col = self._columns(inp, fresh=True)
         h_out, w_out, n = self._geometry[2:]
         out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype, batch_last=True)
