@@ -120,12 +120,14 @@ class Conv2d(Module):
     that keeps its input's layout) is read as it stands; a batch-first one is copied once.
 
     Columns larger than `column_budget` bytes (16 MiB: LeNet-5's C1 from a batch of about 210)
-    are built a band of output rows at a time during fprop, each band's product written into its
-    rows of the output, and not kept: inference on large batches needs a few MiB of columns instead
-    of hundreds (the same numbers, bit for bit); a bprop after such an fprop builds them again.
+    are built a band of output rows at a time during fprop (`band_budget`, 4 MiB, each), each
+    band's product written into its rows of the output, and not kept: inference on large batches
+    needs a few MiB of columns instead of hundreds (the same numbers, bit for bit); a bprop after
+    such an fprop builds them again.
     """
 
-    column_budget = 16 << 20    # bytes of im2col columns above which fprop builds them a band of rows at a time
+    column_budget = 16 << 20    # bytes of im2col columns above which fprop builds them a band of rows at a time,
+    band_budget = 4 << 20       # each band's columns at most this many bytes (or one output row)
 
     def __init__(self, n_in: int, n_out: int, kernel: int, pool: ParamPool, stride: int = 1,
                  padding: int = 0, table: np.ndarray | list[tuple[int, int]] | None = None) -> None:
@@ -222,7 +224,7 @@ class Conv2d(Module):
         n, c = inp.x.shape[:2]
         row = c * self.kernel**2 * w_out * n * inp.x.itemsize       # bytes of one output row's columns
         if row * h_out > self.column_budget and h_out > 1:
-            self._fprop_bands(inp, out, max(1, self.column_budget // row))
+            self._fprop_bands(inp, out, max(1, min(self.column_budget, self.band_budget) // row))
             return
         col = self._columns(inp, fresh=True)
         h_out, w_out, n = self._geometry[2:]
