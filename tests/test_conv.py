@@ -125,9 +125,10 @@ def test_conv2d_recomputes_its_columns_for_another_input():
 @pytest.mark.parametrize("stride, padding, table, last", [(1, 0, None, False), (2, 1, None, True),
                                                           (1, 2, [(0, 0), (1, 1), (0, 2)], True)])
 def test_conv2d_over_its_column_budget_builds_columns_in_bands_with_the_same_result(stride, padding, table, last):
-    """Columns over `column_budget` bytes are built a band of output rows at a time (inference at
-    large batches); the output equals the one-product fprop's, and a bprop after it (which builds
-    the columns again) the one after a one-product fprop, bit for bit."""
+    """With no bprop to follow, columns over `column_budget` bytes are built a band of output rows
+    at a time (inference at large batches); the output equals the one-product fprop's, and a bprop
+    after it all the same (which builds the columns again) the one after a one-product fprop, bit
+    for bit."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 2, 9, 7)).astype(np.float32)
     if last:
@@ -137,7 +138,7 @@ def test_conv2d_over_its_column_budget_builds_columns_in_bands_with_the_same_res
         pool = fb.ParamPool(np.float32, seed=0)
         conv = fb.Conv2d(2, 3, 3, pool, stride=stride, padding=padding, table=table)
         if budget is not None:
-            conv.column_budget = budget
+            conv.column_budget, conv.forward_only = budget, True
         inp, out = fb.State(x.copy()), fb.State()
         conv.fprop(inp, out)
         out.dx = rng.standard_normal(out.shape).astype(np.float32) if not runs else runs[0][1]
@@ -146,6 +147,23 @@ def test_conv2d_over_its_column_budget_builds_columns_in_bands_with_the_same_res
     for banded in runs[1:]:
         for a, b in zip(runs[0], banded, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_machine_inference_bands_the_columns_and_training_does_not():
+    """Machine.inference switches its convolutions to forward-only (bands over the budget) for its
+    span; energies equal those of a plain fprop, and a training step afterwards keeps its columns."""
+    machine = fb.build_machine({"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10, "dtype": "float32"})
+    convs = [m for m in fb.network.leaves(machine.network) if isinstance(m, fb.Conv2d)]
+    x = np.random.default_rng(0).standard_normal((6, 1, 28, 28)).astype(np.float32)
+    machine.fprop(x)
+    plain = machine.energies.x.copy()
+    for conv in convs:
+        conv.column_budget = 1                                   # every forward-only fprop in bands
+    machine.inference(x)
+    np.testing.assert_array_equal(machine.energies.x, plain)
+    assert all(c._col_of is None and not c.forward_only for c in convs[:2])    # C1, C3: bands, not kept
+    machine.gradient(x, np.arange(6))
+    assert all(c._col_of is not None for c in convs[1:2])       # C3's columns kept for its bprop
 
 
 def test_conv2d_reuses_its_scratch_buffers_across_calls():

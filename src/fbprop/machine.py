@@ -126,6 +126,22 @@ class Machine:
         mean_T E(W, y, T X): the image and its left-right mirror (test_mirror), each of them also
         moved by `test_shift` pixels up, down, left and right (edges repeated, as the training
         distortions do); the losses are those of E'."""
+        with self._forward_only():
+            self._inference(x, y)
+
+    @contextmanager
+    def _forward_only(self) -> Iterator[None]:
+        """Tell the modules that have a `forward_only` switch (Conv2d) that no bprop follows."""
+        modules = [m for m in leaves(self.network) if hasattr(m, "forward_only")]
+        for m in modules:
+            m.forward_only = True
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.forward_only = False
+
+    def _inference(self, x: np.ndarray, y: np.ndarray | None) -> None:
         views = self._views()
         if len(views) == 1:
             self.fprop(x, y)

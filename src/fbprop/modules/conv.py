@@ -119,15 +119,17 @@ class Conv2d(Module):
     faster at n = 32). An input in that layout (the previous convolution's output, or a module
     that keeps its input's layout) is read as it stands; a batch-first one is copied once.
 
-    Columns larger than `column_budget` bytes (16 MiB: LeNet-5's C1 from a batch of about 210)
-    are built a band of output rows at a time during fprop (`band_budget`, 4 MiB, each), each
-    band's product written into its rows of the output, and not kept: inference on large batches
-    needs a few MiB of columns instead of hundreds (the same numbers, bit for bit); a bprop after
-    such an fprop builds them again.
+    When no bprop will follow (`forward_only`, which `Machine.inference` sets for its span),
+    columns larger than `column_budget` bytes (16 MiB: LeNet-5's C1 from a batch of about 210)
+    are built a band of output rows at a time (`band_budget`, 4 MiB, each), each band's product
+    written into its rows of the output, and not kept: inference on large batches needs a few MiB
+    of columns instead of hundreds, and runs faster with them in cache (the same numbers, bit for
+    bit). A bprop after such an fprop would build the columns again.
     """
 
-    column_budget = 16 << 20    # bytes of im2col columns above which fprop builds them a band of rows at a time,
-    band_budget = 4 << 20       # each band's columns at most this many bytes (or one output row)
+    column_budget = 16 << 20    # bytes of im2col columns above which a forward-only fprop builds them in bands
+    band_budget = 4 << 20       # of rows, each band's columns at most this many bytes (or one output row)
+    forward_only = False        # True while no bprop follows (Machine.inference sets it)
 
     def __init__(self, n_in: int, n_out: int, kernel: int, pool: ParamPool, stride: int = 1,
                  padding: int = 0, table: np.ndarray | list[tuple[int, int]] | None = None) -> None:
@@ -223,7 +225,7 @@ class Conv2d(Module):
         h_out, w_out = _out_size(self, inp, self.kernel, self.stride, self.padding)
         n, c = inp.x.shape[:2]
         row = c * self.kernel**2 * w_out * n * inp.x.itemsize       # bytes of one output row's columns
-        if row * h_out > self.column_budget and h_out > 1:
+        if self.forward_only and row * h_out > self.column_budget and h_out > 1:
             self._fprop_bands(inp, out, max(1, min(self.column_budget, self.band_budget) // row))
             return
         col = self._columns(inp, fresh=True)
