@@ -121,12 +121,10 @@ def _blasable(a: np.ndarray) -> bool:
 
 
 def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float, wide: bool) -> bool:
-    """A product in numpy's library: a convolution's (`wide`), or any too large for one thread
-    when numpy's library has a pool; False where it does not apply."""
-    k = a.shape[1]
-    if c.size * k <= SMALL_GEMM or k < 2 or not (a.dtype == b.dtype == c.dtype) or c.dtype.kind != "f":
+    """A product above SMALL_GEMM (the caller's test) in numpy's library: a convolution's (`wide`),
+    or any when numpy's library has a pool; False where it does not apply."""
+    if a.shape[1] < 2 or not (a.dtype == b.dtype == c.dtype) or c.dtype.kind != "f":
         return False                                             # (k = 1: numpy's matmul loops outside BLAS)
-    # (_gemm asks only above SMALL_GEMM; the test stays for direct callers)
     if not (_blasable(a) and _blasable(b) and _blasable(c)) or not _numpy_blas().routines:
         return False                                             # (no OpenBLAS of numpy's found: scipy's does all)
     if not wide and _numpy_blas().threads() == 1:

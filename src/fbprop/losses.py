@@ -85,7 +85,6 @@ class Loss(Module):
 
     def bprop(self, energies: State, labels: State | None, out: State) -> None:
         g, _ = self._derivatives(energies, labels)
-        t = self._scratch(g)
         into, zero = energies.sum_target("dx")
         if zero:
             np.multiply(g, _column(out.dx, g), out=into)         # ∂L/∂E_k, scaled by ∂objective/∂L

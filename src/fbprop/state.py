@@ -176,10 +176,10 @@ class State:
         if slot != "dx":
             return getattr(self, slot), False
         d, x = self._dx, self.x
-        if not self._dx_cleared and d is not None and d.shape == x.shape and d.dtype == x.dtype:
-            return d, False
-        if d is None or d.shape != x.shape or d.dtype != x.dtype:
+        if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
             d = self._dx = np.empty_like(x)                      # (same layout as x)
+        elif not self._dx_cleared:
+            return d, False
         self._dx_cleared = False
         return d, True
 

@@ -183,11 +183,16 @@ class Conv2d(Module):
             self._cols = src.reshape(c * k * k, n)               # batch-last image itself (LeNet-5's C5)
         else:
             col = self._col.resize(c, k, k, h_out, w_out, n, dtype=inp.x.dtype).x
-            windows = sliding_window_view(src, (k, k), axis=(1, 2))[:, ::self.stride, ::self.stride]
-            np.copyto(col, windows.transpose(0, 4, 5, 1, 2, 3))  # col[c,a,b,i,j,n] = x[n,c,si+a,sj+b]
+            np.copyto(col, self._windows_of(src))
             self._cols = col.reshape(c * k * k, -1)
         self._col_of = inp.x
         return self._cols
+
+    def _windows_of(self, src: np.ndarray) -> np.ndarray:
+        """The (c, k, k, h', w', n) view of src (c, h, w, n) that im2col copies:
+        [c, a, b, i, j, n] = x[n, c, si + a, sj + b]."""
+        k, s = self.kernel, self.stride
+        return sliding_window_view(src, (k, k), axis=(1, 2))[:, ::s, ::s].transpose(0, 4, 5, 1, 2, 3)
 
     def _fprop_bands(self, inp: State, out: State, rows: int) -> None:
         """fprop with the columns built `rows` output rows at a time into one small buffer, each
@@ -198,11 +203,11 @@ class Conv2d(Module):
         y = memory(out.x).reshape(self.n_out, -1)                # (maps, h'·w'·n): a band is a block of columns
         wm, run = self._weights(1), w_out * n
         flat = self._col.resize(c * k * k * rows * run, dtype=inp.x.dtype).x
-        windows = sliding_window_view(src, (k, k), axis=(1, 2))[:, ::self.stride, ::self.stride]
+        windows = self._windows_of(src)
         for i in range(0, h_out, rows):
             r = min(rows, h_out - i)
             col = flat[:c * k * k * r * run].reshape(c, k, k, r, w_out, n)
-            np.copyto(col, windows[:, i:i + r].transpose(0, 4, 5, 1, 2, 3))
+            np.copyto(col, windows[:, :, :, i:i + r])
             np.matmul(wm, col.reshape(c * k * k, -1), out=y[:, i * run:(i + r) * run])
         self._col_of = None                                      # a bprop builds all the columns again
 
@@ -229,7 +234,6 @@ class Conv2d(Module):
             self._fprop_bands(inp, out, max(1, min(self.column_budget, self.band_budget) // row))
             return
         col = self._columns(inp, fresh=True)
-        h_out, w_out, n = self._geometry[2:]
         out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype, batch_last=True)
         y = memory(out.x).reshape(self.n_out, -1)
         product(y, self._weights(1), col, wide=True)            # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
