@@ -94,3 +94,29 @@ def test_axpy_on_either_library_and_either_layout(dtype, monkeypatch):
     into = np.moveaxis(np.zeros((4, 3, 5), dtype), -1, 0)
     blas.add_scaled(into, last, 2.0)
     np.testing.assert_allclose(into, 2.0 * last, **_tol(dtype))
+
+
+@needs_numpy_blas
+@pytest.mark.skipif(blas._numpy_blas().set_threads is None, reason="numpy's OpenBLAS cannot set its thread count")
+@pytest.mark.parametrize("awake", [False, True])
+def test_a_long_axpy_uses_the_pool_only_after_a_product_did(awake, monkeypatch):
+    lib = blas._numpy_blas()
+    real_set, before = lib.set_threads, lib.threads()
+    calls = []
+    monkeypatch.setattr(lib, "set_threads", lambda n: (calls.append(n), real_set(n)))
+    real_set(2)
+    try:
+        rng = np.random.default_rng(3)
+        x, y = (rng.standard_normal(3 * blas.SMALL_AXPY).astype(np.float32) for _ in range(2))
+        if awake:                                                # a product large enough for the pool
+            a, b, c = _operands(70, 90, 80, "CCC", np.float32)
+            blas.product(c, a, b)
+        else:
+            blas._POOL_AWAKE[0] = False
+        expected = y.astype(np.float64) - 0.3 * x
+        blas.add_scaled(y, x, -0.3)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+        assert calls == ([] if awake else [1, 2])               # one thread for this call, then back to 2
+        assert lib.threads() == 2 and not blas._POOL_AWAKE[0]
+    finally:
+        real_set(before)

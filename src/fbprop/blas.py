@@ -14,7 +14,10 @@ axpy of ≤ 10,000 numbers goes to scipy's library, which then never starts its 
 than one thread, anything larger goes to numpy's — np.matmul for c = ab, and the same library's
 cblas gemm (β = 1) and axpy through ctypes, found once. With one thread there are no pools, and
 only the convolutions' products (`product(..., wide=True)`) go to numpy's library, the fully
-connected layers' staying on scipy's, as fast or faster for their shapes. Where numpy's library
+connected layers' staying on scipy's, as fast or faster for their shapes. A long axpy runs on
+numpy's pool only when a product ran there since the previous one (a large batch); after small
+products (batch 1) it runs on one thread of the same library, which keeps a 2-thread step as
+fast as a 1-thread one. Where numpy's library
 cannot be found (another numpy build), scipy's does everything. scipy.linalg is imported on the
 first call (0.15 s of start-up).
 """
@@ -51,6 +54,7 @@ class _NumpyBlas:
     def __init__(self) -> None:
         self.routines: dict[tuple[str, np.dtype], object] = {}
         self.threads = lambda: 1                                 # its thread count, asked at each use
+        self.set_threads = None                                  # and the call that sets it
         here = os.path.dirname(np.__file__)
         found = sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*"))
                        + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
@@ -66,6 +70,9 @@ class _NumpyBlas:
             return
         threads = symbol.replace("cblas_{}", "openblas_get_num_threads")
         self.threads = getattr(lib, threads, None) or (lambda: 1)
+        self.set_threads = getattr(lib, threads.replace("get_num", "set_num"), None)
+        if self.set_threads is not None:
+            self.set_threads.argtypes, self.set_threads.restype = [ctypes.c_int], None
         for dt, real, p in ((np.dtype(np.float32), ctypes.c_float, "s"), (np.dtype(np.float64), ctypes.c_double, "d")):
             gemm, axpy = getattr(lib, symbol.format(p + "gemm")), getattr(lib, symbol.format(p + "axpy"))
             ptr = ctypes.c_void_p
@@ -89,15 +96,27 @@ class _NumpyBlas:
              beta, c.ctypes.data, max(n, 1))
         return True
 
-    def axpy(self, y: np.ndarray, x: np.ndarray, alpha: float) -> bool:
+    def axpy(self, y: np.ndarray, x: np.ndarray, alpha: float, threads: int | None = None) -> bool:
+        """y ← α x + y; with `threads`, on that many threads for this call only (the library's
+        count is set around it); False when the library has no axpy for y's dtype or cannot
+        set its thread count."""
         axpy = self.routines.get(("axpy", y.dtype))
-        if axpy is None:
+        if axpy is None or (threads is not None and self.set_threads is None):
             return False
-        axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+        if threads is None:
+            axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+            return True
+        before = self.threads()
+        self.set_threads(threads)
+        try:
+            axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+        finally:
+            self.set_threads(before)
         return True
 
 
 _NUMPY: list[_NumpyBlas] = []
+_POOL_AWAKE = [False]           # a product ran on numpy's thread pool since the last long axpy
 
 
 def _numpy_blas() -> _NumpyBlas:
@@ -127,8 +146,11 @@ def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
         return False                                             # (k = 1: numpy's matmul loops outside BLAS)
     if not (_blasable(a) and _blasable(b) and _blasable(c)) or not _numpy_blas().routines:
         return False                                             # (no OpenBLAS of numpy's found: scipy's does all)
-    if not wide and _numpy_blas().threads() == 1:
+    threads = _numpy_blas().threads()
+    if not wide and threads == 1:
         return False                                             # one thread: no pools to keep apart
+    if threads > 1:
+        _POOL_AWAKE[0] = True
     if alpha == 1.0 and beta == 0.0:
         np.matmul(a, b, out=c)
         return True
@@ -186,6 +208,11 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
     if axpy is None or not (x.flags.c_contiguous and y.flags.c_contiguous) or y.size == 0:
         y += alpha * x
         return
-    if y.size > SMALL_AXPY and _numpy_blas().threads() > 1 and _numpy_blas().axpy(y, x, alpha):
-        return
+    if y.size > SMALL_AXPY and _numpy_blas().threads() > 1:
+        # threaded only after products that ran on the pool; after small ones (batch 1) the
+        # threaded axpy made the whole step slower, in either library (MLP batch 1, 2 threads:
+        # 200-660 µs a step against 152-157 µs with this axpy on one thread, the reference 122)
+        awake, _POOL_AWAKE[0] = _POOL_AWAKE[0], False
+        if _numpy_blas().axpy(y, x, alpha, None if awake else 1):
+            return
     axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)           # (n, a); views: y is updated in place
