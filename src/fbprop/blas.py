@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from functools import lru_cache
 
 import numpy as np
 
@@ -36,6 +37,15 @@ _BLAS: dict[tuple[str, np.dtype], object] = {}
 SMALL_GEMM = 65536 * 4          # OpenBLAS's own limit for a one-thread gemm (m·n·k)
 SMALL_AXPY = 10000              # and for a one-thread axpy (n)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+
+
+@lru_cache(maxsize=8)
+def one(dtype: np.dtype) -> np.ndarray:
+    """1 as a read-only 0-d array of `dtype`: a ufunc takes it in 0.3 µs where it converts the
+    Python 1 in 0.65 (numbers that matter at batch 1), with the same result."""
+    a = np.ones((), dtype)
+    a.flags.writeable = False
+    return a
 
 
 def _blas(name: str, dtype: np.dtype):

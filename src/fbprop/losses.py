@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from fbprop.blas import one
 from fbprop.module import Module
 from fbprop.params import ParamPool
 from fbprop.state import State
@@ -222,7 +223,7 @@ class NLLLoss(Loss):
         loss += z
         loss -= low                                              # L = E_Y − free, free = −(1/β) log Σ exp(−βE)
         p.take(at, out=z[:, 0], mode="clip")                     # (methods: np.take's wrapper costs 1 µs)
-        np.subtract(1.0, z, out=z)
+        np.subtract(one(z.dtype), z, out=z)
         np.negative(p, out=g)
         g.put(at, z, mode="clip")                                # ∂L/∂E_k = δ_kY − p_k
         return loss[:, 0], g, lambda: b * p * (1.0 - p)

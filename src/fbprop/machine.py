@@ -226,8 +226,10 @@ class Machine:
     # backward -----------------------------------------------------------------------------
     def _sweep(self, method: str, slot: str) -> None:
         """One backward sweep (method "bprop" or "bbprop") from the losses down to the inputs."""
-        getattr(self.energies, f"clear_{slot}")()
-        if slot == "ddx":
+        if slot == "dx":
+            self.energies.clear_dx()
+        else:
+            self.energies.clear_ddx()
             self.losses.clear_ddx()                              # the objective is linear in each L_i
         getattr(self.loss, method)(self.energies, None if self.y_enters else self.labels, self.losses)
         getattr(self.network, method)(*self.inputs, self.energies)

@@ -132,9 +132,17 @@ class Cascade(Module):
         for i, m in enumerate(self._links):
             m.fprop(chain[i], chain[i + 1])
 
+    _marked: bool | None = None                                  # the input's requires_dx at the last _mark
+
     def _mark(self, inp: State) -> None:
+        """Each link state needs dx when a link before it has parameters or the input needs dx
+        (set again only when the input's need changes: the cascade owns those states)."""
+        need = inp.requires_dx
+        if need is self._marked:
+            return
         for s, trainable in zip(self._link_states, self._trainable_prefix, strict=True):
-            s.requires_dx = trainable or inp.requires_dx
+            s.requires_dx = trainable or need
+        self._marked = need
 
     def _sweep(self, inp: State, out: State, method: str, slot: str) -> None:
         """One backward sweep, from the last link down to the first whose bprop has anything to
@@ -143,11 +151,15 @@ class Cascade(Module):
         chain = self._chain(inp, out)
         self._mark(inp)
         first = 0 if inp.requires_dx else self._first_trainable
-        clear = "clear_" + slot
-        for s in self._link_states[first:]:
-            getattr(s, clear)()
-        for i in range(len(self._links) - 1, first - 1, -1):
-            getattr(self._links[i], method)(chain[i], chain[i + 1])
+        if slot == "dx":
+            for s in self._link_states[first:]:
+                s.clear_dx()
+        else:
+            for s in self._link_states[first:]:
+                s.clear_ddx()
+        links = self._links
+        for i in range(len(links) - 1, first - 1, -1):
+            getattr(links[i], method)(chain[i], chain[i + 1])
 
     def bprop(self, inp: State, out: State) -> None:
         self._sweep(inp, out, "bprop", "dx")

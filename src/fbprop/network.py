@@ -214,16 +214,27 @@ class Network(Module):
                 kind = TypeError if isinstance(error, TypeError) else ValueError
                 raise kind(f"Network node [{n}] reading {shapes}: {error}") from None
 
+    _marked: tuple[bool, ...] | None = None                     # the inputs' requires_dx at the last _mark
+
     def _mark(self, slots: list[State]) -> None:
-        """An intermediate state needs dx only if parameters, or an input that needs dx, lie before it."""
-        for s, (params, inputs) in zip(self._inner, self._upstream):
-            s.requires_dx = params or any(slots[i].requires_dx for i in inputs)
+        """An intermediate state needs dx only if parameters, or an input that needs dx, lie before
+        it (set again only when the inputs' needs change: the network owns those states)."""
+        need = tuple([slots[i].requires_dx for i in range(self.n_inputs)])
+        if need == self._marked:
+            return
+        for s, (params, inputs) in zip(self._inner, self._upstream, strict=True):
+            s.requires_dx = params or any(need[i] for i in inputs)
+        self._marked = need
 
     def _sweep(self, states: tuple[State, ...], method: str, slot: str) -> None:
         slots = self._slots(states)
         self._mark(slots)
-        for s in self._inner:
-            getattr(s, f"clear_{slot}")()
+        if slot == "dx":
+            for s in self._inner:
+                s.clear_dx()
+        else:
+            for s in self._inner:
+                s.clear_ddx()
         for n in reversed(self.nodes):
             getattr(n.module, method)(*[slots[i] for i in n.args])
 

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from fbprop.blas import add_scaled
+from fbprop.blas import add_scaled, one
 from fbprop.module import Module
 from fbprop.params import ParamPool
 from fbprop.state import State, is_batch_last, memory
@@ -125,7 +125,7 @@ class Tanh(Squash):
 
     def slope(self, y, g):
         np.multiply(y, y, out=g)
-        np.subtract(1, g, out=g)                                 # tanh' = 1 − y²
+        np.subtract(one(g.dtype), g, out=g)                      # tanh' = 1 − y²
         return 1.0
 
 
@@ -155,7 +155,7 @@ class Logistic(Squash):
         np.exp(u, out=u)                                         # σ(u) = exp(−log(1 + e^−u)): exact in both tails
 
     def slope(self, y, g):
-        np.subtract(1, y, out=g)
+        np.subtract(one(g.dtype), y, out=g)
         np.multiply(g, y, out=g)                                 # σ' = y (1 − y)
         return 1.0
 
