@@ -135,16 +135,6 @@ def _numpy_blas() -> _NumpyBlas:
     return _NUMPY[0]
 
 
-def _fortran(a: np.ndarray) -> tuple[np.ndarray, int] | None:
-    """`a` as a Fortran-ordered array and whether BLAS must transpose it (a C-ordered `a` is aᵀ in
-    Fortran order); None when `a` is neither (a strided view), which BLAS cannot take in place."""
-    if a.flags.f_contiguous:
-        return a, 0
-    if a.flags.c_contiguous:
-        return a.T, 1
-    return None
-
-
 def _blasable(a: np.ndarray) -> bool:
     return a.flags.c_contiguous or a.flags.f_contiguous
 
@@ -183,15 +173,20 @@ def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float
     if cf.c_contiguous and not cf.f_contiguous:
         c, a, b = c.T, b.T, a.T                                  # cᵀ ← α bᵀ aᵀ + β cᵀ, cᵀ in Fortran order
         cf = c.flags
-    fa, fb = _fortran(a), _fortran(b)
-    if gemm is None or fa is None or fb is None or not cf.f_contiguous or a.shape[1] == 0 or c.size == 0:
+    # each operand in Fortran order, transposed (a C-ordered one is its transpose in Fortran
+    # order) or not; a strided view is neither: numpy then computes the product (inline, not a
+    # helper: this runs 8 times in an MLP step)
+    af, bf = a.flags, b.flags
+    ta = 0 if af.f_contiguous else (1 if af.c_contiguous else -1)
+    tb = 0 if bf.f_contiguous else (1 if bf.c_contiguous else -1)
+    if gemm is None or ta < 0 or tb < 0 or not cf.f_contiguous or a.shape[1] == 0 or c.size == 0:
         if beta == 0.0:
             np.copyto(c, alpha * (a @ b), casting="same_kind")
         else:
             c += alpha * (a @ b)
         return
-    gemm(alpha, fa[0], fb[0], beta, c, fa[1], fb[1], 1)         # (beta, c, trans_a, trans_b, overwrite_c):
-    # positional, as f2py parses keywords at ~1 µs a call
+    gemm(alpha, a.T if ta else a, b.T if tb else b, beta, c, ta, tb, 1)   # (beta, c, trans_a, trans_b,
+    # overwrite_c): positional, as f2py parses keywords at ~1 µs a call
 
 
 def add_product(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 1.0) -> None:

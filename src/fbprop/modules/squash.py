@@ -9,7 +9,7 @@ import numpy as np
 from fbprop.blas import add_scaled, one
 from fbprop.module import Module
 from fbprop.params import ParamPool
-from fbprop.state import State, is_batch_last, memory
+from fbprop.state import State, add_into, is_batch_last, memory
 
 
 @lru_cache(maxsize=256)
@@ -183,3 +183,10 @@ class Bias(Squash):
     def slope(self, y, g):
         g.fill(1)
         return 1.0
+
+    def _back(self, inp: State, out: State, power: int, slot: str) -> None:
+        d = getattr(out, slot)                                   # f' = 1: the output's slot itself
+        target, b_zero = self.b.sum_target(slot)
+        add_sum_to(target, d, self._sum, 1.0, b_zero)
+        if inp.requires_dx:
+            add_into(inp, slot, d)
