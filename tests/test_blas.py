@@ -120,3 +120,44 @@ def test_a_long_axpy_uses_the_pool_only_after_a_product_did(awake, monkeypatch):
         assert lib.threads() == 2 and not blas._POOL_AWAKE[0]
     finally:
         real_set(before)
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_librarys_gemm_reads_blocks_of_larger_matrices(dtype):
+    rng = np.random.default_rng(4)
+    big_a, big_b = rng.standard_normal((7, 40)).astype(dtype), rng.standard_normal((40, 9)).astype(dtype)
+    a, b = big_a[:, 5:25], big_b[5:25]                           # rows at a stride, a block of rows
+    for c in (np.zeros((7, 9), dtype), np.zeros((7, 9), dtype, order="F")):
+        assert blas._numpy_blas().gemm(c, a, b, 1.0, 0.0)
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype))
+    assert not blas._numpy_blas().gemm(np.zeros((7, 9), dtype), big_a[:, 5:25:2], big_b[5:15], 1.0, 0.0)
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_a_long_sum_into_a_small_output_runs_in_blocks(dtype, beta, monkeypatch):
+    """A convolution's ∂E/∂W (6 × 25 outputs, each a sum over every pixel of the batch) is summed in
+    blocks of k that OpenBLAS's small-matrix kernel takes; the result is the whole sum."""
+    lib = blas._numpy_blas()
+    calls = []
+    real = lib.gemm
+
+    def counted(c, a, b, alpha, beta_):
+        calls.append(a.shape[1])
+        return real(c, a, b, alpha, beta_)
+    monkeypatch.setattr(lib, "gemm", counted)
+    rng = np.random.default_rng(5)
+    kb = blas.SMALL_KERNEL // 150
+    k = 3 * kb + 17                                              # three full blocks and a short one
+    g, col = rng.standard_normal((6, k)).astype(dtype), rng.standard_normal((25, k)).astype(dtype)
+    c = np.asarray(rng.standard_normal((6, 25)), dtype=dtype, order="F")
+    expected = beta * c.astype(np.float64) + 0.5 * (g.astype(np.float64) @ col.T)
+    blas._gemm(c, g, col.T, 0.5, beta, wide=True)
+    assert calls == [kb, kb, kb, 17]
+    tol = {"rtol": 1e-4, "atol": 1e-3} if dtype == np.float32 else {"rtol": 1e-11, "atol": 1e-9}   # sums of 20,015
+    np.testing.assert_allclose(c, expected, **tol)
+    calls.clear()
+    blas._gemm(np.zeros((6, 25), dtype, order="F"), g[:, :kb], col[:, :kb].T, 1.0, 0.0, wide=True)
+    assert calls == []                                           # a sum that fits one block: one np.matmul

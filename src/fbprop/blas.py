@@ -17,7 +17,9 @@ only the convolutions' products (`product(..., wide=True)`) go to numpy's librar
 connected layers' staying on scipy's, as fast or faster for their shapes. A long axpy runs on
 numpy's pool only when a product ran there since the previous one (a large batch); after small
 products (batch 1) it runs on one thread of the same library, which keeps a 2-thread step as
-fast as a 1-thread one. Where numpy's library
+fast as a 1-thread one. A small output summing a long product (a convolution's ∂E/∂W with few
+weights: LeNet-5's C1) is summed in blocks of the inner dimension that OpenBLAS's small-matrix
+kernel takes, each block's product added to the last's (`_k_block`). Where numpy's library
 cannot be found (another numpy build), scipy's does everything. scipy.linalg is imported on the
 first call (0.15 s of start-up).
 """
@@ -36,6 +38,8 @@ from fbprop.state import is_batch_last, memory
 _BLAS: dict[tuple[str, np.dtype], object] = {}
 SMALL_GEMM = 65536 * 4          # OpenBLAS's own limit for a one-thread gemm (m·n·k)
 SMALL_AXPY = 10000              # and for a one-thread axpy (n)
+SMALL_KERNEL = 1_000_000        # m·n·k up to which OpenBLAS 0.3 runs its small-matrix gemm kernel
+MIN_K_BLOCK = 4096              # blocks of a long sum shorter than this are not used (see _k_block)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
@@ -93,16 +97,18 @@ class _NumpyBlas:
             self.routines["gemm", dt], self.routines["axpy", dt] = gemm, axpy
 
     def gemm(self, c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float) -> bool:
-        """c ← α a b + β c in row-major cblas terms; False when the arrays do not fit it."""
+        """c ← α a b + β c in row-major cblas terms; False when the arrays do not fit it. a and b
+        may be blocks of larger matrices (rows or columns at a fixed stride), c not."""
         gemm = self.routines.get(("gemm", c.dtype))
         if gemm is None or not c.flags.c_contiguous:
             if gemm is None or not c.flags.f_contiguous:
                 return False
             c, a, b = c.T, b.T, a.T                              # cᵀ = bᵀ aᵀ, cᵀ C-ordered
+        la, lb = _leading(a), _leading(b)
+        if la is None or lb is None:
+            return False
         (m, k), n = a.shape, b.shape[1]
-        ta, lda = (_NO_TRANS, k) if a.flags.c_contiguous else (_TRANS, m)
-        tb, ldb = (_NO_TRANS, n) if b.flags.c_contiguous else (_TRANS, k)
-        gemm(_ROW_MAJOR, ta, tb, m, n, k, alpha, a.ctypes.data, max(lda, 1), b.ctypes.data, max(ldb, 1),
+        gemm(_ROW_MAJOR, la[0], lb[0], m, n, k, alpha, a.ctypes.data, la[1], b.ctypes.data, lb[1],
              beta, c.ctypes.data, max(n, 1))
         return True
 
@@ -123,6 +129,22 @@ class _NumpyBlas:
         finally:
             self.set_threads(before)
         return True
+
+
+def _leading(x: np.ndarray) -> tuple[int, int] | None:
+    """(transpose flag, leading dimension) of a 2-D matrix for row-major cblas: stored by rows at
+    some stride (no transpose), or by columns (transposed); None where BLAS cannot read it."""
+    rows, cols = x.shape
+    if x.flags.c_contiguous:
+        return _NO_TRANS, max(cols, 1)
+    if x.flags.f_contiguous:
+        return _TRANS, max(rows, 1)
+    it, (s0, s1) = x.itemsize, x.strides
+    if s1 == it and s0 > 0 and s0 % it == 0 and s0 >= cols * it:
+        return _NO_TRANS, s0 // it
+    if s0 == it and s1 > 0 and s1 % it == 0 and s1 >= rows * it:
+        return _TRANS, s1 // it
+    return None
 
 
 _NUMPY: list[_NumpyBlas] = []
@@ -151,10 +173,25 @@ def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
         return False                                             # one thread: no pools to keep apart
     if threads > 1:
         _POOL_AWAKE[0] = True
+    kb = _k_block(c.size, a.shape[1]) if wide else 0
+    if kb:
+        nb = _numpy_blas()
+        return all(nb.gemm(c, a[:, s:s + kb], b[s:s + kb], alpha, beta if s == 0 else 1.0)
+                   for s in range(0, a.shape[1], kb))
     if alpha == 1.0 and beta == 0.0:
         np.matmul(a, b, out=c)
         return True
     return _numpy_blas().gemm(c, a, b, alpha, beta)
+
+
+def _k_block(size: int, k: int) -> int:
+    """For a product of `size` outputs, each a sum of k terms: the length of the blocks of k to sum
+    it in (each block's product added to the last's), or 0 for one call. OpenBLAS runs a product
+    of m·n·k ≤ SMALL_KERNEL with a kernel that reads the operands as they lie; above, it packs them
+    first, which a small output with a long sum (a convolution's ∂E/∂W: 6 × 25 weights, a sum over
+    25,088 pixels at batch 32) cannot repay: 274 µs in one call, 124 µs in blocks of 6,656."""
+    kb = SMALL_KERNEL // max(size, 1)
+    return kb if kb >= MIN_K_BLOCK and k > kb else 0
 
 
 def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float, wide: bool = False) -> None:
