@@ -179,6 +179,35 @@ def test_conv2d_reuses_its_scratch_buffers_across_calls():
     assert all(a is b for a, b in zip(buffers, [s.x for s in scratch] + [out.dx, x.dx], strict=True))
 
 
+@pytest.mark.skipif(not fb.blas._numpy_blas().routines, reason="numpy's own OpenBLAS is not found in this numpy build")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_with_few_weights_sums_its_weight_gradient_in_blocks_to_the_same_values(dtype, monkeypatch):
+    """C1 of LeNet-5 (6 maps, 5x5, 150 weights) over 12 images of 32x32: 9,408 terms per weight,
+    summed in two blocks of the small-matrix kernel's size; ∂E/∂W and ∂²E/∂W² as in one product."""
+    rng = np.random.default_rng(7)
+    conv = fb.Conv2d(1, 6, 5, fb.ParamPool(dtype))
+    x, out = fb.State(rng.standard_normal((12, 1, 32, 32)).astype(dtype), requires_dx=False), fb.State()
+    conv.fprop(x, out)
+    out.dx, out.ddx = (rng.standard_normal(out.shape).astype(dtype) for _ in range(2))
+    assert fb.blas._k_block(6 * 25, 12 * 28 * 28) == fb.blas.SMALL_KERNEL // 150 < 12 * 28 * 28
+    grads = {}
+    for blocked in (True, False):
+        if not blocked:
+            monkeypatch.setattr(fb.blas, "MIN_K_BLOCK", 10**9)
+        conv.w.pool.clear_dx()
+        conv.w.pool.clear_ddx()
+        conv.bprop(x, out)
+        conv.bbprop(x, out)
+        grads[blocked] = conv.w.dx.copy(), conv.w.ddx.copy()
+    tol = {"rtol": 1e-4, "atol": 1e-3} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-10}
+    for a, b in zip(grads[True], grads[False], strict=True):
+        np.testing.assert_allclose(a, b, **tol)
+    expected = np.einsum("nohw,nchw->oc", out.dx.astype(np.float64),
+                         np.lib.stride_tricks.sliding_window_view(x.x, (5, 5), axis=(2, 3))
+                         .transpose(0, 1, 4, 5, 2, 3).reshape(12, 25, 28, 28).astype(np.float64))
+    np.testing.assert_allclose(grads[True][0].reshape(6, 25), expected, **tol)
+
+
 # ---- Subsampling, MaxPool, shape modules by hand ----------------------------------------------
 
 def test_subsampling_is_coefficient_times_window_mean_plus_bias():
