@@ -189,7 +189,11 @@ def _k_block(size: int, k: int) -> int:
     it in (each block's product added to the last's), or 0 for one call. OpenBLAS runs a product
     of m·n·k ≤ SMALL_KERNEL with a kernel that reads the operands as they lie; above, it packs them
     first, which a small output with a long sum (a convolution's ∂E/∂W: 6 × 25 weights, a sum over
-    25,088 pixels at batch 32) cannot repay: 274 µs in one call, 124 µs in blocks of 6,656."""
+    25,088 pixels at batch 32) cannot repay: 274 µs in one call, 124 µs in blocks of 6,656.
+    Short blocks lose (16 × 150 weights in blocks of 416: 266 → 396 µs); blocks of 1,736 and
+    3,472 (lenet-wide's and lenet-modern's first convolutions) still gain 2-3×, but MIN_K_BLOCK
+    keeps them out for now: summing in blocks rounds differently, and their figures would need
+    rerunning."""
     kb = SMALL_KERNEL // max(size, 1)
     return kb if kb >= MIN_K_BLOCK and k > kb else 0
 
