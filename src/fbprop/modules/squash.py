@@ -180,12 +180,8 @@ class Bias(Squash):
     def f(self, u):
         pass
 
-    def slope(self, y, g):
-        g.fill(1)
-        return 1.0
-
     def _back(self, inp: State, out: State, power: int, slot: str) -> None:
-        d = getattr(out, slot)                                   # f' = 1: the output's slot itself
+        d = getattr(out, slot)                                   # f' = 1, no slope: the output's slot itself
         target, b_zero = self.b.sum_target(slot)
         add_sum_to(target, d, self._sum, 1.0, b_zero)
         if inp.requires_dx:
