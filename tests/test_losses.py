@@ -93,6 +93,37 @@ def test_nll_loss_is_stable_for_large_energies_and_large_beta():
     np.testing.assert_allclose(g, [[p1, -p1, 0.0], [p1, -p1, 0.0]], atol=1e-9)
 
 
+def test_nll_loss_of_one_sample_is_the_same_formula():
+    # a batch of 1 (on-line learning) goes through Python floats instead of numpy's batch path
+    for beta, want in ((1.0, [1.0239090561799077, 0.1719931183659007]), (2.0, [0.6590877146237270, None])):
+        for i in range(2):
+            if want[i] is not None:
+                assert losses(fb.NLLLoss(beta=beta), E[i:i + 1], Y[i:i + 1])[0] == pytest.approx(want[i], rel=1e-12)
+    p = np.exp(-E) / np.exp(-E).sum(1, keepdims=True)
+    for i in range(2):
+        np.testing.assert_allclose(gradient(fb.NLLLoss(), E[i:i + 1], Y[i:i + 1]), (np.eye(3)[Y] - p)[i:i + 1],
+                                   rtol=1e-12)
+    big = np.array([[2e4, 1e4, 1e4 + 0.01]])                       # as in the test below: shifted by min E
+    assert losses(fb.NLLLoss(beta=100.0), big, [1])[0] == pytest.approx(0.0031326168751822283, rel=1e-6)
+    for e in ([[0.3, np.nan, 1.0]], [[np.nan, 0.3, 1.0]]):                           # NaN anywhere: NaN loss
+        assert np.isnan(losses(fb.NLLLoss(), e, [0])[0])
+    # the curvature β p (1 − p) that bbprop adds; float32 in, float32 out, computed in double
+    for beta in (1.0, 3.0):
+        energies, labels, out = fb.State(E.copy()), fb.State(Y), fb.State()               # float64 batch path
+        fb.NLLLoss(beta=beta).fprop(energies, labels, out)
+        out.dx, out.ddx = np.ones(2), np.zeros(2)
+        fb.NLLLoss(beta=beta).bbprop(energies, labels, out)
+        for i in range(2):
+            one = (fb.State(E[i:i + 1].astype(np.float32)), fb.State(Y[i:i + 1]), fb.State())
+            loss = fb.NLLLoss(beta=beta)
+            loss.fprop(*one)
+            one[2].dx, one[2].ddx = np.ones(1, np.float32), np.zeros(1, np.float32)
+            loss.bbprop(*one)
+            assert one[2].x.dtype == np.float32 and one[0].ddx.dtype == np.float32
+            assert one[2].x[0] == pytest.approx(out.x[i], rel=1e-6)
+            np.testing.assert_allclose(one[0].ddx, energies.ddx[i:i + 1], rtol=1e-6)
+
+
 def test_nll_loss_tends_to_the_perceptron_loss_as_beta_grows():
     e = np.random.default_rng(3).uniform(-2, 2, (6, 5))
     y = np.random.default_rng(4).integers(0, 5, 6)

@@ -8,6 +8,7 @@ and LeCun, Chopra, Hadsell, Ranzato, Huang, "A Tutorial on Energy-Based Learning
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -203,6 +204,8 @@ class NLLLoss(Loss):
 
     def terms(self, e, y):
         b, (n, k) = self.beta, e.shape
+        if n == 1:
+            return self._one(e, y)
         if self._offsets.shape != (n,):
             self._offsets, self._at = np.arange(n) * k, np.empty(n, np.intp)
         at = self._at
@@ -227,6 +230,21 @@ class NLLLoss(Loss):
         np.negative(p, out=g)
         g.put(at, z, mode="clip")                                # ∂L/∂E_k = δ_kY − p_k
         return loss[:, 0], g, lambda: b * p * (1.0 - p)
+
+    def _one(self, e, y):
+        """One sample (on-line learning): its k energies as Python floats, in double precision.
+        At k = 10 this costs 2.5 µs where the batch path's 13 numpy calls cost 12."""
+        b, row, t = self.beta, e.ravel().tolist(), int(y[0])
+        low = min(row)
+        w = [math.exp(b * (low - v)) for v in row]               # exp(−β(E_k − min E)) ≤ 1
+        z = sum(w)
+        p = [v / z for v in w]
+        grad = [-v for v in p]
+        grad[t] += 1.0                                           # ∂L/∂E_k = δ_kY − p_k
+        g = self._nk.resize(2, 1, len(row), dtype=e.dtype).x[1]
+        g.ravel()[:] = grad
+        loss = np.array([row[t] - low + math.log(z) / b], e.dtype)
+        return loss, g, lambda: np.array([[b * v * (1.0 - v) for v in p]], e.dtype)
 
 
 class LogLoss(Loss):
