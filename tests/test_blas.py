@@ -97,14 +97,20 @@ def test_axpy_on_either_library_and_either_layout(dtype, monkeypatch):
 
 
 @needs_numpy_blas
-@pytest.mark.skipif(blas._numpy_blas().set_threads is None, reason="numpy's OpenBLAS cannot set its thread count")
+@pytest.mark.skipif(blas._numpy_blas().set_threads is None or blas._scipy_thread_count()[0] is None,
+                    reason="numpy's or scipy's OpenBLAS cannot set its thread count")
 @pytest.mark.parametrize("awake", [False, True])
 def test_a_long_axpy_uses_the_pool_only_after_a_product_did(awake, monkeypatch):
     lib = blas._numpy_blas()
     real_set, before = lib.set_threads, lib.threads()
-    calls = []
+    scipy_get, scipy_set = blas._scipy_thread_count()
+    scipy_before = scipy_get()
+    calls, scipy_calls = [], []
     monkeypatch.setattr(lib, "set_threads", lambda n: (calls.append(n), real_set(n)))
+    monkeypatch.setattr(blas, "_scipy_thread_count", lambda: (scipy_get, lambda n: (scipy_calls.append(n),
+                                                                                  scipy_set(n))))
     real_set(2)
+    scipy_set(2)
     try:
         rng = np.random.default_rng(3)
         x, y = (rng.standard_normal(3 * blas.SMALL_AXPY).astype(np.float32) for _ in range(2))
@@ -116,10 +122,18 @@ def test_a_long_axpy_uses_the_pool_only_after_a_product_did(awake, monkeypatch):
         expected = y.astype(np.float64) - 0.3 * x
         blas.add_scaled(y, x, -0.3)
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
-        assert calls == ([] if awake else [1, 2])               # one thread for this call, then back to 2
-        assert lib.threads() == 2 and not blas._POOL_AWAKE[0]
+        # after a product on numpy's pool, its threaded axpy; else one thread of scipy's library
+        # (its count set for this call only, then back to 2), numpy's count untouched
+        assert calls == [] and scipy_calls == ([] if awake else [1, 2])
+        assert lib.threads() == 2 and scipy_get() == 2 and not blas._POOL_AWAKE[0]
+        if not awake:                                            # where scipy's count cannot be set: numpy's
+            monkeypatch.setattr(blas, "_scipy_thread_count", lambda: (None, None))
+            blas.add_scaled(y, x, 0.3)
+            np.testing.assert_allclose(y, expected + 0.3 * x, rtol=1e-5, atol=1e-6)
+            assert calls == [1, 2] and lib.threads() == 2
     finally:
         real_set(before)
+        scipy_set(scipy_before)
 
 
 @needs_numpy_blas

@@ -16,8 +16,8 @@ cblas gemm (β = 1) and axpy through ctypes, found once. With one thread there a
 only the convolutions' products (`product(..., wide=True)`) go to numpy's library, the fully
 connected layers' staying on scipy's, as fast or faster for their shapes. A long axpy runs on
 numpy's pool only when a product ran there since the previous one (a large batch); after small
-products (batch 1) it runs on one thread of the same library, which keeps a 2-thread step as
-fast as a 1-thread one. A small output summing a long product (a convolution's ∂E/∂W with few
+products (batch 1) it runs on one thread of scipy's library (its count set around the call),
+which keeps a 2-thread step as fast as a 1-thread one. A small output summing a long product (a convolution's ∂E/∂W with few
 weights: LeNet-5's C1) is summed in blocks of the inner dimension that OpenBLAS's small-matrix
 kernel takes, each block's product added to the last's (`_k_block`). Where numpy's library
 cannot be found (another numpy build), scipy's does everything. scipy.linalg is imported on the
@@ -69,24 +69,15 @@ class _NumpyBlas:
         self.routines: dict[tuple[str, np.dtype], object] = {}
         self.threads = lambda: 1                                 # its thread count, asked at each use
         self.set_threads = None                                  # and the call that sets it
-        here = os.path.dirname(np.__file__)
-        found = sorted(glob.glob(os.path.join(here, os.pardir, "numpy.libs", "*openblas*"))
-                       + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
-        if not found:
-            return
-        try:
-            lib = ctypes.CDLL(found[0])
-        except OSError:
+        lib = _bundled_openblas(np.__file__, "numpy.libs")
+        if lib is None:
             return
         names = (("scipy_cblas_{}64_", ctypes.c_int64), ("cblas_{}64_", ctypes.c_int64), ("cblas_{}", ctypes.c_int))
         symbol, int_t = next(((s, t) for s, t in names if hasattr(lib, s.format("sgemm"))), (None, None))
         if symbol is None:
             return
-        threads = symbol.replace("cblas_{}", "openblas_get_num_threads")
-        self.threads = getattr(lib, threads, None) or (lambda: 1)
-        self.set_threads = getattr(lib, threads.replace("get_num", "set_num"), None)
-        if self.set_threads is not None:
-            self.set_threads.argtypes, self.set_threads.restype = [ctypes.c_int], None
+        get, self.set_threads = _thread_count(lib, symbol.replace("cblas_{}", "openblas_{}_num_threads"))
+        self.threads = get or (lambda: 1)
         for dt, real, p in ((np.dtype(np.float32), ctypes.c_float, "s"), (np.dtype(np.float64), ctypes.c_double, "d")):
             gemm, axpy = getattr(lib, symbol.format(p + "gemm")), getattr(lib, symbol.format(p + "axpy"))
             ptr = ctypes.c_void_p
@@ -129,6 +120,54 @@ class _NumpyBlas:
         finally:
             self.set_threads(before)
         return True
+
+
+def _bundled_openblas(package_file: str, libs: str) -> ctypes.CDLL | None:
+    """The OpenBLAS library a wheel bundles beside the package (numpy.libs, scipy.libs, or the
+    package's .dylibs on macOS), or None."""
+    here = os.path.dirname(package_file)
+    found = sorted(glob.glob(os.path.join(here, os.pardir, libs, "*openblas*"))
+                   + glob.glob(os.path.join(here, ".dylibs", "*openblas*")))
+    try:
+        return ctypes.CDLL(found[0]) if found else None
+    except OSError:
+        return None
+
+
+def _thread_count(lib: ctypes.CDLL, symbol: str) -> tuple[object, object]:
+    """(get, set) of a library's thread count, `symbol` with {} for get/set; None where missing."""
+    get, set_ = (getattr(lib, symbol.format(verb), None) for verb in ("get", "set"))
+    if get is None or set_ is None:
+        return None, None
+    set_.argtypes, set_.restype = [ctypes.c_int], None
+    return get, set_
+
+
+@lru_cache(maxsize=1)
+def _scipy_thread_count() -> tuple[object, object]:
+    """(get, set) of scipy's OpenBLAS's thread count; (None, None) where it cannot be found."""
+    import scipy
+    lib = _bundled_openblas(scipy.__file__, "scipy.libs")
+    if lib is None:
+        return None, None
+    return next((calls for symbol in ("scipy_openblas_{}_num_threads", "openblas_{}_num_threads",
+                                      "scipy_openblas_{}_num_threads64_", "openblas_{}_num_threads64_")
+                 if (calls := _thread_count(lib, symbol))[0] is not None), (None, None))
+
+
+def _on_one_thread(axpy, x: np.ndarray, y: np.ndarray, alpha: float) -> bool:
+    """scipy's axpy on one thread of its library (its count set around the call); False where
+    that count cannot be set."""
+    get, set_ = _scipy_thread_count()
+    if get is None:
+        return False
+    before = get()
+    set_(1)
+    try:
+        axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)
+    finally:
+        set_(before)
+    return True
 
 
 def _leading(x: np.ndarray) -> tuple[int, int] | None:
@@ -257,8 +296,12 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
     if y.size > SMALL_AXPY and _numpy_blas().threads() > 1:
         # threaded only after products that ran on the pool; after small ones (batch 1) the
         # threaded axpy made the whole step slower, in either library (MLP batch 1, 2 threads:
-        # 200-660 µs a step against 152-157 µs with this axpy on one thread, the reference 122)
+        # 200-660 µs a step against 152-157 µs with this axpy on one thread, the reference 122).
+        # One thread of scipy's library, whose axpy is the faster (266,610 floats: 27 against
+        # 31-33 µs in numpy's, whose count is set instead where scipy's cannot be)
         awake, _POOL_AWAKE[0] = _POOL_AWAKE[0], False
-        if _numpy_blas().axpy(y, x, alpha, None if awake else 1):
+        if awake and _numpy_blas().axpy(y, x, alpha):
+            return
+        if not awake and (_on_one_thread(axpy, x, y, alpha) or _numpy_blas().axpy(y, x, alpha, 1)):
             return
     axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)           # (n, a); views: y is updated in place
