@@ -17,11 +17,11 @@ only the convolutions' products (`product(..., wide=True)`) go to numpy's librar
 connected layers' staying on scipy's, as fast or faster for their shapes. A long axpy runs on
 numpy's pool only when a product ran there since the previous one (a large batch); after small
 products (batch 1) it runs on one thread of scipy's library (its count set around the call),
-which keeps a 2-thread step as fast as a 1-thread one. A small output summing a long product (a convolution's ∂E/∂W with few
-weights: LeNet-5's C1) is summed in blocks of the inner dimension that OpenBLAS's small-matrix
-kernel takes, each block's product added to the last's (`_k_block`). Where numpy's library
-cannot be found (another numpy build), scipy's does everything. scipy.linalg is imported on the
-first call (0.15 s of start-up).
+which keeps a 2-thread step as fast as a 1-thread one. A small output summing a long product
+(a convolution's ∂E/∂W with few weights: LeNet-5's C1) is summed in blocks of the inner
+dimension that OpenBLAS's small-matrix kernel takes, each block's product added to the last's
+(`_k_block`). Where numpy's library cannot be found (another numpy build), scipy's does
+everything. scipy.linalg is imported on the first call (0.15 s of start-up).
 """
 
 from __future__ import annotations
