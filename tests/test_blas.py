@@ -25,6 +25,10 @@ def _tol(dtype):
     return {"rtol": 1e-4, "atol": 1e-4} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-12}
 
 
+needs_numpy_blas = pytest.mark.skipif(not blas._numpy_blas().routines,
+                                      reason="numpy's own OpenBLAS is not found in this numpy build")
+
+
 @pytest.mark.parametrize("threads", [1, 2])                     # numpy's library without a pool, or with one
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("orders", ORDERS)
@@ -38,6 +42,30 @@ def test_products_add_into_and_write_their_output(m, k, n, orders, dtype, thread
     for wide in (False, True):
         blas.product(c, a, b, wide=wide)
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype))
+
+
+@needs_numpy_blas
+def test_with_one_thread_a_fully_connected_layers_products_take_the_faster_library(monkeypatch):
+    # c = a b with b stored by rows (∂E/∂x = ∂E/∂y W, ∂E/∂W = ∂E/∂yᵀ x) in np.matmul; the forward
+    # x Wᵀ (b a transposed view) and every c += a b in scipy's gemm
+    monkeypatch.setattr(blas._numpy_blas(), "threads", lambda: 1)
+    blas._blas("gemm", np.dtype(np.float32))
+    calls = []
+    scipy_gemm, matmul = blas._BLAS["gemm", np.dtype(np.float32)], np.matmul
+    monkeypatch.setitem(blas._BLAS, ("gemm", np.dtype(np.float32)),
+                        lambda *args: (calls.append("scipy"), scipy_gemm(*args))[1])
+    monkeypatch.setattr(np, "matmul", lambda *args, **kw: (calls.append("matmul"), matmul(*args, **kw))[1])
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((128, 300), np.float32), rng.standard_normal((100, 300), np.float32)
+    dy, y, dx, dw = rng.standard_normal((128, 100), np.float32), *(np.zeros(s, np.float32)
+                                                                   for s in ((128, 100), (128, 300), (100, 300)))
+    for c, a, b, write, route in ((y, x, w.T, True, "scipy"), (dx, dy, w, True, "matmul"),
+                                  (dw, dy.T, x, True, "matmul"), (dw, dy.T, x, False, "scipy")):
+        calls.clear()
+        expected = (0 if write else c.astype(np.float64)) + a.astype(np.float64) @ b
+        (blas.product if write else blas.add_product)(c, a, b)
+        assert calls == [route]
+        np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_without_numpys_library_scipys_does_every_product(monkeypatch):
@@ -55,10 +83,6 @@ def test_an_outer_product_is_exact_on_every_route(k):
     for wide in (False, True):
         blas.product(c, a, b, wide=wide)
         np.testing.assert_allclose(c, a @ b, rtol=1e-14)
-
-
-needs_numpy_blas = pytest.mark.skipif(not blas._numpy_blas().routines,
-                                      reason="numpy's own OpenBLAS is not found in this numpy build")
 
 
 @needs_numpy_blas
