@@ -31,15 +31,10 @@ def blocks(c: int, h: int, w: int, n: int):
 
 
 def copy_batch_last(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst (c, h, w, n) ← src (n, c, h, w), in blocks. A transposed copy reads one array against
-    its memory order; numpy does it element by element over the whole array, which misses the
-    cache on every read once the batch is large (34 ms for a (4704, 1024) array, against 4.6 ms
-    in blocks that stay in the L1 cache). A batch-last src is one plain copy."""
-    if is_batch_last(src):
-        np.copyto(dst, memory(src))
-        return
-    for k, i in blocks(*dst.shape):
-        np.copyto(dst[k, i], src[:, k, i].transpose(1, 2, 3, 0))
+    """dst (c, h, w, n) ← src (n, c, h, w): one copy, which numpy 2 runs faster than the same
+    copy in cache-sized blocks at every size measured ((1, 28, 28) to (4704, 1, 1) per sample, 32
+    to 1,024 samples: 0.58-0.99 of the blocked time). A batch-last src is one plain copy."""
+    np.copyto(dst, memory(src))
 
 
 def add_into(state: State, slot: str, value: np.ndarray) -> None:

@@ -372,14 +372,14 @@ class Subsampling(Module):
         if inp.requires_dx:
             n, c, h, w = inp.x.shape
             s, (into, zero) = self.size, inp.sum_target(slot)
-            if is_batch_last(into):                              # batch-last: add onto each window offset
+            if is_batch_last(into):                              # batch-last: (c, h/s, s, w/s, s, n) in memory,
                 np.multiply(g, (self.a.x * (1.0 / s**2)) ** power, out=t)          # (a/s²)^power g
-                into, tm = memory(into), memory(t)
-                for a, b in _offsets(s):
-                    if zero:                                     # windows tile the image: each pixel written once
-                        np.copyto(into[:, a::s, b::s], tm)
-                    else:
-                        into[:, a::s, b::s] += tm
+                into = memory(into).reshape(c, h // s, s, w // s, s, n)          # each window's s×s pixels
+                spread = memory(t).reshape(c, h // s, 1, w // s, 1, n)           # take its value: one pass
+                if zero:                                         # windows tile the image: each pixel written once
+                    np.copyto(into, spread)
+                else:
+                    into += spread
             else:
                 if zero:
                     into.fill(0)
