@@ -56,3 +56,20 @@ def test_augment_cost_script_prints_each_distortion_against_none():
     rows = [line.split()[0] for line in p.stdout.splitlines()[1:]]
     assert rows == ["none", "affine", "elastic"], p.stdout
     assert p.stdout.splitlines()[1].split()[4] == "1.00x", p.stdout
+
+
+@pytest.mark.parametrize("workload", ["mlp-train-b4", "lenet5-train-b4", "mlp-infer-b64"])
+def test_same_process_ab_prints_both_steps_and_their_ratio(workload):
+    p = _run(str(BENCH / "ab.py"), workload, "--blocks", "2", "--seconds", "0.01")
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith(f"{workload}, 1 thread(s), 2 pairs of"), p.stdout
+    assert len(lines[1].split()) == 4 and len(lines[2].split()) == 4       # a label and 2 blocks each
+    assert lines[3].startswith("fbprop ÷ numpy reference "), p.stdout
+    assert float(lines[3].split()[4]) > 0
+
+
+@pytest.mark.parametrize("workload", ["resnet-train-b4", "mlp", "mlp-train-bx", "mlp-train-b0"])
+def test_same_process_ab_refuses_an_unknown_workload(workload):
+    p = _run(str(BENCH / "ab.py"), workload)
+    assert p.returncode == 2 and "expected a workload like mlp-train-b1" in p.stderr, p.stderr
