@@ -12,14 +12,18 @@ def is_batch_last(a: np.ndarray) -> bool:
     return a.ndim > 1 and not a.flags.c_contiguous and memory(a).flags.c_contiguous
 
 
+_TO_MEMORY = {n: (*range(1, n), 0) for n in range(1, 33)}       # the axes, built once (half the call's cost)
+_FROM_MEMORY = {n: (n - 1, *range(n - 1)) for n in range(1, 33)}
+
+
 def memory(a: np.ndarray) -> np.ndarray:
     """`a` (n, d1, …) seen as (d1, …, n): a C-contiguous view when `a` is batch-last."""
-    return a.transpose(*range(1, a.ndim), 0)
+    return a.transpose(_TO_MEMORY[a.ndim])
 
 
 def from_memory(m: np.ndarray) -> np.ndarray:
     """The inverse of `memory`: a (d1, …, n) array seen as (n, d1, …)."""
-    return m.transpose(m.ndim - 1, *range(m.ndim - 1))
+    return m.transpose(_FROM_MEMORY[m.ndim])
 
 
 def blocks(c: int, h: int, w: int, n: int):
