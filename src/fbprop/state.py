@@ -12,8 +12,8 @@ def is_batch_last(a: np.ndarray) -> bool:
     return a.ndim > 1 and not a.flags.c_contiguous and memory(a).flags.c_contiguous
 
 
-_TO_MEMORY = {n: (*range(1, n), 0) for n in range(1, 33)}       # the axes, built once (half the call's cost)
-_FROM_MEMORY = {n: (n - 1, *range(n - 1)) for n in range(1, 33)}
+_TO_MEMORY = {n: (*range(1, n), 0) for n in range(1, 65)}       # the axes, built once (half the call's cost)
+_FROM_MEMORY = {n: (n - 1, *range(n - 1)) for n in range(1, 65)}   # (numpy 2 allows 64 dimensions)
 
 
 def memory(a: np.ndarray) -> np.ndarray:
