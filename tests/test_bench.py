@@ -73,3 +73,18 @@ def test_same_process_ab_prints_both_steps_and_their_ratio(workload):
 def test_same_process_ab_refuses_an_unknown_workload(workload):
     p = _run(str(BENCH / "ab.py"), workload)
     assert p.returncode == 2 and "expected a workload like mlp-train-b1" in p.stderr, p.stderr
+
+
+def test_parallel_passes_prints_both_splits_for_each_size_with_and_without_a_product():
+    p = _run(str(BENCH / "parallel_passes.py"), "--sizes", "4096,64", "--repeats", "3")
+    assert p.returncode == 0, p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [("4096", "nothing"), ("4096", "an"), ("64", "nothing"), ("64", "an")]
+    assert all(len(r) == (7 if r[1] == "nothing" else 8) for r in rows), p.stdout   # 3 µs, 2 ratios each
+
+
+@pytest.mark.parametrize("sizes", ["1000,x", "1", ""])
+def test_parallel_passes_refuses_bad_sizes_in_one_line(sizes):
+    p = _run(str(BENCH / "parallel_passes.py"), "--sizes", sizes, "--repeats", "1")
+    assert p.returncode == 2 and ("--sizes: expected" in p.stderr or "expected sizes >= 2" in p.stderr), p.stderr
+    assert len([line for line in p.stderr.splitlines() if "error" in line]) == 1, p.stderr

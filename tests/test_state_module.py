@@ -345,3 +345,103 @@ def test_modules_give_the_same_numbers_for_either_layout_of_their_input():
     np.testing.assert_allclose(y1, y0, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dx1, dx0, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dw1, dw0, rtol=1e-12, atol=1e-14)
+
+
+# ---- inference in place: a squashing takes over its scratch input ------------------------------
+
+def test_take_over_swaps_only_a_scratch_state_own_buffer_of_the_same_layout():
+    src, dst = fb.State().resize(4, 3, dtype=np.float32), fb.State().resize(4, 3, dtype=np.float32)
+    a, b = src.x, dst.x
+    assert not dst.take_over(src)                                # not scratch: the caller's or a shared state
+    src.scratch = True
+    assert dst.take_over(src) and dst.x is a and src.x is b      # swapped: two buffers, no alias
+    assert dst.take_over(src) and dst.x is b and src.x is a      # and back
+    src.x = src.x.reshape(3, 4).reshape(4, 3)                    # a view (Reshape's output): not its own
+    assert not dst.take_over(src) and dst.x is b
+    src.x = np.zeros((4, 3), np.float32)                         # an array handed in (the caller's data)
+    assert not dst.take_over(src)
+    src.resize(4, 3, dtype=np.float64)                           # its own again, but another dtype
+    assert not dst.take_over(src)
+    last = fb.State().resize(4, 3, 2, dtype=np.float32, batch_last=True)
+    last.scratch = True
+    assert not fb.State().resize(4, 3, 2, dtype=np.float32).take_over(last)   # another layout
+    assert fb.State().resize(4, 3, 2, dtype=np.float32, batch_last=True).take_over(last)
+
+
+def test_a_pickled_state_keeps_whether_it_owns_its_buffer():
+    s = fb.State().resize(4, 3, 2, dtype=np.float32, batch_last=True)
+    s.scratch = True
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone.scratch and fb.State().resize(4, 3, 2, dtype=np.float32, batch_last=True).take_over(clone)
+    view = fb.State(np.zeros((4, 3)))
+    assert pickle.loads(pickle.dumps(view))._own is None          # handed in, not its own
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet5"])
+def test_inference_squashes_in_place_to_the_same_bits_and_training_after_it_is_unchanged(model):
+    """Machine.inference lets each squashing compute in its input's buffer (no bprop follows):
+    the energies are fprop's, bit for bit; the next gradient is the one computed without the
+    inference in between (no buffer is left shared); a view of the caller's data is never written."""
+    spec = {"model": model, "input_shape": [1, 28, 28], "n_classes": 10, "dtype": "float32"}
+    if model == "mlp":
+        spec["hidden"] = [30, 20]
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((6, 1, 28, 28)).astype(np.float32), np.arange(6)
+    plain, inferred = fb.build_machine(spec), fb.build_machine(spec)
+    inferred.pool.x[...] = plain.pool.x
+    squashes = [m for m in fb.network.leaves(inferred.network) if isinstance(m, fb.Squash)]
+    before = {id(s): s.x for s in _scratch_inputs(inferred, squashes, x)}
+    plain.fprop(x)
+    x0 = x.copy()
+    inferred.inference(x)
+    np.testing.assert_array_equal(inferred.energies.x, plain.energies.x)
+    np.testing.assert_array_equal(x, x0)
+    after = {id(s): s.x for s in _scratch_inputs(inferred, squashes, None)}
+    assert sum(after[k] is not before[k] for k in before) >= 3   # the squashings took their inputs over
+    assert not any(m.forward_only for m in squashes)             # switched back
+    for machine in (plain, inferred):
+        machine.pool.clear_dx()
+        machine.gradient(x, y)
+    np.testing.assert_array_equal(inferred.pool.dx, plain.pool.dx)
+    owned = [s.x for s in {id(s): s for s in _all_states(inferred)}.values() if s.x is s._own]
+    assert len(owned) >= 4 and len({b.__array_interface__["data"][0] for b in owned}) == len(owned)   # none shared
+
+
+def _all_states(machine):
+    """Every Cascade's intermediate states and every Network's, anywhere in the machine's network."""
+    found = []
+    for m in _modules(machine.network):
+        states = getattr(m, "states", [])
+        found += list(states.values()) if isinstance(states, dict) else states
+    return found
+
+
+def _modules(module):
+    yield module
+    for child in getattr(module, "modules", []):
+        yield from _modules(child)
+    for node in getattr(module, "nodes", []):
+        yield from _modules(node.module)
+
+
+def _scratch_inputs(machine, squashes, x):
+    if x is not None:
+        machine.fprop(x)
+    return [s for s in _all_states(machine) if s.scratch]
+
+
+def test_a_squashing_never_writes_the_callers_data_in_place():
+    """A Cascade's first link reads the caller's state; a squashing after a Reshape reads a view
+    of it: neither is taken over, however many inferences run."""
+    pool = fb.ParamPool(np.float64)
+    net = fb.Cascade(fb.Flatten(), fb.Tanh(12, pool))
+    machine = fb.Machine(net, fb.NegatedScores(), fb.NLLLoss(), pool)
+    x = np.random.default_rng(1).standard_normal((5, 3, 4))
+    x0 = x.copy()
+    for _ in range(3):
+        machine.predict(x)
+    np.testing.assert_array_equal(x, x0)
+    first = fb.Machine(fb.Cascade(fb.Tanh(12, pool), fb.Tanh(12, pool)), fb.NegatedScores(), fb.NLLLoss(), pool)
+    x2 = x.reshape(5, 12).copy()
+    first.predict(x2)
+    np.testing.assert_array_equal(x2, x0.reshape(5, 12))

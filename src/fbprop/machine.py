@@ -129,10 +129,14 @@ class Machine:
         with self._forward_only():
             self._inference(x, y)
 
+    _switched: list[Module] | None = None                       # the modules _forward_only switches
+
     @contextmanager
     def _forward_only(self) -> Iterator[None]:
-        """Tell the modules that have a `forward_only` switch (Conv2d) that no bprop follows."""
-        modules = [m for m in leaves(self.network) if hasattr(m, "forward_only")]
+        """Tell the modules that have a `forward_only` switch (Conv2d, the squashings) that no bprop follows."""
+        modules = self._switched
+        if modules is None:
+            modules = self._switched = [m for m in leaves(self.network) if hasattr(m, "forward_only")]
         for m in modules:
             m.forward_only = True
         try:

@@ -87,6 +87,8 @@ class Cascade(Module):
 
     The cascade owns the n-1 intermediate states and reuses them across calls; bprop and bbprop
     clear them before sweeping back, so the contract (add into the caller's states) still holds.
+    Each is read by the next module alone (`State.scratch`): during `Machine.inference` a
+    squashing computes in its input's buffer, so those states' values are not kept there.
     With an input that needs no dx (raw data) the sweep stops at the first module with parameters.
 
     A cascade nested in a cascade (the lecture's nn-layers in a net) is one longer chain: the
@@ -103,6 +105,8 @@ class Cascade(Module):
                 raise TypeError(f"Cascade: expected Module instances, got {type(m).__name__}")
         self.modules = list(modules)
         self.states = [State() for _ in modules[:-1]]
+        for s in self.states:
+            s.scratch = True                                     # each is read by the next module alone
         self._links, self._link_states = self._open()
         # the state after link i needs its dx only if a link up to i has parameters (or the
         # cascade's own input needs dx): raw data never pays for ∂E/∂x; and the links before the

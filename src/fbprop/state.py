@@ -69,9 +69,14 @@ class State:
 
     `requires_dx = False` marks a state nobody reads derivatives of (a batch of raw data): a
     module may then skip computing them, which saves the largest product of a first layer.
+
+    `scratch = True` marks a container's intermediate state that one module alone reads (a
+    Cascade's link): when no bprop follows (`Machine.inference`), that reader may compute in
+    the state's own buffer and take it over (`take_over`), so after inference such a state's
+    value is not kept; after `fprop` every state holds its value.
     """
 
-    __slots__ = ("x", "_dx", "_ddx", "requires_dx", "_dx_cleared")
+    __slots__ = ("x", "_dx", "_ddx", "requires_dx", "_dx_cleared", "scratch", "_own")
 
     def __init__(self, x: np.ndarray | None = None, dtype: np.dtype | type | None = None,
                  requires_dx: bool = True) -> None:
@@ -83,11 +88,14 @@ class State:
         self._dx: np.ndarray | None = None
         self._ddx: np.ndarray | None = None
         self._dx_cleared = False                                 # a clear_dx not yet carried out
+        self.scratch = False
+        self._own = None                                         # the buffer resize last allocated
 
     def __getstate__(self) -> tuple:
         # pickle writes an array in C order: a batch-last buffer goes as its memory and comes back
         # batch-last, so a copy computes in the original's layout, to the same bits
         slots = {name: getattr(self, name) for name in self.__slots__ if hasattr(self, name)}
+        slots["_own"] = slots.get("_own") is not None and slots["_own"] is self.x   # (a flag: x is the own buffer)
         last = tuple(name for name, v in slots.items() if isinstance(v, np.ndarray) and is_batch_last(v))
         for name in last:
             slots[name] = memory(slots[name])
@@ -99,12 +107,14 @@ class State:
         values = dict(state[1])
         last = values.pop("_batch_last", ())
         self._dx_cleared = False                                 # (pickled before clears were lazy)
+        self.scratch, owns = values.pop("scratch", False), values.pop("_own", False)
         for name, value in values.items():
             if isinstance(value, np.ndarray) and not value.flags.writeable:
                 value = value.copy()
             if name in last:
                 value = from_memory(value)
             setattr(self, name, value)
+        self._own = self.x if owns else None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -151,9 +161,25 @@ class State:
         if x.shape == shape and (dtype is None or x.dtype is dtype or x.dtype == dtype) and \
                 (memory(x) if last else x).flags.c_contiguous:
             return self                                          # (the common case, every step)
-        self.x = _empty(shape, x.dtype if dtype is None else np.dtype(dtype), last)
+        self.x = self._own = _empty(shape, x.dtype if dtype is None else np.dtype(dtype), last)
         self._dx = self._ddx = None
         return self
+
+    def take_over(self, source: State) -> bool:
+        """Swap buffers with `source`, a scratch state of this state's shape, dtype and layout
+        that reads as this one's input, when both hold buffers of their own (not views of another
+        state's or of the caller's data): afterwards this state's `x` is the buffer `source.x` was,
+        and `source` keeps this one's old buffer, its value gone. True if swapped. For a module
+        that computes y = f(x) elementwise in place when no bprop follows (`Machine.inference`):
+        no array is written besides the one the input already occupies."""
+        x, own = source.x, source._own
+        mine = self.x
+        if not source.scratch or x is not own or mine is not self._own or mine.shape != x.shape or \
+                mine.dtype != x.dtype or mine.strides != x.strides:
+            return False
+        source.x = source._own = mine
+        self.x = self._own = x
+        return True
 
     def set(self, x: np.ndarray) -> State:
         """Copy `x` in, reusing the buffer when the shape and dtype already match."""

@@ -48,7 +48,10 @@ class Squash(Module):
     broadcasts over the map). Subclasses give f and its derivative written in terms of y, so
     bprop needs nothing but the output: (∂E/∂x)_i = (∂E/∂y)_i f'(x_i + b_i). The derivative
     comes as c·g with a constant c (ScaledTanh's S/A), which bprop folds into the axpy that adds
-    the result into dx, so a constant factor costs no pass over the batch.
+    the result into dx, so a constant factor costs no pass over the batch. When no bprop follows
+    (`forward_only`) and the input is a scratch state (a Cascade's link), fprop computes in the
+    input's buffer and takes it over (`State.take_over`), as the numpy idiom `h += b; np.tanh(h,
+    out=h)` does: 1.2 MB less to write per squashing of an MLP's first layer at batch 1,024.
     """
 
     def __init__(self, shape: int | tuple[int, ...] | None = None, pool: ParamPool | None = None) -> None:
@@ -77,10 +80,17 @@ class Squash(Module):
                              f"got {inp.x.shape}")
         self._checked = got
 
+    forward_only = False        # True while no bprop follows (Machine.inference sets it)
+
     def fprop(self, inp: State, out: State) -> None:
         self._check(inp)
         out.resize(*inp.x.shape, dtype=inp.x.dtype, batch_last=is_batch_last(inp.x))   # the input's layout
-        if self.b is None:
+        if self.forward_only and out.take_over(inp):
+            # no bprop follows and the input is a scratch buffer: compute in it (what the same
+            # ufuncs give out of place, bit for bit) and make it the output, one array less to write
+            if self.b is not None:
+                np.add(out.x, self.b.x, out=out.x)
+        elif self.b is None:
             np.copyto(out.x, inp.x)
         else:
             np.add(inp.x, self.b.x, out=out.x)                   # u = x + b
