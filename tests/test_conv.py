@@ -350,3 +350,32 @@ def test_bad_sizes_raise_clear_errors():
         fb.lenet5(fb.ParamPool(), pad=-1)
     with pytest.raises(ValueError, match="lenet_modern: expected an image size that is a multiple of 4, got 30"):
         fb.lenet_modern(fb.ParamPool(), size=30)
+
+
+@pytest.mark.skipif(not fb.blas._numpy_blas().routines or fb.blas._numpy_blas().set_threads is None,
+                    reason="numpy's OpenBLAS cannot set its thread count")
+def test_banded_columns_multiply_on_one_thread_and_restore_the_count(monkeypatch):
+    """The band loop reuses one buffer: its products run on one thread of numpy's library (a second
+    thread reading the buffer slows the next copy into it 9× here), the count restored after, to
+    the bits of the unbanded fprop."""
+    lib = fb.blas._numpy_blas()
+    before = lib.threads()
+    seen, real = [], np.matmul
+    conv = fb.Conv2d(2, 3, 3, fb.ParamPool(np.float32), padding=1)
+    x = fb.State(np.random.default_rng(5).standard_normal((4, 2, 6, 6)).astype(np.float32))
+    plain = fb.State()
+    conv.fprop(x, plain)
+    lib.set_threads(2)
+    try:
+        monkeypatch.setattr(np, "matmul", lambda *a, **k: (seen.append(lib.threads()), real(*a, **k))[1])
+        conv.column_budget, conv.forward_only = 1, True          # one output row a band
+        banded = fb.State()
+        conv.fprop(x, banded)
+        assert seen == [1] * 6 and lib.threads() == 2
+        np.testing.assert_array_equal(banded.x, plain.x)
+        with pytest.raises(RuntimeError), fb.blas.one_thread():
+            assert lib.threads() == 1
+            raise RuntimeError("inside")
+        assert lib.threads() == 2                                # restored on an error too
+    finally:
+        lib.set_threads(before)

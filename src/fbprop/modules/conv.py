@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fbprop.blas import add_product, product
+from fbprop.blas import add_product, one_thread, product
 from fbprop.module import Module
 from fbprop.modules.shape import expect_images
 from fbprop.modules.squash import add_sum_to
@@ -124,7 +124,9 @@ class Conv2d(Module):
     are built a band of output rows at a time (`band_budget`, 4 MiB, each), each band's product
     written into its rows of the output, and not kept: inference on large batches needs a few MiB
     of columns instead of hundreds, and runs faster with them in cache (the same numbers, bit for
-    bit). A bprop after such an fprop would build the columns again.
+    bit). The band products run on one thread (`blas.one_thread`): a second thread reading the
+    reused band slows the next copy into it more than it speeds the product. A bprop after such
+    an fprop would build the columns again.
     """
 
     column_budget = 16 << 20    # bytes of im2col columns above which a forward-only fprop builds them in bands
@@ -211,11 +213,12 @@ class Conv2d(Module):
         wm, run = self._weights(1), w_out * n
         flat = self._col.resize(c * k * k * rows * run, dtype=inp.x.dtype).x
         windows = self._windows_of(src)
-        for i in range(0, h_out, rows):
-            r = min(rows, h_out - i)
-            col = flat[:c * k * k * r * run].reshape(c, k, k, r, w_out, n)
-            np.copyto(col, windows[:, :, :, i:i + r])
-            np.matmul(wm, col.reshape(c * k * k, -1), out=y[:, i * run:(i + r) * run])
+        with one_thread():                                       # (see one_thread: the band is reused)
+            for i in range(0, h_out, rows):
+                r = min(rows, h_out - i)
+                col = flat[:c * k * k * r * run].reshape(c, k, k, r, w_out, n)
+                np.copyto(col, windows[:, :, :, i:i + r])
+                np.matmul(wm, col.reshape(c * k * k, -1), out=y[:, i * run:(i + r) * run])
         self._col_of = None                                      # a bprop builds all the columns again
 
     def _weights(self, power: int) -> np.ndarray:
