@@ -117,8 +117,8 @@ class _NumpyBlas:
         if threads is None:
             axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
         else:
-            _on_threads(self.threads, self.set_threads, threads, axpy, y.size, alpha, x.ctypes.data, 1,
-                        y.ctypes.data, 1)
+            with _Threads(self.threads, self.set_threads, threads):
+                axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
         return True
 
 
@@ -155,14 +155,21 @@ def _scipy_thread_count() -> tuple[object, object]:
                  if (calls := _thread_count(lib, symbol))[0] is not None), (None, None))
 
 
-def _on_threads(get, set_, threads: int, call, *args) -> None:
-    """call(*args) with a library's thread count set to `threads`, and back after."""
-    before = get()
-    set_(threads)
-    try:
-        call(*args)
-    finally:
-        set_(before)
+class _Threads:
+    """A library's thread count set to `threads` for the span of a with-block, and back after
+    (a class, not a generator: the batch-1 update enters one every step)."""
+
+    __slots__ = ("get", "set", "threads", "before")
+
+    def __init__(self, get, set_, threads: int) -> None:
+        self.get, self.set, self.threads = get, set_, threads
+
+    def __enter__(self) -> None:
+        self.before = self.get()
+        self.set(self.threads)
+
+    def __exit__(self, *exc) -> None:
+        self.set(self.before)
 
 
 @contextmanager
@@ -176,15 +183,11 @@ def one_thread() -> Iterator[None]:
     1,024: 26 → 12 ms in the slow state, 13.1 → 11.6 in the fast). The same bits: the products'
     rows are too few for OpenBLAS to split the sums."""
     nb = _numpy_blas()
-    before = nb.threads()
-    if before <= 1 or nb.set_threads is None:
+    if nb.set_threads is None or nb.threads() <= 1:
         yield
         return
-    nb.set_threads(1)
-    try:
+    with _Threads(nb.threads, nb.set_threads, 1):
         yield
-    finally:
-        nb.set_threads(before)
 
 
 def _on_one_thread(axpy, x: np.ndarray, y: np.ndarray, alpha: float) -> bool:
@@ -192,7 +195,8 @@ def _on_one_thread(axpy, x: np.ndarray, y: np.ndarray, alpha: float) -> bool:
     get, set_ = _scipy_thread_count()
     if get is None:
         return False
-    _on_threads(get, set_, 1, axpy, x.reshape(-1), y.reshape(-1), y.size, alpha)
+    with _Threads(get, set_, 1):
+        axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)
     return True
 
 
