@@ -88,3 +88,19 @@ def test_parallel_passes_refuses_bad_sizes_in_one_line(sizes):
     p = _run(str(BENCH / "parallel_passes.py"), "--sizes", sizes, "--repeats", "1")
     assert p.returncode == 2 and ("--sizes: expected" in p.stderr or "expected sizes >= 2" in p.stderr), p.stderr
     assert len([line for line in p.stderr.splitlines() if "error" in line]) == 1, p.stderr
+
+
+def test_split_inference_prints_both_timings_for_each_model_and_batch():
+    p = _run(str(BENCH / "split_inference.py"), "--models", "lenet5,mlp", "--batches", "16",
+             "--repeats", "1", "--seconds", "0.01", "--data", "random")
+    assert p.returncode == 0, p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.split()[:1] in (["lenet5"], ["mlp"])]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("lenet5", "16", "yes"), ("mlp", "16", "no")], p.stdout
+    assert all(len(r) == 6 and float(r[5]) > 0 for r in rows), p.stdout
+
+
+@pytest.mark.parametrize("args", [["--batches", "16,x"], ["--batches", "0"], ["--models", "lenet9"]])
+def test_split_inference_refuses_bad_arguments_in_one_line(args):
+    p = _run(str(BENCH / "split_inference.py"), *args, "--repeats", "1", "--data", "random")
+    assert p.returncode == 2 and "expected" in p.stderr, p.stderr
+    assert len([line for line in p.stderr.splitlines() if "error" in line]) == 1, p.stderr

@@ -218,6 +218,7 @@ def _leading(x: np.ndarray) -> tuple[int, int] | None:
 
 _NUMPY: list[_NumpyBlas] = []
 _POOL_AWAKE = [False]           # a product ran on numpy's thread pool since the last long axpy
+_APART = [False]                # Python threads share the batch (run_apart): large products to numpy's library
 
 
 def _numpy_blas() -> _NumpyBlas:
@@ -240,11 +241,10 @@ def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
         return False                                             # (k = 1: numpy's matmul loops outside BLAS)
     if not (_blasable(a) and _blasable(b) and _blasable(c)) or not _numpy_blas().routines:
         return False                                             # (no OpenBLAS of numpy's found: scipy's does all)
-    threads = _numpy_blas().threads()
-    if not wide and threads == 1 and not (alpha == 1.0 and beta == 0.0 and b.flags.c_contiguous):
-        return False                                             # one thread: no pools to keep apart
-    if threads > 1:
+    if _numpy_blas().threads() > 1:
         _POOL_AWAKE[0] = True
+    elif not (wide or _APART[0] or (alpha == 1.0 and beta == 0.0 and b.flags.c_contiguous)):
+        return False                                             # one thread: no pools to keep apart
     kb = _k_block(c.size, a.shape[1]) if wide else 0
     if kb:
         nb = _numpy_blas()
@@ -337,3 +337,55 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
                 (_on_one_thread(axpy, x, y, alpha) or _numpy_blas().axpy(y, x, alpha, 1)):
             return
     axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)           # (n, a); views: y is updated in place
+
+
+_WORKERS: list = []             # the thread pool of run_apart, started on first use
+
+
+def apart_threads() -> int:
+    """How many parts `run_apart` would run at once: numpy's library's thread count (1 where it
+    cannot be set, so nothing is split)."""
+    nb = _numpy_blas()
+    return nb.threads() if nb.set_threads is not None else 1
+
+
+def run_apart(tasks: list) -> None:
+    """Call each of `tasks` (functions of no argument) at once, the first on this thread and the
+    others on worker threads, with numpy's library on one thread for the span (its count
+    restored after); wait for all and raise the first error.
+
+    For a forward pass split by samples: with T library threads, a product already runs on T
+    cores, but numpy's elementwise passes run on one, and a copy into a buffer another core's
+    worker has just read runs up to 9x slower on this machine (see `one_thread`). T Python
+    threads, each with its own part of the batch and its own buffers, keep every pass on its
+    core: numpy releases the GIL in its loops and in np.matmul, and numpy's cblas is called
+    through ctypes, which releases it too. scipy's f2py wrappers hold the GIL, so while this
+    runs every product above SMALL_GEMM goes to numpy's library (`_APART`); the small ones still
+    go to scipy's, which runs them on the calling thread. Each part's numbers are those of a
+    one-thread pass over it: OpenBLAS on one thread sums each output in the same order at any
+    number of rows (on two, a sum longer than its block of the inner dimension, 784 terms, can
+    round differently, so a split pass on two threads gives the one-thread bits)."""
+    if len(tasks) == 1:
+        tasks[0]()
+        return
+    nb = _numpy_blas()
+    if not _WORKERS:
+        from concurrent.futures import ThreadPoolExecutor
+        _WORKERS.append(ThreadPoolExecutor(max_workers=max(1, nb.threads() - 1),
+                                           thread_name_prefix="fbprop-apart"))
+    if not _BLAS:
+        _blas("gemm", np.dtype(np.float32))                      # (loaded before the threads race to it)
+    pool = _WORKERS[0]
+    with _Threads(nb.threads, nb.set_threads, 1):
+        _APART[0] = True
+        try:
+            futures = [pool.submit(task) for task in tasks[1:]]
+            try:
+                tasks[0]()
+            finally:
+                errors = [f.exception() for f in futures]        # (waits for each)
+        finally:
+            _APART[0] = False
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first

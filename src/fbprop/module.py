@@ -31,6 +31,9 @@ class Module:
     """
 
     curvature: bool = False
+    samplewise: bool = True        # each sample's output reads only that sample's input (no batch statistics)
+    split_by_samples: bool = False  # inference runs faster with the batch split between threads than with
+    #                                 the library's threads inside each product (Machine._fprop_apart)
     n_inputs: int = 1                                            # states read (a network checks the wiring)
     n_outputs: int = 1                                           # states written, after the inputs
 

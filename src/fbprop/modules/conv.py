@@ -126,9 +126,13 @@ class Conv2d(Module):
     of columns instead of hundreds, and runs faster with them in cache (the same numbers, bit for
     bit). The band products run on one thread (`blas.one_thread`): a second thread reading the
     reused band slows the next copy into it more than it speeds the product. A bprop after such
-    an fprop would build the columns again.
+    an fprop would build the columns again. With more than one thread, `Machine.inference` splits
+    a batch between Python threads instead (`split_by_samples`): each part's bands then run on a
+    core of their own, with every elementwise pass of the net (LeNet-5 at batch 1,024 on 2
+    threads: 22 against 40 ms; lenet-wide 0.32 against 0.64 s).
     """
 
+    split_by_samples = True     # (see Module: inference splits a batch between threads)
     column_budget = 16 << 20    # bytes of im2col columns above which a forward-only fprop builds them in bands
     band_budget = 4 << 20       # of rows, each band's columns at most this many bytes (or one output row)
     forward_only = False        # True while no bprop follows (Machine.inference sets it)

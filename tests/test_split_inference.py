@@ -1,0 +1,141 @@
+"""Inference split by samples between Python threads (Machine._fprop_apart, blas.run_apart)."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fbprop as fb
+
+LIB = fb.blas._numpy_blas()
+pytestmark = pytest.mark.skipif(not LIB.routines or LIB.set_threads is None,
+                                reason="numpy's OpenBLAS cannot set its thread count")
+
+
+@pytest.fixture
+def two_threads():
+    before = LIB.threads()
+    LIB.set_threads(2)
+    yield
+    LIB.set_threads(before)
+
+
+def _lenet(**spec):
+    machine = fb.build_machine({"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10,
+                                "dtype": "float32", **spec})
+    machine.split_min = 8
+    return machine
+
+
+def _one_thread_energies(machine, x, cut):
+    """The energies of each part of x, computed by one pass without the split on one thread."""
+    machine.split_inference = False
+    LIB.set_threads(1)
+    try:
+        return np.concatenate([machine.energies_of(x[a:b]) for a, b in zip(cut, cut[1:])])
+    finally:
+        LIB.set_threads(2)
+        machine.split_inference = True
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 1, 28, 28)).astype(np.float32)
+
+
+def test_lenet5_inference_runs_in_two_parts_with_each_parts_one_thread_energies(two_threads, monkeypatch):
+    machine, x = _lenet(), _images(37)
+    threads = []
+    real = fb.Network.fprop
+
+    def recording(self, *states):
+        import threading
+        threads.append((threading.get_ident(), LIB.threads(), len(states[0].x)))
+        return real(self, *states)
+
+    monkeypatch.setattr(fb.Network, "fprop", recording)
+    e = machine.energies_of(x)
+    assert sorted(n for _, _, n in threads) == [18, 19] and {t for _, t, _ in threads} == {1}
+    assert len({ident for ident, _, _ in threads}) == 2          # two parts, two threads, one BLAS thread each
+    assert LIB.threads() == 2 and not fb.blas._APART[0]          # restored
+    np.testing.assert_array_equal(e, _one_thread_energies(machine, x, [0, 18, 37]))
+    np.testing.assert_array_equal(machine.predict(x), e.argmin(1))
+    assert machine.network.state("out").x.shape[0] == 18          # the network's states: the first part
+    assert not any(getattr(m, "forward_only", False) for m in fb.network.leaves(machine._twin_nets[0]))
+
+
+def test_the_twin_reads_the_current_weights_and_training_is_unchanged(two_threads):
+    """The twin holds the network's parameter handles: after an SGD step the split energies follow;
+    a gradient after a split inference is the one without it."""
+    machine, x, y = _lenet(), _images(20, 1), np.arange(20) % 10
+    plain = copy.deepcopy(machine)
+    machine.energies_of(x)                                       # twin made
+    opt = fb.SGD(machine.pool, 0.1)
+    machine.gradient(x, y)
+    opt.step()
+    moved = machine.energies_of(x)
+    np.testing.assert_array_equal(moved, _one_thread_energies(machine, x, [0, 10, 20]))
+    plain.pool.x[...] = machine.pool.x
+    for m in (machine, plain):
+        m.pool.clear_dx()
+        m.gradient(x, y)
+    np.testing.assert_array_equal(machine.pool.dx, plain.pool.dx)
+
+
+def test_a_copy_or_a_pickle_leaves_the_twins_behind(two_threads):
+    machine, x = _lenet(), _images(16, 2)
+    e = machine.energies_of(x)
+    assert machine._twin_nets
+    for clone in (copy.deepcopy(machine), pickle.loads(pickle.dumps(machine))):
+        assert "_twin_nets" not in vars(clone)
+        np.testing.assert_array_equal(clone.energies_of(x), e)
+        assert clone._twin_nets[0] is not machine._twin_nets[0]
+
+
+def test_a_bad_batch_gets_the_same_one_line_error_and_the_count_back(two_threads):
+    machine = _lenet()
+    bad = np.zeros((20, 1, 27, 28), np.float32)
+    machine.split_inference = False
+    with pytest.raises(ValueError) as whole:
+        machine.predict(bad)
+    machine.split_inference = True
+    with pytest.raises(ValueError) as split:
+        machine.predict(bad)
+    assert str(split.value) == str(whole.value) and "\n" not in str(split.value)
+    assert LIB.threads() == 2 and not fb.blas._APART[0]
+
+
+def test_what_is_not_split(two_threads, monkeypatch):
+    """An MLP (no module gains), a network with a module that mixes samples, a batch under two
+    parts of split_min, split_inference False, one thread: one pass, no worker."""
+    calls = []
+    monkeypatch.setattr(fb.machine, "run_apart", lambda tasks: [calls.append(len(tasks))] + [t() for t in tasks])
+    x = _images(40, 3)
+    mlp = fb.build_machine({"model": "mlp", "hidden": [20], "input_shape": [1, 28, 28], "n_classes": 10})
+    mlp.split_min = 8
+    mlp.energies_of(x)
+    mixed = _lenet()
+    next(m for m in fb.network.leaves(mixed.network) if isinstance(m, fb.Conv2d)).samplewise = False
+    mixed.energies_of(x)
+    small, off, alone = _lenet(), _lenet(), _lenet()
+    small.split_min = 21
+    small.energies_of(x)
+    off.split_inference = False
+    off.energies_of(x)
+    LIB.set_threads(1)
+    alone.energies_of(x)
+    assert calls == []
+    LIB.set_threads(2)
+    alone.energies_of(x[:16])
+    assert calls == [2]                                          # (the same machine, two threads)
+
+
+def test_run_apart_raises_a_workers_error_after_all_finish(two_threads):
+    done = []
+
+    def fails():
+        raise KeyError("worker")
+
+    with pytest.raises(KeyError, match="worker"):
+        fb.blas.run_apart([lambda: done.append(LIB.threads()), fails])
+    assert done == [1] and LIB.threads() == 2 and not fb.blas._APART[0]
