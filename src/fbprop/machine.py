@@ -153,6 +153,9 @@ class Machine:
             self._inferring = False
             for m in modules:
                 m.forward_only = False
+                end = getattr(m, "end_forward_only", None)
+                if end is not None:
+                    end()
 
     def _fprop_apart(self) -> None:
         """The network's fprop for inference, split by samples: with numpy's library on T ≥ 2
