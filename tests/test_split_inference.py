@@ -139,3 +139,47 @@ def test_run_apart_raises_a_workers_error_after_all_finish(two_threads):
     with pytest.raises(KeyError, match="worker"):
         fb.blas.run_apart([lambda: done.append(LIB.threads()), fails])
     assert done == [1] and LIB.threads() == 2 and not fb.blas._APART[0]
+
+
+def test_one_thread_from_two_python_threads_restores_the_count_once_both_leave(two_threads):
+    """The first in sets 1, the last out restores 2: while one thread is still inside, the other
+    leaving does not give the library back its 2 threads, and neither leaves it on 1 for good."""
+    import threading
+    steps = [threading.Event() for _ in range(3)]
+    seen = {}
+
+    def first():
+        with fb.blas.one_thread():
+            steps[0].set()
+            steps[1].wait(5)
+        steps[2].set()
+
+    t = threading.Thread(target=first)
+    t.start()
+    steps[0].wait(5)
+    with fb.blas.one_thread():
+        steps[1].set()
+        steps[2].wait(5)                                         # the first thread has left
+        seen["inside"] = LIB.threads()
+    t.join(5)
+    assert seen["inside"] == 1 and LIB.threads() == 2
+
+
+def test_two_machines_inferring_at_once_on_two_threads(two_threads):
+    import threading
+    machines, xs = [_lenet(seed=s) for s in (0, 1)], [_images(24, s) for s in (4, 5)]
+    want = [_one_thread_energies(m, x, [0, 12, 24]) for m, x in zip(machines, xs)]
+    got = [None, None]
+
+    def infer(i):
+        for _ in range(3):
+            got[i] = machines[i].energies_of(xs[i])
+
+    threads = [threading.Thread(target=infer, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    assert LIB.threads() == 2 and not fb.blas._APART[0]

@@ -172,6 +172,37 @@ class _Threads:
         self.set(self.before)
 
 
+class _CountedOneThread:
+    """numpy's library on one thread while any caller, on any Python thread, is inside: the first
+    in saves the count and sets 1, the last out restores it (two threads each saving and restoring
+    on their own could leave the library on one thread for good). Also counts the callers that
+    split a batch between threads (`apart`, see run_apart)."""
+
+    def __init__(self) -> None:
+        import threading
+        self.lock = threading.Lock()
+        self.depth, self.before = 0, 1
+
+    def enter(self, apart: bool = False) -> None:
+        nb = _numpy_blas()
+        with self.lock:
+            if self.depth == 0:
+                self.before = nb.threads()
+                nb.set_threads(1)
+            self.depth += 1
+            _APART[0] += apart
+
+    def exit(self, apart: bool = False) -> None:
+        with self.lock:
+            _APART[0] -= apart
+            self.depth -= 1
+            if self.depth == 0:
+                _numpy_blas().set_threads(self.before)
+
+
+_ONE = _CountedOneThread()
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """numpy's library on one thread for the span of the block (its count restored after).
@@ -183,11 +214,14 @@ def one_thread() -> Iterator[None]:
     1,024: 26 → 12 ms in the slow state, 13.1 → 11.6 in the fast). The same bits: the products'
     rows are too few for OpenBLAS to split the sums."""
     nb = _numpy_blas()
-    if nb.set_threads is None or nb.threads() <= 1:
+    if nb.set_threads is None or (nb.threads() <= 1 and not _ONE.depth):
         yield
         return
-    with _Threads(nb.threads, nb.set_threads, 1):
+    _ONE.enter()
+    try:
         yield
+    finally:
+        _ONE.exit()
 
 
 def _on_one_thread(axpy, x: np.ndarray, y: np.ndarray, alpha: float) -> bool:
@@ -218,7 +252,7 @@ def _leading(x: np.ndarray) -> tuple[int, int] | None:
 
 _NUMPY: list[_NumpyBlas] = []
 _POOL_AWAKE = [False]           # a product ran on numpy's thread pool since the last long axpy
-_APART = [False]                # Python threads share the batch (run_apart): large products to numpy's library
+_APART = [0]                    # callers inside run_apart (Python threads share a batch): large products to numpy's
 
 
 def _numpy_blas() -> _NumpyBlas:
@@ -346,7 +380,9 @@ def apart_threads() -> int:
     """How many parts `run_apart` would run at once: numpy's library's thread count (1 where it
     cannot be set, so nothing is split)."""
     nb = _numpy_blas()
-    return nb.threads() if nb.set_threads is not None else 1
+    if nb.set_threads is None:
+        return 1
+    return _ONE.before if _ONE.depth else nb.threads()          # (not the 1 another thread set for its span)
 
 
 def run_apart(tasks: list) -> None:
@@ -376,16 +412,15 @@ def run_apart(tasks: list) -> None:
     if not _BLAS:
         _blas("gemm", np.dtype(np.float32))                      # (loaded before the threads race to it)
     pool = _WORKERS[0]
-    with _Threads(nb.threads, nb.set_threads, 1):
-        _APART[0] = True
+    _ONE.enter(apart=True)
+    try:
+        futures = [pool.submit(task) for task in tasks[1:]]
         try:
-            futures = [pool.submit(task) for task in tasks[1:]]
-            try:
-                tasks[0]()
-            finally:
-                errors = [f.exception() for f in futures]        # (waits for each)
+            tasks[0]()
         finally:
-            _APART[0] = False
+            errors = [f.exception() for f in futures]            # (waits for each)
+    finally:
+        _ONE.exit(apart=True)
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise first
