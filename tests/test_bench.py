@@ -104,3 +104,19 @@ def test_split_inference_refuses_bad_arguments_in_one_line(args):
     p = _run(str(BENCH / "split_inference.py"), *args, "--repeats", "1", "--data", "random")
     assert p.returncode == 2 and "expected" in p.stderr, p.stderr
     assert len([line for line in p.stderr.splitlines() if "error" in line]) == 1, p.stderr
+
+
+def test_infer_parts_prints_each_variant_against_the_reference():
+    p = _run(str(BENCH / "infer_parts.py"), "--batch", "16", "--repeats", "1", "--passes", "2", "--data", "random")
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if line and not line.startswith("#") and "µs a pass" not in line]
+    rows = [line.rsplit(None, 2) for line in lines]
+    names = [r[0].strip() for r in rows]
+    assert names == ["fbprop predict", "fbprop inference", "fbprop network.fprop", "fbprop's calls, bare",
+                     "reference's calls, bare", "numpy reference infer"], p.stdout
+    assert float(rows[-1][2]) == 1.0 and "disagree" not in p.stderr, p.stdout
+
+
+def test_infer_parts_refuses_a_bad_batch_in_one_line():
+    p = _run(str(BENCH / "infer_parts.py"), "--batch", "0", "--data", "random")
+    assert p.returncode == 2 and "expected --batch" in p.stderr, p.stderr
