@@ -113,10 +113,25 @@ def test_infer_parts_prints_each_variant_against_the_reference():
     rows = [line.rsplit(None, 2) for line in lines]
     names = [r[0].strip() for r in rows]
     assert names == ["fbprop predict", "fbprop inference", "fbprop network.fprop", "fbprop's calls, bare",
-                     "reference's calls, bare", "numpy reference infer"], p.stdout
+                     "the same, two h1 in turn", "reference's calls, bare", "numpy reference infer"], p.stdout
     assert float(rows[-1][2]) == 1.0 and "disagree" not in p.stderr, p.stdout
 
 
 def test_infer_parts_refuses_a_bad_batch_in_one_line():
     p = _run(str(BENCH / "infer_parts.py"), "--batch", "0", "--data", "random")
     assert p.returncode == 2 and "expected --batch" in p.stderr, p.stderr
+
+
+def test_split_training_prints_the_three_ways_of_a_step():
+    p = _run(str(BENCH / "split_training.py"), "--model", "mlp", "--batch", "8", "--repeats", "1", "--steps", "2",
+             "--data", "random")
+    assert p.returncode == 0, p.stderr
+    rows = [line.rsplit(None, 2) for line in p.stdout.splitlines() if line.endswith(" ms")]
+    assert [r[0].strip() for r in rows] == ["whole batch, library threads", "two halves on two threads",
+                                            "two halves in turn, one thread"], p.stdout
+    assert all(float(r[1]) > 0 for r in rows), p.stdout
+
+
+def test_split_training_refuses_a_batch_of_one_in_one_line():
+    p = _run(str(BENCH / "split_training.py"), "--batch", "1", "--data", "random")
+    assert p.returncode == 2 and "expected --batch >= 2" in p.stderr, p.stderr
