@@ -183,3 +183,20 @@ def test_two_machines_inferring_at_once_on_two_threads(two_threads):
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
     assert LIB.threads() == 2 and not fb.blas._APART[0]
+
+
+def test_a_forked_child_splits_on_threads_of_its_own(two_threads):
+    """A process forked after a split has the parent's thread pool object but none of its
+    threads: the child starts its own, instead of waiting forever on a worker that is not there."""
+    import multiprocessing
+    machine, x = _lenet(), _images(20, 6)
+    e = machine.energies_of(x)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_child_energies, (machine, x)).get(timeout=60)
+    np.testing.assert_array_equal(got, e)
+
+
+def _child_energies(machine, x):
+    LIB.set_threads(2)
+    return machine.energies_of(x)

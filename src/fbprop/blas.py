@@ -373,7 +373,7 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
     axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)           # (n, a); views: y is updated in place
 
 
-_WORKERS: list = []             # the thread pool of run_apart, started on first use
+_WORKERS: list = []             # [pid, the thread pool of run_apart], started on first use in a process
 
 
 def apart_threads() -> int:
@@ -405,13 +405,13 @@ def run_apart(tasks: list) -> None:
         tasks[0]()
         return
     nb = _numpy_blas()
-    if not _WORKERS:
+    if not _WORKERS or _WORKERS[0] != os.getpid():               # (a forked child has the pool but not its threads)
         from concurrent.futures import ThreadPoolExecutor
-        _WORKERS.append(ThreadPoolExecutor(max_workers=max(1, nb.threads() - 1),
-                                           thread_name_prefix="fbprop-apart"))
+        _WORKERS[:] = [os.getpid(), ThreadPoolExecutor(max_workers=max(1, nb.threads() - 1),
+                                                       thread_name_prefix="fbprop-apart")]
     if not _BLAS:
         _blas("gemm", np.dtype(np.float32))                      # (loaded before the threads race to it)
-    pool = _WORKERS[0]
+    pool = _WORKERS[1]
     _ONE.enter(apart=True)
     try:
         futures = [pool.submit(task) for task in tasks[1:]]
