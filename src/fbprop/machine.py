@@ -167,10 +167,12 @@ class Machine:
 
         Only where a module gains from it (`split_by_samples`: Conv2d, whose forward-only products
         run on one thread) and every module is `samplewise`, and not for a machine reading Y.
-        Measured on 2 threads, split on and off in one process (`bench/split_inference.py`): LeNet-5 at
-        batch 1,024 24 against 34 ms, lenet-wide 0.32 against 0.64 s; an MLP loses (3.5 against
-        4.2 ms: OpenBLAS's own threads share one packed copy of W), so it is not split. After a
-        split the network's own states hold the first part."""
+        Measured on 2 threads, split on and off in one process (`bench/split_inference.py`):
+        LeNet-5 at batch 1,024 27.2 against 42.6 ms, lenet-wide 0.33 against 0.59 s; an MLP loses
+        (forced: 4.0 against 3.4 ms, as OpenBLAS's own threads share one packed copy of W), so it
+        is not split. After a split the network's own states hold the first part. The twins are
+        made at the first split: a module setting changed later (not its weights, which are
+        shared) does not reach them; a copy of the machine makes them again."""
         x = self.inp.x
         n = len(x) if getattr(x, "ndim", 0) else 0
         parts = min(apart_threads(), n // self.split_min)
