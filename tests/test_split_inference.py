@@ -200,3 +200,29 @@ def test_a_forked_child_splits_on_threads_of_its_own(two_threads):
 def _child_energies(machine, x):
     LIB.set_threads(2)
     return machine.energies_of(x)
+
+
+def test_a_one_thread_axpy_and_a_one_thread_block_in_two_python_threads_share_the_count(two_threads, monkeypatch):
+    """numpy's axpy on one thread (the batch-1 update where scipy's count cannot be set) and a
+    one-thread block in another Python thread: the axpy leaving first does not give the library
+    its 2 threads back under the block, and the count is 2 once both have left."""
+    import threading
+    inside, leave = threading.Event(), threading.Event()
+    real = LIB.routines["axpy", np.dtype(np.float32)]
+
+    def slow_axpy(*args):
+        inside.set()
+        leave.wait(5)
+        real(*args)
+
+    monkeypatch.setitem(LIB.routines, ("axpy", np.dtype(np.float32)), slow_axpy)
+    y, x = np.zeros(8, np.float32), np.ones(8, np.float32)
+    t = threading.Thread(target=LIB.axpy, args=(y, x, 2.0), kwargs={"one_thread": True})
+    t.start()
+    inside.wait(5)
+    with fb.blas.one_thread():
+        leave.set()
+        t.join(5)                                                # the axpy has left
+        seen = LIB.threads()
+    assert seen == 1 and LIB.threads() == 2
+    np.testing.assert_array_equal(y, 2.0)

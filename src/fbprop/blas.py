@@ -107,18 +107,18 @@ class _NumpyBlas:
              beta, c.ctypes.data, max(n, 1))
         return True
 
-    def axpy(self, y: np.ndarray, x: np.ndarray, alpha: float, threads: int | None = None) -> bool:
-        """y ← α x + y; with `threads`, on that many threads for this call only (the library's
-        count is set around it); False when the library has no axpy for y's dtype or cannot
-        set its thread count."""
+    def axpy(self, y: np.ndarray, x: np.ndarray, alpha: float, one_thread: bool = False) -> bool:
+        """y ← α x + y; with `one_thread`, on one thread of the library for this call (its count
+        set and restored by `_ONE`, with every other caller that wants one thread); False when the
+        library has no axpy for y's dtype or cannot set its thread count."""
         axpy = self.routines.get(("axpy", y.dtype))
-        if axpy is None or (threads is not None and self.set_threads is None):
+        if axpy is None or (one_thread and self.set_threads is None):
             return False
-        if threads is None:
-            axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
-        else:
-            with _Threads(self.threads, self.set_threads, threads):
+        if one_thread:
+            with _ONE:
                 axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
+        else:
+            axpy(y.size, alpha, x.ctypes.data, 1, y.ctypes.data, 1)
         return True
 
 
@@ -199,6 +199,12 @@ class _CountedOneThread:
             if self.depth == 0:
                 _numpy_blas().set_threads(self.before)
 
+    def __enter__(self) -> None:
+        self.enter()
+
+    def __exit__(self, *exc) -> None:
+        self.exit()
+
 
 _ONE = _CountedOneThread()
 
@@ -213,15 +219,11 @@ def one_thread() -> Iterator[None]:
     product gains 264 against 346 µs), so the loop is faster on one thread (LeNet-5's C1 at batch
     1,024: 26 → 12 ms in the slow state, 13.1 → 11.6 in the fast). The same bits: the products'
     rows are too few for OpenBLAS to split the sums."""
-    nb = _numpy_blas()
-    if nb.set_threads is None or (nb.threads() <= 1 and not _ONE.depth):
+    if _numpy_blas().set_threads is None:
         yield
         return
-    _ONE.enter()
-    try:
+    with _ONE:
         yield
-    finally:
-        _ONE.exit()
 
 
 def _on_one_thread(axpy, x: np.ndarray, y: np.ndarray, alpha: float) -> bool:
@@ -368,7 +370,7 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
         # 31-33 µs in numpy's, whose count is set instead where scipy's cannot be)
         awake, _POOL_AWAKE[0] = _POOL_AWAKE[0], False
         if _numpy_blas().axpy(y, x, alpha) if awake else \
-                (_on_one_thread(axpy, x, y, alpha) or _numpy_blas().axpy(y, x, alpha, 1)):
+                (_on_one_thread(axpy, x, y, alpha) or _numpy_blas().axpy(y, x, alpha, one_thread=True)):
             return
     axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)           # (n, a); views: y is updated in place
 
