@@ -1,21 +1,21 @@
-"""Could training split its batch between threads as inference does? A prototype, measured.
+"""Training steps split by samples between threads, against whole-batch steps: fbprop's switch, measured.
 
-    python bench/split_training.py                        # LeNet-5 at batch 128, 2 threads
-    python bench/split_training.py --model mlp --batch 128
+    python bench/split_training.py                               # 2 threads, LeNet-5 and the MLP
+    python bench/split_training.py --models lenet5 --batches 64,128,256 --split-min 32
 
-`Machine.inference` runs the parts of a batch on Python threads (`blas.run_apart`). This tries
-the same for a training step outside the library: two machines with equal weights, each the
-gradient of half the batch on one BLAS thread at once, the two gradients averaged into the first
-machine's pool, one SGD step, the weights copied to the second. It prints the median ms of a step
-done that way, of the usual step on the whole batch with the library's threads, and of the two
-halves one after the other on one thread (what the split would cost if the threads never ran
-at once). Not used by fbprop: it measured no faster where it would matter (README, Performance).
+With numpy's library on T ≥ 2 threads, `Machine.gradient` cuts a batch of a net with
+convolutions into T parts (at least `split_min` samples each) and runs each part's fprop and
+bprop at once in a twin machine on its own Python thread, one library thread each
+(`Machine._accumulate_apart`). This times a step (`gradient` and one SGD step) with
+`split_training` on and off in one process, alternating, over the same batches, for each model
+and batch, and prints the median ms of each and their ratio (> 1: the split is faster), with
+whether the machine splits that model and batch at all. --split-min sets the threshold for the
+run; --force splits every model (an MLP is not split: see the README's Performance section).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -25,70 +25,69 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("lenet5", "mlp"), default="lenet5")
-    ap.add_argument("--batch", type=int, default=128, help="samples a step, split in two (default 128)")
-    ap.add_argument("--threads", type=int, default=2, help="BLAS threads of the whole-batch step (default 2)")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=20, help="steps a timing (default 20)")
+    ap.add_argument("--models", default="lenet5,mlp", help="comma list of fbprop models (default lenet5,mlp)")
+    ap.add_argument("--batches", default="32,128", help="comma list of batch sizes (default 32,128)")
+    ap.add_argument("--threads", type=int, default=2, help="numpy's BLAS threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=7, help="alternating pairs of timings (default 7)")
+    ap.add_argument("--seconds", type=float, default=0.3, help="about this long per timing (default 0.3)")
+    ap.add_argument("--split-min", type=int, default=None, help="samples a part at least (default: fbprop's)")
+    ap.add_argument("--force", action="store_true", help="split every model, whether or not it gains")
     ap.add_argument("--data", choices=("fashion-mnist", "random"), default="fashion-mnist")
     args = ap.parse_args(argv)
-    if args.batch < 2 or args.threads < 1 or args.repeats < 1 or args.steps < 1:
-        ap.error(f"expected --batch >= 2 and --threads, --repeats, --steps >= 1, got {args.batch}, "
-                 f"{args.threads}, {args.repeats} and {args.steps}")
+    try:
+        batches = [int(b) for b in args.batches.split(",")]
+    except ValueError:
+        ap.error(f"--batches: expected comma-separated integers, got {args.batches!r}")
+    if any(b < 1 for b in batches) or args.threads < 1 or args.repeats < 1 or \
+            (args.split_min is not None and args.split_min < 1):
+        ap.error(f"expected batches >= 1, --threads, --repeats and --split-min >= 1, got {batches}, "
+                 f"{args.threads}, {args.repeats} and {args.split_min}")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                      # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import LR, SPECS, load_data
 
     import fbprop
-    from fbprop import blas
 
-    b, h = args.batch, args.batch // 2
-    x, y, note = load_data(8 * b, args.data)
-    first = fbprop.build_machine({**SPECS[args.model], "dtype": "float32"})
-    second = copy.deepcopy(first)
-    opt = fbprop.SGD(first.pool, LR)
-    lib = blas._numpy_blas()
+    models = args.models.split(",")
+    unknown = [m for m in models if m not in fbprop.models.MODELS]
+    if unknown:
+        ap.error(f"--models: expected names from {sorted(fbprop.models.MODELS)}, got {unknown}")
+    x, y, note = load_data(3 * max(batches), args.data)
+    threads = fbprop.blas.apart_threads()
+    print(f"# {note}; numpy's library on {threads} threads; SGD steps; median of {args.repeats}")
+    print(f"{'model':>14} {'batch':>6} {'splits':>6} {'split ms':>9} {'whole ms':>9} {'ratio':>6}")
+    for name in models:
+        spec = SPECS.get(name) or {"model": name, "input_shape": [1, 28, 28], "n_classes": 10}
+        machine = fbprop.build_machine({**spec, "dtype": "float32"})
+        if args.split_min is not None:
+            machine.split_min = args.split_min
+        if args.force:
+            machine._splits_step = True
+        opt = fbprop.SGD(machine.pool, LR)
 
-    def whole(i):
-        first.gradient(x[i:i + b], y[i:i + b])
-        opt.step()
+        def step(i: int, b: int, machine=machine, opt=opt) -> None:
+            machine.gradient(x[i:i + b], y[i:i + b])
+            opt.step()
 
-    def average_and_step():
-        first.pool.dx[...] += second.pool.dx                     # the two halves' means, averaged
-        first.pool.dx[...] *= 0.5
-        opt.step()
-        second.pool.x[...] = first.pool.x
-
-    def split(i):
-        blas.run_apart([lambda: first.gradient(x[i:i + h], y[i:i + h]),
-                        lambda: second.gradient(x[i + h:i + b], y[i + h:i + b])])
-        average_and_step()
-
-    def halves_in_turn(i):
-        before = lib.threads()
-        if lib.set_threads is not None:
-            lib.set_threads(1)
-        first.gradient(x[i:i + h], y[i:i + h])
-        second.gradient(x[i + h:i + b], y[i + h:i + b])
-        if lib.set_threads is not None:
-            lib.set_threads(before)
-        average_and_step()
-
-    variants = {"whole batch, library threads": whole, "two halves on two threads": split,
-                "two halves in turn, one thread": halves_in_turn}
-    times = {name: [] for name in variants}
-    for run in variants.values():
-        run(0)
-    for _ in range(args.repeats):
-        for name, run in variants.items():
+        for b in batches:
+            splits = machine._splits_steps() and min(threads, b // machine.split_min) >= 2
+            times = {True: [], False: []}
+            for split in (True, False):
+                machine.split_training = split
+                step(0, b)
             t = time.perf_counter()
-            for k in range(args.steps):
-                run((k % 8) * b)
-            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
-    print(f"# {note}; {args.model} at batch {b}, {args.threads} thread(s); median of {args.repeats}")
-    for name, ts in times.items():
-        print(f"{name:>32} {statistics.median(ts):>8.2f} ms")
+            step(0, b)
+            n = max(2, int(args.seconds / max(time.perf_counter() - t, 1e-6)))
+            for _ in range(args.repeats):
+                for split in (True, False):
+                    machine.split_training = split
+                    t = time.perf_counter()
+                    for k in range(n):
+                        step((k % 3) * b, b)
+                    times[split].append((time.perf_counter() - t) / n * 1e3)
+            on, off = statistics.median(times[True]), statistics.median(times[False])
+            print(f"{name:>14} {b:>6} {'yes' if splits else 'no':>6} {on:>9.2f} {off:>9.2f} {off / on:>6.2f}")
     return 0
 
 

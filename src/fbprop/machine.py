@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -227,7 +228,7 @@ class Machine:
     def __getstate__(self) -> dict:
         # a copy or a pickle leaves the twins behind (made again when needed)
         state = dict(vars(self))
-        for name in ("_twin_nets", "_part_outs", "_switched", "_splits_net"):
+        for name in ("_twin_nets", "_part_outs", "_switched", "_splits_net", "_train_twins", "_splits_step"):
             state.pop(name, None)
         return state
 
@@ -340,17 +341,93 @@ class Machine:
         return float(np.add.reduce(self.losses.x))
 
     def _accumulate_part(self, x: np.ndarray, y: np.ndarray, weight: float,
-                         batch_size: int | None = None) -> tuple[float, int]:
+                         batch_size: int | None = None, split: bool = True) -> tuple[float, int]:
         """`accumulate` over this process's part of (x, y), in batches of `batch_size` (one batch
-        when None); returns (Σ_i L_i of that part, its number of samples)."""
+        when None), each split between threads where `_accumulate_apart` does; returns (Σ_i L_i of
+        that part, its number of samples)."""
         if self.reducer.size > 1:
             part = self.reducer.part(len(x))
             x, y = x[part], y[part]
         if not batch_size or batch_size >= len(x):
-            return (self.accumulate(x, y, weight) if len(x) else 0.0), len(x)     # one batch, the usual step
-        total = sum((self.accumulate(x[i:i + batch_size], y[i:i + batch_size], weight)
+            return (self._accumulate_batch(x, y, weight, split) if len(x) else 0.0), len(x)   # the usual step
+        total = sum((self._accumulate_batch(x[i:i + batch_size], y[i:i + batch_size], weight, split)
                      for i in range(0, len(x), batch_size)), 0.0)
         return total, len(x)
+
+    def _accumulate_batch(self, x: np.ndarray, y: np.ndarray, weight: float, split: bool) -> float:
+        total = self._accumulate_apart(x, y, weight) if split and self.split_training else None
+        return self.accumulate(x, y, weight) if total is None else total
+
+    split_training = True          # gradient steps split by samples over numpy's library's threads (see below)
+
+    def _accumulate_apart(self, x: np.ndarray, y: np.ndarray, weight: float) -> float | None:
+        """`accumulate` split by samples, or None where it does not split (the caller then runs it
+        whole). With numpy's library on T ≥ 2 threads and at least `split_min` samples a part, T
+        parts of the batch run fprop and bprop at once, each in a twin machine on its own thread
+        with numpy's library on one thread (`blas.run_apart`; the first on this thread). A twin
+        reads this machine's weights (its pool's `x` is this pool's) and adds its part's gradient
+        into a `dx` of its own; the parts' gradients are then added into `pool.dx`, and the
+        energies, losses and the net's output of the whole batch are copied into this machine's
+        states (what `answers` and the trainer's meter read). The sum is that of the parts'
+        one-thread gradients, in order: not the bits of the whole batch's on T threads.
+
+        Where inference splits (see `_splits`), for a machine with no stochastic module (Dropout:
+        its noise is drawn by this machine's modules) and a loss of one term per sample.
+        Measured with 2 threads, split on and off in one process (`bench/split_training.py`):
+        LeNet-5 at batch 128 ... ms a step. `curvature` (SDLM's bbprop) is not split."""
+        n = len(x) if getattr(x, "ndim", 0) else 0
+        parts = min(apart_threads(), n // self.split_min)
+        if parts < 2 or self.y_enters or not self._splits_steps():
+            return None
+        x = self._own_dtype(x, "x")
+        twins = self._training_twins(parts)
+        cut = [n * i // parts for i in range(parts + 1)]
+        totals = [0.0] * parts
+
+        def part(i: int):
+            def run() -> None:
+                twin, a, b = twins[i], cut[i], cut[i + 1]
+                twin.pool.clear_dx()
+                totals[i] = twin.accumulate(x[a:b], y[a:b], weight)
+            return run
+
+        try:
+            run_apart([part(i) for i in range(parts)])
+        except Exception:
+            self.fprop(x, y)                                     # the error again, naming the whole batch
+            raise
+        dx = self.pool.dx
+        for twin in twins:
+            dx += twin.pool.dx
+        self.inp.x, self.labels.x = x, y
+        for mine, theirs in ((self.energies, "energies"), (self.losses, "losses")) + \
+                (((self.out, "out"),) if self.energy is not None else ()):
+            first = getattr(twins[0], theirs).x
+            whole = mine.resize(n, *first.shape[1:], dtype=first.dtype, batch_last=is_batch_last(first)).x
+            for i, twin in enumerate(twins):
+                whole[cut[i]:cut[i + 1]] = getattr(twin, theirs).x
+        return sum(totals, 0.0)
+
+    def _splits_steps(self) -> bool:
+        """Whether gradient steps split batches: where inference does, with no stochastic module
+        and a loss of one term per sample."""
+        known = self.__dict__.get("_splits_step")
+        if known is None:
+            known = self._splits_step = self._splits() and getattr(self.loss, "samplewise", True) and \
+                not any(getattr(m, "stochastic", False) for m in leaves(self.network))
+        return known
+
+    def _training_twins(self, k: int) -> list[Machine]:
+        """k twin machines for `_accumulate_apart`, made once: copies of this one whose pool shares
+        this pool's `x` (the weights) with a `dx` and `ddx` of their own, on one process."""
+        twins = self.__dict__.setdefault("_train_twins", [])
+        if twins and twins[0].pool.x is not self.pool.x:        # the pool was grown or replaced
+            twins.clear()
+        while len(twins) < k:
+            twin = copy.deepcopy(self, {id(self.pool.x): self.pool.x, id(self.reducer): SingleProcess()})
+            twin.split_training = twin.split_inference = False
+            twins.append(twin)
+        return twins[:k]
 
     def _summed_dx(self, total: float) -> float:
         """pool.dx ← Σ over processes; NaN on every process when any process's total is not finite."""
@@ -375,7 +452,7 @@ class Machine:
         """pool.ddx ← Gauss-Newton diagonal of the same objective as `gradient`; dx is left as the local part's."""
         self.pool.clear_dx()
         self.pool.clear_ddx()
-        total, count = self._accumulate_part(x, y, 1.0 / len(x))      # one batch: the fprop bbprop reads
+        total, count = self._accumulate_part(x, y, 1.0 / len(x), split=False)   # the fprop bbprop reads
         if count:
             self.bbprop()
         self.reducer.sum(self.pool.ddx)

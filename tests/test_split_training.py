@@ -1,0 +1,241 @@
+"""Gradient steps split by samples between Python threads (Machine._accumulate_apart)."""
+
+import copy
+import pickle
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fbprop as fb
+from fbprop.distributed import SingleProcess
+from fbprop.modules.dropout import Dropout
+
+LIB = fb.blas._numpy_blas()
+pytestmark = pytest.mark.skipif(not LIB.routines or LIB.set_threads is None,
+                                reason="numpy's OpenBLAS cannot set its thread count")
+
+
+@pytest.fixture
+def two_threads():
+    before = LIB.threads()
+    LIB.set_threads(2)
+    yield
+    LIB.set_threads(before)
+
+
+def _lenet(**spec):
+    machine = fb.build_machine({"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10,
+                                "dtype": "float32", **spec})
+    machine.split_min = 8
+    return machine
+
+
+def _batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def _parts_one_thread(machine, x, y, cut):
+    """Each part's gradient (weight 1/len(x)), its energies, losses and loss total, computed
+    without the split on one thread."""
+    plain = copy.deepcopy(machine)
+    plain.split_training = False
+    LIB.set_threads(1)
+    try:
+        found = []
+        for a, b in zip(cut, cut[1:]):
+            plain.pool.clear_dx()
+            total = plain.accumulate(x[a:b], y[a:b], 1 / len(x))
+            found.append((plain.pool.dx.copy(), plain.energies.x.copy(), plain.losses.x.copy(),
+                          plain.out.x.copy(), total))
+        return found
+    finally:
+        LIB.set_threads(2)
+
+
+def test_a_lenet5_step_runs_in_two_parts_whose_one_thread_gradients_add_up(two_threads, monkeypatch):
+    machine, (x, y) = _lenet(), _batch(37)
+    seen = []
+    real = fb.Machine.accumulate
+
+    def recording(self, *args):
+        seen.append((threading.get_ident(), LIB.threads(), len(args[0]), self is machine))
+        return real(self, *args)
+
+    monkeypatch.setattr(fb.Machine, "accumulate", recording)
+    loss = machine.gradient(x, y)
+    assert sorted(n for _, _, n, _ in seen) == [18, 19] and {t for _, t, _, _ in seen} == {1}
+    assert len({ident for ident, _, _, _ in seen}) == 2 and not any(own for *_, own in seen)   # two twins
+    assert LIB.threads() == 2 and not fb.blas._APART[0]
+    monkeypatch.undo()
+    (d0, e0, l0, o0, t0), (d1, e1, l1, o1, t1) = _parts_one_thread(machine, x, y, [0, 18, 37])
+    np.testing.assert_array_equal(machine.pool.dx, d0 + d1)
+    assert loss == (t0 + t1) / 37
+    # what the trainer's meter reads: the whole batch's energies, losses and answers
+    np.testing.assert_array_equal(machine.energies.x, np.concatenate([e0, e1]))
+    np.testing.assert_array_equal(machine.losses.x, np.concatenate([l0, l1]))
+    np.testing.assert_array_equal(machine.out.x, np.concatenate([o0, o1]))
+    np.testing.assert_array_equal(machine.answers(), np.concatenate([e0, e1]).argmin(1))
+
+
+def test_split_training_follows_the_unsplit_one_and_the_twins_read_the_new_weights(two_threads):
+    split, (x, y) = _lenet(), _batch(40, 1)
+    whole = copy.deepcopy(split)
+    whole.split_training = False
+    for m in (split, whole):
+        opt = fb.SGD(m.pool, 0.05)
+        for _ in range(4):
+            m.gradient(x, y)
+            opt.step()
+    assert len(split._train_twins) == 2 and not hasattr(whole, "_train_twins")
+    assert all(t.pool.x is split.pool.x for t in split._train_twins)
+    moved = np.abs(split.pool.x - _lenet().pool.x).max()
+    assert moved > 1e-3
+    np.testing.assert_allclose(split.pool.x, whole.pool.x, rtol=0, atol=1e-5 * moved)
+    # the next split gradient is the one-thread parts' sum at the new weights
+    split.gradient(x, y)
+    (d0, *_), (d1, *_) = _parts_one_thread(split, x, y, [0, 20, 40])
+    np.testing.assert_array_equal(split.pool.dx, d0 + d1)
+
+
+def test_the_regularizer_is_added_once_and_full_gradient_splits_each_batch(two_threads):
+    machine, (x, y) = _lenet(), _batch(32, 2)
+    machine.regularizer, machine.n_train = fb.L2(0.5), 100
+    machine.gradient(x, y)
+    (d0, *_), (d1, *_) = _parts_one_thread(machine, x, y, [0, 16, 32])
+    plain = copy.deepcopy(machine)
+    plain.pool.dx[...] = d0 + d1
+    plain.regularizer.bprop(plain.pool, 1 / 100)
+    np.testing.assert_array_equal(machine.pool.dx, plain.pool.dx)
+    value = machine.full_gradient(x, y, batch_size=16)           # two batches of 16, each split in 2
+    parts = _parts_one_thread(machine, x, y, [0, 8, 16, 24, 32])
+    plain.pool.dx[...] = sum(p[0] for p in parts)
+    plain.regularizer.bprop(plain.pool, 1 / 32)
+    np.testing.assert_array_equal(machine.pool.dx, plain.pool.dx)
+    assert value == pytest.approx((sum(p[4] for p in parts) + plain.regularizer.fprop(plain.pool)) / 32, rel=1e-12)
+
+
+def test_what_is_not_split_runs_whole_on_the_machine_itself(two_threads, monkeypatch):
+    calls = []
+    real = fb.Machine.accumulate
+    monkeypatch.setattr(fb.Machine, "accumulate", lambda self, *a: calls.append(self) or real(self, *a))
+    x, y = _batch(40, 3)
+    mlp = fb.build_machine({"model": "mlp", "hidden": [20], "input_shape": [1, 28, 28], "n_classes": 10})
+    mlp.split_min = 8
+    dropout = fb.build_machine({"model": "lenet-modern", "maps": [4, 8], "hidden": [16], "dropout": 0.2,
+                                "input_shape": [1, 28, 28], "n_classes": 10})
+    dropout.split_min = 8
+    assert any(isinstance(m, Dropout) for m in fb.network.leaves(dropout.network))
+    off = _lenet()
+    off.split_training = False
+    small = _lenet()
+    small.split_min = 21
+    for m in (mlp, dropout, off, small):
+        calls.clear()
+        with m.noise(np.random.default_rng(0)):
+            m.gradient(x, y)
+        assert calls == [m], (m, calls)
+        assert not m.__dict__.get("_train_twins")
+    one = _lenet()
+    LIB.set_threads(1)
+    calls.clear()
+    one.gradient(x, y)
+    assert calls == [one]
+    LIB.set_threads(2)
+    # SDLM's curvature: fprop, bprop and bbprop on the machine's own states, whole
+    sdlm = _lenet()
+    calls.clear()
+    sdlm.curvature(x, y)
+    assert calls == [sdlm] and sdlm.pool.ddx.any()
+
+
+def test_a_bad_batch_gets_the_whole_batchs_error_and_nothing_is_added(two_threads):
+    machine, (x, y) = _lenet(), _batch(40, 4)
+    machine.gradient(x, y)
+    before = machine.pool.dx.copy()
+    with pytest.raises(ValueError) as split_error:
+        machine.gradient(x[:, :, :27], y)
+    machine.split_training = False
+    with pytest.raises(ValueError) as whole_error:
+        machine.gradient(x[:, :, :27], y)
+    assert str(split_error.value) == str(whole_error.value) and "(40, 1, 27, 28)" in str(split_error.value)
+    machine.split_training = True
+    machine.gradient(x, y)
+    np.testing.assert_array_equal(machine.pool.dx, before)
+
+
+def test_copies_and_pickles_leave_the_twins_behind_and_a_replaced_pool_makes_new_ones(two_threads):
+    machine, (x, y) = _lenet(), _batch(40, 5)
+    machine.gradient(x, y)
+    for other in (copy.deepcopy(machine), pickle.loads(pickle.dumps(machine))):
+        assert "_train_twins" not in vars(other)
+        other.gradient(x, y)
+        assert all(t.pool.x is other.pool.x for t in other._train_twins)
+        np.testing.assert_array_equal(other.pool.dx, machine.pool.dx)
+    old = machine._train_twins[0]
+    machine.pool.x = machine.pool.x.copy()                       # (as growing the pool would)
+    machine.pool.__setstate__(machine.pool.__getstate__())
+    machine.gradient(x, y)
+    assert machine._train_twins[0] is not old and machine._train_twins[0].pool.x is machine.pool.x
+
+
+def test_each_twin_trains_on_one_process_whatever_the_machines_reducer():
+    class Half(SingleProcess):
+        rank, size, is_root = 0, 2, True                      # this process: the first half of a batch
+
+    machine, (x, y) = _lenet(), _batch(40, 6)
+    machine.reducer = Half()
+    LIB.set_threads(2)
+    try:
+        machine.gradient(x, y)
+        assert [type(t.reducer) for t in machine._train_twins] == [SingleProcess, SingleProcess]
+        (d0, *_), (d1, *_) = _parts_one_thread(machine, x[:20], y[:20], [0, 10, 20])
+    finally:
+        LIB.set_threads(1)
+    np.testing.assert_array_equal(machine.pool.dx, (d0 + d1) * 0.5)   # weight 1/40, not 1/20
+
+
+def _split_step_transient(batch: int) -> int:
+    machine, (x, y) = _lenet(), _batch(batch, 7)
+    opt = fb.SGD(machine.pool, 0.01)
+    for _ in range(6):
+        machine.gradient(x, y)
+        opt.step()
+    old = np.getbufsize()
+    for _ in range(2):                                           # numpy's buffer size is per thread: the
+        fb.blas.run_apart([lambda: None, lambda: np.setbufsize(16)])     # worker's 8192-element buffers
+        np.setbufsize(16)                                        # would be 80 kB (see test_allocation)
+    tracemalloc.start()
+    try:
+        found = []
+        for _ in range(10):
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            machine.gradient(x, y)
+            opt.step()
+            found.append(tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        tracemalloc.stop()
+        fb.blas.run_apart([lambda: None, lambda: np.setbufsize(old)])
+        np.setbufsize(old)
+    assert len(machine._train_twins) == 2
+    return min(found)
+
+
+def test_a_warm_split_step_allocates_no_array(two_threads, monkeypatch):
+    # on two threads the step's Python objects (futures, the worker's frames) peak at 8-10 kB and
+    # their overlap varies with the interleaving, a few hundred bytes more at larger batches, so
+    # arrays that grow with the batch are looked for with the same parts run in turn on this thread
+    threaded = _split_step_transient(1024)
+    assert threaded < 16 * 1024, f"{threaded} bytes transient at batch 1024 on two threads"
+
+    def in_turn(tasks):
+        with fb.blas.one_thread():
+            for task in tasks:
+                task()
+
+    monkeypatch.setattr(fb.machine, "run_apart", in_turn)
+    small, large = _split_step_transient(256), _split_step_transient(1024)
+    assert large - small < 512, f"{small} bytes transient at batch 256, {large} at 1024"
