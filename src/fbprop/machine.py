@@ -373,8 +373,12 @@ class Machine:
 
         Where inference splits (see `_splits`), for a machine with no stochastic module (Dropout:
         its noise is drawn by this machine's modules) and a loss of one term per sample.
-        Measured with 2 threads, split on and off in one process (`bench/split_training.py`):
-        LeNet-5 at batch 128 ... ms a step. `curvature` (SDLM's bbprop) is not split."""
+        Measured with 2 threads, split on and off in one process (`bench/split_training.py`, SGD
+        steps): LeNet-5 at batch 128 9.2 against 10.0 ms and 11.2 against 11.4, at 256 17.4
+        against 19.9 and 22.3 against 26.0; at batch 64 (parts of 32) it loses, 5.6 against 5.3
+        ms (a step's few hundred small calls, each holding the GIL, then weigh more than the
+        products), hence `split_min` 64; an MLP loses at any batch (forced: 2.3 against 1.4 ms at
+        128), so it is not split. `curvature` (SDLM's bbprop) is not split."""
         n = len(x) if getattr(x, "ndim", 0) else 0
         parts = min(apart_threads(), n // self.split_min)
         if parts < 2 or self.y_enters or not self._splits_steps():
