@@ -138,3 +138,19 @@ def test_split_training_refuses_bad_arguments_in_one_line(args):
     p = _run(str(BENCH / "split_training.py"), *args, "--repeats", "1", "--data", "random")
     assert p.returncode == 2 and "expected" in p.stderr, p.stderr
     assert len([line for line in p.stderr.splitlines() if "error" in line]) == 1, p.stderr
+
+
+def test_core_contention_prints_the_five_timings():
+    p = _run(str(BENCH / "core_contention.py"), "--part", "4", "--seconds", "0.01", "--data", "random")
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if line and not line.startswith("#")]
+    labels = ["one process alone", "two processes at once, each", "one part alone, in this process",
+              "two parts in turn, one thread", "two parts at once, two threads"]
+    assert [next((label for label in labels if label in line), None) for line in lines] == labels, p.stdout
+    assert all(float(line.split()[-1]) > 0 for line in lines), p.stdout
+
+
+@pytest.mark.parametrize("args", [["--part", "0"], ["--model", "lenet9"]])
+def test_core_contention_refuses_bad_arguments_in_one_line(args):
+    p = _run(str(BENCH / "core_contention.py"), *args, "--data", "random")
+    assert p.returncode == 2 and "expected" in p.stderr, p.stderr
