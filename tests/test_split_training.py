@@ -179,6 +179,11 @@ def test_copies_and_pickles_leave_the_twins_behind_and_a_replaced_pool_makes_new
     machine.pool.__setstate__(machine.pool.__getstate__())
     machine.gradient(x, y)
     assert machine._train_twins[0] is not old and machine._train_twins[0].pool.x is machine.pool.x
+    machine.loss = type(machine.loss)(beta=0.5)                  # another loss: twins with it
+    machine.gradient(x, y)
+    assert [t.loss.beta for t in machine._train_twins] == [0.5, 0.5]
+    (d0, *_), (d1, *_) = _parts_one_thread(machine, x, y, [0, 20, 40])
+    np.testing.assert_array_equal(machine.pool.dx, d0 + d1)
 
 
 def test_each_twin_trains_on_one_process_whatever_the_machines_reducer():

@@ -228,7 +228,8 @@ class Machine:
     def __getstate__(self) -> dict:
         # a copy or a pickle leaves the twins behind (made again when needed)
         state = dict(vars(self))
-        for name in ("_twin_nets", "_part_outs", "_switched", "_splits_net", "_train_twins", "_splits_step"):
+        for name in ("_twin_nets", "_part_outs", "_switched", "_splits_net", "_train_twins", "_splits_step",
+                     "_twins_of"):
             state.pop(name, None)
         return state
 
@@ -422,11 +423,16 @@ class Machine:
         return known
 
     def _training_twins(self, k: int) -> list[Machine]:
-        """k twin machines for `_accumulate_apart`, made once: copies of this one whose pool shares
-        this pool's `x` (the weights) with a `dx` and `ddx` of their own, on one process."""
+        """k twin machines for `_accumulate_apart`: copies of this one whose pool shares this
+        pool's `x` (the weights) with a `dx` and `ddx` of their own, on one process. Made once,
+        and again when the machine's network, energy, loss or weights vector is replaced; a
+        setting changed inside a module or the loss (not a weight) does not reach them: set
+        `split_training = False`, or copy the machine, which makes them anew."""
         twins = self.__dict__.setdefault("_train_twins", [])
-        if twins and twins[0].pool.x is not self.pool.x:        # the pool was grown or replaced
+        made_of = (self.network, self.energy, self.loss, self.pool.x)
+        if twins and any(a is not b for a, b in zip(self.__dict__.get("_twins_of", made_of), made_of, strict=True)):
             twins.clear()
+        self._twins_of = made_of
         while len(twins) < k:
             twin = copy.deepcopy(self, {id(self.pool.x): self.pool.x, id(self.reducer): SingleProcess()})
             twin.split_training = twin.split_inference = False
