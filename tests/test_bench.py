@@ -154,3 +154,20 @@ def test_core_contention_prints_the_five_timings():
 def test_core_contention_refuses_bad_arguments_in_one_line(args):
     p = _run(str(BENCH / "core_contention.py"), *args, "--data", "random")
     assert p.returncode == 2 and "expected" in p.stderr, p.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_split_processes_prints_the_three_ways_of_a_step_and_agrees_with_the_thread_split():
+    p = _run(str(BENCH / "split_processes.py"), "--batch", "16", "--repeats", "1", "--steps", "2",
+             "--data", "random")
+    assert p.returncode == 0, p.stderr
+    rows = [line.rsplit(None, 2) for line in p.stdout.splitlines() if line.endswith(" ms")]
+    assert [r[0].strip() for r in rows] == ["whole batch, library threads", "split, two threads (fbprop)",
+                                            "split, a worker process"], p.stdout
+    assert all(float(r[1]) > 0 for r in rows), p.stdout
+    assert "worst difference 0.00e+00" in p.stdout, p.stdout
+
+
+def test_split_processes_refuses_a_batch_of_one_in_one_line():
+    p = _run(str(BENCH / "split_processes.py"), "--batch", "1", "--data", "random")
+    assert p.returncode == 2 and "expected --batch >= 2" in p.stderr, p.stderr
