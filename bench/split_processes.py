@@ -9,7 +9,8 @@ beyond what two processes lose. This tries the same split with a forked worker p
 outside the library: the machine's weights vector moved into shared memory before the fork (the
 worker's copy of the machine then reads the weights the parent's optimizer writes), the worker's
 gradient vector, its part of the batch and its loss in shared memory, one byte through a pipe
-each way a step. It prints the median ms of a step (gradient and SGD) done on the whole batch
+each way a step; both parts run as `blas.run_apart` runs them (numpy's library on one thread,
+every large product in it). It prints the median ms of a step (gradient and SGD) done on the whole batch
 with the library's threads, split between threads as fbprop does, and split with the worker
 process, with the worker's own memory (its private pages, which a peak-RSS measure of the parent
 does not see).
@@ -88,11 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     if pid == 0:                                                 # the worker: its copy of the machine
         os.close(to_worker)
         os.close(from_worker)
-        lib = blas._numpy_blas()
-        if lib.set_threads is not None:
-            lib.set_threads(1)
-        pool._dx = worker_dx                                     # its gradient where the parent reads it
-        for handle, offset, shape in pool.handles:
+        blas._ONE.enter(apart=True)                              # as run_apart does: numpy's library on one
+        pool._dx = worker_dx                                     # thread, every large product in it; the
+        for handle, offset, shape in pool.handles:               # gradient where the parent reads it
             pool._bind(handle, offset, shape)
         while os.read(from_parent, 1):
             pool.clear_dx()
@@ -118,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         np.copyto(part_y, y[i + h:i + b])
         os.write(to_worker, b"g")
         pool.clear_dx()
-        with blas.one_thread():
+        blas._ONE.enter(apart=True)
+        try:
             total = machine.accumulate(x[i:i + h], y[i:i + h], 1.0 / b)
+        finally:
+            blas._ONE.exit(apart=True)
         if os.read(from_worker, 1) != b"d":
             raise SystemExit("split_processes: the worker process ended")
         pool.dx[...] += worker_dx
