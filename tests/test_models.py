@@ -30,6 +30,10 @@ def test_every_model_builds_from_its_defaults_and_its_net_maps_images_to_energie
     ({"model": "mlp", "input_shape": [1, 8, 8], "n_classes": 10, "loss_args": {"gamma": 2}},
      "loss 'nll': unknown argument 'gamma' \\(it takes beta\\)"),
     ({"model": "lenet5", "input_shape": [1, 27, 27], "n_classes": 10}, "lenet5: expected square one-channel images"),
+    ({"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10, "dropout": 0.2},   # was built without it
+     "'dropout' is an option of mlp, lenet-modern, lenet-wide, not of lenet5 \\(whose options are none\\)"),
+    ({"model": "mlp", "input_shape": [1, 8, 8], "n_classes": 10, "maps": [4, 8]},
+     "'maps' is an option of lenet-modern, lenet-wide, not of mlp \\(whose options are hidden, squash, dropout\\)"),
 ])
 def test_bad_specs_are_one_value_error_naming_the_setting(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -176,7 +176,14 @@ def build_machine(spec: dict) -> Machine:
     if task not in TASKS:
         raise ValueError(f"build_machine: unknown task {task!r}: expected one of {', '.join(TASKS)}")
     regression = {"energy": "euclidean", "loss": "energy", "loss_args": {}} if task == "regression" else {}
-    spec = {**default_spec(spec.get("model", "mlp")), **regression, **spec}
+    model = spec.get("model", "mlp")
+    taken = model_entry(model).options
+    for key in spec:                                             # another model's option would be ignored
+        owners = [name for name, entry in MODELS.items() if key in entry.options]
+        if owners and key not in taken:
+            raise ValueError(f"build_machine: {key!r} is an option of {', '.join(owners)}, not of {model} "
+                             f"(whose options are {', '.join(taken) or 'none'})")
+    spec = {**default_spec(model), **regression, **spec}
     for key in ("input_shape", "n_classes"):
         if key not in spec:
             raise ValueError(f"build_machine: the spec has no {key!r}")
