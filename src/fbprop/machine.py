@@ -175,14 +175,13 @@ class Machine:
         made at the first split: a module setting changed later (not its weights, which are
         shared) does not reach them; a copy of the machine makes them again."""
         x = self.inp.x
-        n = len(x) if getattr(x, "ndim", 0) else 0
-        parts = min(apart_threads(), n // self.split_min)
-        if parts < 2 or not self._splits():
+        cut = self._cut(x)
+        if cut is None or not self._splits():
             self.network.fprop(*self.inputs, self.energies)
             return
+        parts = len(cut) - 1
         nets = [self.network, *self._twins(parts - 1)]
         outs = self._part_energies(parts)
-        cut = [n * i // parts for i in range(parts + 1)]
 
         def part(i: int):
             return lambda: nets[i].fprop(State(x[cut[i]:cut[i + 1]], requires_dx=False), outs[i])
@@ -192,10 +191,16 @@ class Machine:
         except Exception:
             self.network.fprop(*self.inputs, self.energies)      # the error again, naming the whole batch
             raise
-        e = outs[0].x
-        energies = self.energies.resize(n, *e.shape[1:], dtype=e.dtype, batch_last=is_batch_last(e)).x
-        for i, out in enumerate(outs):
-            energies[cut[i]:cut[i + 1]] = out.x
+        _gather(self.energies, [out.x for out in outs], cut)
+
+    def _cut(self, x) -> list[int] | None:
+        """Where the batch x is cut into parts to run at once (`blas.run_apart`): one part per
+        thread of numpy's library, at least `split_min` samples each; None for fewer than two."""
+        n = len(x) if getattr(x, "ndim", 0) else 0
+        if n < 2 * self.split_min:
+            return None                                          # (before asking the library: the batch-1 path)
+        parts = min(apart_threads(), n // self.split_min)
+        return [n * i // parts for i in range(parts + 1)] if parts >= 2 else None
 
     def _splits(self) -> bool:
         """Whether inference splits batches: every module samplewise and one that gains from it."""
@@ -380,13 +385,12 @@ class Machine:
         ms (a step's few hundred small calls, each holding the GIL, then weigh more than the
         products), hence `split_min` 64; an MLP loses at any batch (forced: 2.3 against 1.4 ms at
         128), so it is not split. `curvature` (SDLM's bbprop) is not split."""
-        n = len(x) if getattr(x, "ndim", 0) else 0
-        parts = min(apart_threads(), n // self.split_min)
-        if parts < 2 or self.y_enters or not self._splits_steps():
+        cut = self._cut(x)
+        if cut is None or self.y_enters or not self._splits_steps():
             return None
         x = self._own_dtype(x, "x")
+        parts = len(cut) - 1
         twins = self._training_twins(parts)
-        cut = [n * i // parts for i in range(parts + 1)]
         totals = [0.0] * parts
 
         def part(i: int):
@@ -405,12 +409,8 @@ class Machine:
         for twin in twins:
             dx += twin.pool.dx
         self.inp.x, self.labels.x = x, y
-        for mine, theirs in ((self.energies, "energies"), (self.losses, "losses")) + \
-                (((self.out, "out"),) if self.energy is not None else ()):
-            first = getattr(twins[0], theirs).x
-            whole = mine.resize(n, *first.shape[1:], dtype=first.dtype, batch_last=is_batch_last(first)).x
-            for i, twin in enumerate(twins):
-                whole[cut[i]:cut[i + 1]] = getattr(twin, theirs).x
+        for name in ("energies", "losses") + (("out",) if self.energy is not None else ()):
+            _gather(getattr(self, name), [getattr(twin, name).x for twin in twins], cut)
         return sum(totals, 0.0)
 
     def _splits_steps(self) -> bool:
@@ -548,6 +548,14 @@ class Machine:
         np.exp(p, out=p)
         p /= p.sum(axis=1, keepdims=True)                        # softmax(−βE)
         return p
+
+
+def _gather(into: State, parts: list[np.ndarray], cut: list[int]) -> None:
+    """`into` ← the parts of a batch cut at `cut`, one after the other, in the first's layout."""
+    first = parts[0]
+    whole = into.resize(cut[-1], *first.shape[1:], dtype=first.dtype, batch_last=is_batch_last(first)).x
+    for i, part in enumerate(parts):
+        whole[cut[i]:cut[i + 1]] = part
 
 
 def _first_nonfinite(module: Module, inputs: list[State]) -> tuple[str | None, list[State]]:
