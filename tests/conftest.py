@@ -28,3 +28,14 @@ def digits():
     """500 training digits (test modules with other needs define their own `digits`)."""
     from fbprop.data import load_dataset
     return load_dataset("digits", limit=500)
+
+
+@pytest.fixture
+def two_threads():
+    """numpy's library on two threads for the test (for the splits between Python threads)."""
+    from fbprop import blas
+    lib = blas._numpy_blas()
+    before = lib.threads()
+    lib.set_threads(2)
+    yield
+    lib.set_threads(before)

@@ -13,14 +13,6 @@ pytestmark = pytest.mark.skipif(not LIB.routines or LIB.set_threads is None,
                                 reason="numpy's OpenBLAS cannot set its thread count")
 
 
-@pytest.fixture
-def two_threads():
-    before = LIB.threads()
-    LIB.set_threads(2)
-    yield
-    LIB.set_threads(before)
-
-
 def _lenet(**spec):
     machine = fb.build_machine({"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10,
                                 "dtype": "float32", **spec})
