@@ -24,6 +24,13 @@ MLP_SPEC = {"model": "mlp", "hidden": [300, 100], "squash": "tanh", "energy": "s
             "input_shape": [1, 28, 28], "n_classes": 10}
 LENET5_SPEC = {"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10}   # rbf energy, nll β = 0.1
 SPECS = {"mlp": MLP_SPEC, "lenet5": LENET5_SPEC}
+
+
+def model_spec(name: str) -> dict:
+    """The bench's spec of a model: its own for the MLP and LeNet-5, else the model's defaults
+    on 28×28 images and 10 classes."""
+    return SPECS.get(name) or {"model": name, "input_shape": [1, 28, 28], "n_classes": 10}
+
 MLP_SIZES = (784, 300, 100, 10)
 LR = 0.01
 

@@ -56,14 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"                                    # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import SPECS, load_data
+    from common import load_data, model_spec
 
     import fbprop
 
     if args.model not in fbprop.models.MODELS:
         ap.error(f"--model: expected a name from {sorted(fbprop.models.MODELS)}, got {args.model!r}")
     x, y, _ = load_data(2 * args.part, args.data)
-    spec = SPECS.get(args.model) or {"model": args.model, "input_shape": [1, 28, 28], "n_classes": 10}
+    spec = model_spec(args.model)
     first, second = (fbprop.build_machine({**spec, "dtype": "float32"}) for _ in range(2))
     p, w = args.part, 0.5 / args.part
     one, other = _part(first, x[:p], y[:p], w), _part(second, x[p:], y[p:], w)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                      # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import SPECS, load_data
+    from common import load_data, model_spec
 
     import fbprop
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {note}; numpy's library on {fbprop.blas.apart_threads()} threads; median of {args.repeats}")
     print(f"{'model':>14} {'batch':>6} {'splits':>6} {'split µs':>10} {'one pass µs':>12} {'ratio':>6}")
     for name in models:
-        spec = SPECS.get(name) or {"model": name, "input_shape": [1, 28, 28], "n_classes": 10}
+        spec = model_spec(name)
         machine = fbprop.build_machine({**spec, "dtype": "float32"})
         splits = machine._splits()
         if args.force:

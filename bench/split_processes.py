@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[var] = str(args.threads)                      # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
-    from common import LR, SPECS, load_data
+    from common import LR, load_data, model_spec
 
     import fbprop
     from fbprop import blas
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--model: expected a name from {sorted(fbprop.models.MODELS)}, got {args.model!r}")
     b, h = args.batch, args.batch // 2
     x, y, note = load_data(8 * b, args.data)
-    spec = SPECS.get(args.model) or {"model": args.model, "input_shape": [1, 28, 28], "n_classes": 10}
+    spec = model_spec(args.model)
     machine = fbprop.build_machine({**spec, "dtype": "float32"})
     machine.split_min = 1
     pool = machine.pool

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                      # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import LR, SPECS, load_data
+    from common import LR, load_data, model_spec
 
     import fbprop
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {note}; numpy's library on {threads} threads; SGD steps; median of {args.repeats}")
     print(f"{'model':>14} {'batch':>6} {'splits':>6} {'split ms':>9} {'whole ms':>9} {'ratio':>6}")
     for name in models:
-        spec = SPECS.get(name) or {"model": name, "input_shape": [1, 28, 28], "n_classes": 10}
+        spec = model_spec(name)
         machine = fbprop.build_machine({**spec, "dtype": "float32"})
         if args.split_min is not None:
             machine.split_min = args.split_min
