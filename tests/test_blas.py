@@ -44,28 +44,81 @@ def test_products_add_into_and_write_their_output(m, k, n, orders, dtype, thread
         np.testing.assert_allclose(c, a.astype(np.float64) @ b, **_tol(dtype))
 
 
-@needs_numpy_blas
-def test_with_one_thread_a_fully_connected_layers_products_take_the_faster_library(monkeypatch):
-    # c = a b with b stored by rows (∂E/∂x = ∂E/∂y W, ∂E/∂W = ∂E/∂yᵀ x) in np.matmul; the forward
-    # x Wᵀ (b a transposed view) and every c += a b in scipy's gemm
-    monkeypatch.setattr(blas._numpy_blas(), "threads", lambda: 1)
-    blas._blas("gemm", np.dtype(np.float32))
+def _routes(monkeypatch, dtype=np.float32):
+    """Record which library each product goes to: "scipy" (its gemm), "matmul" (np.matmul) or
+    "cblas" (numpy's library's gemm through ctypes)."""
+    blas._blas("gemm", np.dtype(dtype))
     calls = []
-    scipy_gemm, matmul = blas._BLAS["gemm", np.dtype(np.float32)], np.matmul
-    monkeypatch.setitem(blas._BLAS, ("gemm", np.dtype(np.float32)),
+    scipy_gemm, matmul, lib = blas._BLAS["gemm", np.dtype(dtype)], np.matmul, blas._numpy_blas()
+    cblas = lib.gemm
+    monkeypatch.setitem(blas._BLAS, ("gemm", np.dtype(dtype)),
                         lambda *args: (calls.append("scipy"), scipy_gemm(*args))[1])
     monkeypatch.setattr(np, "matmul", lambda *args, **kw: (calls.append("matmul"), matmul(*args, **kw))[1])
-    rng = np.random.default_rng(4)
-    x, w = rng.standard_normal((128, 300), np.float32), rng.standard_normal((100, 300), np.float32)
-    dy, y, dx, dw = rng.standard_normal((128, 100), np.float32), *(np.zeros(s, np.float32)
-                                                                   for s in ((128, 100), (128, 300), (100, 300)))
-    for c, a, b, write, route in ((y, x, w.T, True, "scipy"), (dx, dy, w, True, "matmul"),
-                                  (dw, dy.T, x, True, "matmul"), (dw, dy.T, x, False, "scipy")):
+    monkeypatch.setattr(lib, "gemm", lambda *args: (calls.append("cblas"), cblas(*args))[1])
+    return calls
+
+
+def _fully_connected(batch, n_in, n_out, seed=4):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((batch, n_in), np.float32), rng.standard_normal((n_out, n_in), np.float32)
+    dy = rng.standard_normal((batch, n_out), np.float32)
+    y, dx, dw = (np.zeros(s, np.float32) for s in ((batch, n_out), (batch, n_in), (n_out, n_in)))
+    return x, w, dy, y, dx, dw
+
+
+def _check_routes(calls, cases):
+    for c, a, b, write, route in cases:
         calls.clear()
         expected = (0 if write else c.astype(np.float64)) + a.astype(np.float64) @ b
         (blas.product if write else blas.add_product)(c, a, b)
-        assert calls == [route]
+        assert calls == [route], (c.shape, a.shape, b.shape, write)
         np.testing.assert_allclose(c, expected, rtol=1e-4, atol=1e-4)
+
+
+@needs_numpy_blas
+def test_with_one_thread_and_the_small_kernel_a_fully_connected_layers_products_take_the_faster_library(monkeypatch):
+    # on a core with OpenBLAS's small-matrix kernel (SkylakeX): c = a b with b stored by rows
+    # (∂E/∂x = ∂E/∂y W, ∂E/∂W = ∂E/∂yᵀ x) in np.matmul; the forward x Wᵀ (b a transposed view),
+    # every c += a b and every small product in scipy's gemm
+    monkeypatch.setattr(blas._numpy_blas(), "threads", lambda: 1)
+    monkeypatch.setattr(blas._numpy_blas(), "small_kernel", True)
+    calls = _routes(monkeypatch)
+    x, w, dy, y, dx, dw = _fully_connected(128, 300, 100)
+    _check_routes(calls, ((y, x, w.T, True, "scipy"), (dx, dy, w, True, "matmul"),
+                          (dw, dy.T, x, True, "matmul"), (dw, dy.T, x, False, "scipy")))
+    x, w, dy, y, dx, dw = _fully_connected(1, 784, 300)            # batch 1: all under SMALL_GEMM
+    _check_routes(calls, ((y, x, w.T, True, "scipy"), (dx, dy, w, True, "scipy"),
+                          (dw, dy.T, x, True, "scipy")))
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("threads", [1, 2])
+def test_without_the_small_kernel_every_product_written_into_zeros_takes_np_matmul(threads, monkeypatch):
+    # on other cores (Haswell's kernels, as on AMD EPYC), numpy's library runs every shape of a
+    # fully connected layer faster, small ones too (the forward at batch 1 through gemv); a
+    # small c += a b stays in scipy's gemm, a large one goes to numpy's cblas gemm, and an outer
+    # product (k = 1, which np.matmul computes outside BLAS) to scipy's
+    monkeypatch.setattr(blas._numpy_blas(), "threads", lambda: threads)
+    monkeypatch.setattr(blas._numpy_blas(), "small_kernel", False)
+    calls = _routes(monkeypatch)
+    for batch in (1, 32, 128):
+        x, w, dy, y, dx, dw = _fully_connected(batch, 784, 300)
+        _check_routes(calls, ((y, x, w.T, True, "matmul"), (dx, dy, w, True, "matmul"),
+                              (dw, dy.T, x, True, "matmul" if batch > 1 else "scipy"),
+                              (dw, dy.T, x, False, "cblas" if batch * 784 * 300 > blas.SMALL_GEMM else "scipy")))
+    x, w, dy, y, dx, dw = _fully_connected(4, 10, 8)
+    _check_routes(calls, ((y, x, w.T, True, "matmul"), (dx, dy, w, False, "scipy")))
+    x64 = x.astype(np.float64)                                   # mixed dtypes: numpy computes it
+    calls.clear()
+    blas.product(y, x64, w.T)
+    assert calls == [] and np.allclose(y, x64 @ w.T, rtol=1e-5)
+
+
+@needs_numpy_blas
+def test_the_kernels_openblas_chose_are_read_from_numpys_library():
+    lib = blas._numpy_blas()
+    assert isinstance(lib.core, str) and lib.core                # e.g. "SkylakeX", "Haswell", "Zen"
+    assert lib.small_kernel == (lib.core in blas.SMALL_KERNEL_CORES)
 
 
 def test_without_numpys_library_scipys_does_every_product(monkeypatch):
@@ -177,8 +230,10 @@ def test_numpy_librarys_gemm_reads_blocks_of_larger_matrices(dtype):
 @pytest.mark.parametrize("beta", [0.0, 1.0])
 def test_a_long_sum_into_a_small_output_runs_in_blocks(dtype, beta, monkeypatch):
     """A convolution's ∂E/∂W (6 × 25 outputs, each a sum over every pixel of the batch) is summed in
-    blocks of k that OpenBLAS's small-matrix kernel takes; the result is the whole sum."""
+    blocks of k that OpenBLAS's small-matrix kernel takes; the result is the whole sum. Without that
+    kernel, in one call."""
     lib = blas._numpy_blas()
+    monkeypatch.setattr(lib, "small_kernel", True)
     calls = []
     real = lib.gemm
 
@@ -199,3 +254,9 @@ def test_a_long_sum_into_a_small_output_runs_in_blocks(dtype, beta, monkeypatch)
     calls.clear()
     blas._gemm(np.zeros((6, 25), dtype, order="F"), g[:, :kb], col[:, :kb].T, 1.0, 0.0, wide=True)
     assert calls == []                                           # a sum that fits one block: one np.matmul
+    monkeypatch.setattr(lib, "small_kernel", False)              # no small kernel: the whole sum in one call
+    c = np.asarray(rng.standard_normal((6, 25)), dtype=dtype, order="F")
+    expected = beta * c.astype(np.float64) + 0.5 * (g.astype(np.float64) @ col.T)
+    blas._gemm(c, g, col.T, 0.5, beta, wide=True)
+    assert calls == [k]
+    np.testing.assert_allclose(c, expected, **tol)

@@ -13,16 +13,22 @@ work is split where OpenBLAS itself would run one thread: a product of m·n·k �
 axpy of ≤ 10,000 numbers goes to scipy's library, which then never starts its pool; with more
 than one thread, anything larger goes to numpy's — np.matmul for c = ab, and the same library's
 cblas gemm (β = 1) and axpy through ctypes, found once. With one thread there are no pools, and
-each large product goes where it runs faster: the convolutions' (`product(..., wide=True)`) and
-a fully connected layer's backward products written into zeros (b stored by rows) to numpy's
-library, its forward product x Wᵀ and the products added into a sum to scipy's (the two
-libraries give the same bits on these shapes). A long axpy runs on
+each product goes where it runs faster, which depends on the kernels OpenBLAS picked for the CPU
+(`_NumpyBlas.core`, read from the library). On a core with OpenBLAS's small-matrix kernel
+(SkylakeX and its AVX-512 successors, `SMALL_KERNEL_CORES`): the convolutions' large products
+(`product(..., wide=True)`) and a fully connected layer's large backward products written into
+zeros (b stored by rows) to numpy's library, its forward product x Wᵀ, the products added into a
+sum and every small product to scipy's (the two libraries give the same bits on these shapes).
+On other cores (Haswell's kernels, which OpenBLAS picks on AMD EPYC): every product written into
+zeros to np.matmul, whatever its size, and the large ones added into a sum to numpy's cblas gemm
+(`_matmul`; the MLP's step at batch 1 / 32 / 128 0.58 / 0.76 / 0.84 → 0.66 / 0.83 / 0.98 of the
+numpy reference, one thread, one process). A long axpy runs on
 numpy's pool only when a product ran there since the previous one (a large batch); after small
 products (batch 1) it runs on one thread of scipy's library (its count set around the call),
 which keeps a 2-thread step as fast as a 1-thread one. A small output summing a long product
-(a convolution's ∂E/∂W with few weights: LeNet-5's C1) is summed in blocks of the inner
-dimension that OpenBLAS's small-matrix kernel takes, each block's product added to the last's
-(`_k_block`). Where numpy's library cannot be found (another numpy build), scipy's does
+(a convolution's ∂E/∂W with few weights: LeNet-5's C1) is summed, on a core with the
+small-matrix kernel, in blocks of the inner dimension that kernel takes, each block's product
+added to the last's (`_k_block`). Where numpy's library cannot be found (another numpy build), scipy's does
 everything. scipy.linalg is imported on the first call (0.15 s of start-up).
 """
 
@@ -44,6 +50,7 @@ SMALL_GEMM = 65536 * 4          # OpenBLAS's own limit for a one-thread gemm (m�
 SMALL_AXPY = 10000              # and for a one-thread axpy (n)
 SMALL_KERNEL = 1_000_000        # m·n·k up to which OpenBLAS 0.3 runs its small-matrix gemm kernel
 MIN_K_BLOCK = 4096              # blocks of a long sum shorter than this are not used (see _k_block)
+SMALL_KERNEL_CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")   # OpenBLAS's cores with that kernel (AVX-512)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
@@ -73,6 +80,8 @@ class _NumpyBlas:
         self.routines: dict[tuple[str, np.dtype], object] = {}
         self.threads = lambda: 1                                 # its thread count, asked at each use
         self.set_threads = None                                  # and the call that sets it
+        self.core: str | None = None                             # the kernels OpenBLAS chose for this CPU
+        self.small_kernel = False                                # and whether they include the small-matrix gemm
         lib = _bundled_openblas(np.__file__, "numpy.libs")
         if lib is None:
             return
@@ -81,6 +90,11 @@ class _NumpyBlas:
         if symbol is None:
             return
         get, self.set_threads = _thread_count(lib, symbol.replace("cblas_{}", "openblas_{}_num_threads"))
+        corename = getattr(lib, symbol.replace("cblas_{}", "openblas_get_corename"), None)
+        if corename is not None:
+            corename.argtypes, corename.restype = [], ctypes.c_char_p
+            self.core = (corename() or b"").decode(errors="replace") or None
+            self.small_kernel = self.core in SMALL_KERNEL_CORES
         self.threads = get or (lambda: 1)
         for dt, real, p in ((np.dtype(np.float32), ctypes.c_float, "s"), (np.dtype(np.float64), ctypes.c_double, "d")):
             gemm, axpy = getattr(lib, symbol.format(p + "gemm")), getattr(lib, symbol.format(p + "axpy"))
@@ -267,29 +281,50 @@ def _blasable(a: np.ndarray) -> bool:
     return a.flags.c_contiguous or a.flags.f_contiguous
 
 
+def _fits_numpy(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether numpy's library can take c = a b as it lies: one float dtype, C- or F-contiguous
+    operands, k ≥ 2 (for k = 1 numpy's matmul loops outside BLAS), and the library found (where
+    it is not, scipy's does every product)."""
+    return (a.shape[1] >= 2 and a.dtype == b.dtype == c.dtype and c.dtype.kind == "f"
+            and _blasable(a) and _blasable(b) and _blasable(c) and bool(_numpy_blas().routines))
+
+
 def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float, wide: bool) -> bool:
     """A product above SMALL_GEMM (the caller's test) in numpy's library: a convolution's (`wide`),
-    any when numpy's library has a pool, and with one thread c = a b with b not a transposed view
-    (a fully connected layer's ∂E/∂x = ∂E/∂y W and ∂E/∂W = ∂E/∂yᵀ x, where np.matmul is 5-10%
-    faster than scipy's gemm at batch 128, with the same bits; its forward x Wᵀ is 7% faster in
-    scipy's); False where it does not apply."""
-    if a.shape[1] < 2 or not (a.dtype == b.dtype == c.dtype) or c.dtype.kind != "f":
-        return False                                             # (k = 1: numpy's matmul loops outside BLAS)
-    if not (_blasable(a) and _blasable(b) and _blasable(c)) or not _numpy_blas().routines:
-        return False                                             # (no OpenBLAS of numpy's found: scipy's does all)
-    if _numpy_blas().threads() > 1:
+    any when numpy's library has a pool or the CPU lacks OpenBLAS's small-matrix kernel, and on a
+    core with it and one thread c = a b with b not a transposed view (a fully connected layer's
+    ∂E/∂x = ∂E/∂y W and ∂E/∂W = ∂E/∂yᵀ x, where np.matmul is 5-10% faster than scipy's gemm at
+    batch 128 on SkylakeX, with the same bits; its forward x Wᵀ is 7% faster in scipy's there, 9%
+    slower on AMD EPYC's Haswell kernels); False where it does not apply."""
+    if not _fits_numpy(c, a, b):
+        return False
+    nb = _numpy_blas()
+    if nb.threads() > 1:
         _POOL_AWAKE[0] = True
-    elif not (wide or _APART[0] or (alpha == 1.0 and beta == 0.0 and b.flags.c_contiguous)):
+    elif nb.small_kernel and not (wide or _APART[0] or (alpha == 1.0 and beta == 0.0 and b.flags.c_contiguous)):
         return False                                             # one thread: no pools to keep apart
     kb = _k_block(c.size, a.shape[1]) if wide else 0
     if kb:
-        nb = _numpy_blas()
         return all(nb.gemm(c, a[:, s:s + kb], b[s:s + kb], alpha, beta if s == 0 else 1.0)
                    for s in range(0, a.shape[1], kb))
     if alpha == 1.0 and beta == 0.0:
         np.matmul(a, b, out=c)
         return True
-    return _numpy_blas().gemm(c, a, b, alpha, beta)
+    return nb.gemm(c, a, b, alpha, beta)
+
+
+def _matmul(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
+    """c = a b by np.matmul, for a product at or under SMALL_GEMM on a CPU without OpenBLAS's
+    small-matrix kernel; False where it does not apply (`_fits_numpy`). There numpy's library
+    runs these shapes faster than scipy's (AMD EPYC, Haswell kernels, one thread: the MLP's
+    784 → 300 product at batch 1 21 against 58 µs — numpy calls gemv for a single row —, its last
+    layer's ∂E/∂W at batch 128 8 against 18 µs; with 2 threads the batch-1 step 472 → 354 µs).
+    OpenBLAS runs such a gemm on one thread (its own limit, SMALL_GEMM); a single row's gemv may
+    wake numpy's pool, which the next long axpy does not take as a reason to use it."""
+    if _numpy_blas().small_kernel or not _fits_numpy(c, a, b):
+        return False
+    np.matmul(a, b, out=c)
+    return True
 
 
 def _k_block(size: int, k: int) -> int:
@@ -301,7 +336,10 @@ def _k_block(size: int, k: int) -> int:
     Short blocks lose (16 × 150 weights in blocks of 416: 266 → 396 µs); blocks of 1,736 and
     3,472 (lenet-wide's and lenet-modern's first convolutions) still gain 2-3×, but MIN_K_BLOCK
     keeps them out for now: summing in blocks rounds differently, and their figures would need
-    rerunning."""
+    rerunning. Without the kernel (Haswell's, on AMD EPYC) every block is packed, and blocks lose:
+    C1's ∂E/∂W at batch 32 508 against 357 µs in one call, C3's 544 against 299."""
+    if not _numpy_blas().small_kernel:
+        return 0                                                 # (no such kernel: blocks only add packing)
     kb = SMALL_KERNEL // max(size, 1)
     return kb if kb >= MIN_K_BLOCK and k > kb else 0
 
@@ -313,7 +351,10 @@ def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float
     are): nothing is allocated and c is written once. Otherwise numpy computes the product into
     a temporary.
     """
-    if c.size * a.shape[1] > SMALL_GEMM and _large(c, a, b, alpha, beta, wide):
+    if c.size * a.shape[1] > SMALL_GEMM:
+        if _large(c, a, b, alpha, beta, wide):
+            return
+    elif beta == 0.0 and alpha == 1.0 and _matmul(c, a, b):
         return
     dtype = c.dtype
     gemm = (_BLAS.get(("gemm", dtype)) if _BLAS else _blas("gemm", dtype)) \
