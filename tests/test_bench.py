@@ -75,6 +75,26 @@ def test_same_process_ab_refuses_an_unknown_workload(workload):
     assert p.returncode == 2 and "expected a workload like mlp-train-b1" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("workload", ["mlp-train-b4", "lenet5-train-b4", "mlp-infer-b64"])
+def test_routes_prints_both_rule_sets_against_the_reference_and_leaves_the_found_one(workload):
+    p = _run(str(BENCH / "routes.py"), workload, "--blocks", "2", "--seconds", "0.01", "--data", "random")
+    if p.returncode == 2 and "numpy's own OpenBLAS" in p.stderr:
+        pytest.skip("numpy's own OpenBLAS is not found in this numpy build")
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith(f"{workload}, 1 thread(s), 2 rounds of") and "OpenBLAS core" in lines[0], p.stdout
+    assert [line.split("  ")[0] for line in lines[1:]] == ["small-kernel routes", "other routes", "numpy-ref"]
+    assert all(float(line.split()[-1]) > 0 for line in lines[1:]), p.stdout
+    assert lines[3].split()[-1] == "1.000"                      # the reference against itself
+
+
+@pytest.mark.parametrize("args", [["resnet-train-b4"], ["mlp-train-b0"], ["mlp-train-b4", "--blocks", "0"]])
+def test_routes_refuses_bad_arguments_in_one_line(args):
+    p = _run(str(BENCH / "routes.py"), *args, "--data", "random")
+    assert p.returncode == 2 and "expected" in p.stderr, p.stderr
+    assert len([line for line in p.stderr.splitlines() if "error" in line]) == 1, p.stderr
+
+
 def test_parallel_passes_prints_both_splits_for_each_size_with_and_without_a_product():
     p = _run(str(BENCH / "parallel_passes.py"), "--sizes", "4096,64", "--repeats", "3")
     assert p.returncode == 0, p.stderr
