@@ -21,8 +21,8 @@ zeros (b stored by rows) to numpy's library, its forward product x Wᵀ, the pro
 sum and every small product to scipy's (the two libraries give the same bits on these shapes).
 On other cores (Haswell's kernels, which OpenBLAS picks on AMD EPYC): every product written into
 zeros to np.matmul, whatever its size, and the large ones added into a sum to numpy's cblas gemm
-(`_matmul`; the MLP's step at batch 1 / 32 / 128 0.58 / 0.76 / 0.84 → 0.66 / 0.83 / 0.98 of the
-numpy reference, one thread, one process). A long axpy runs on
+(`_matmul`; the MLP's step at batch 1 / 32 / 128 0.63 / 0.72 / 0.88 → 0.69 / 0.82 / 0.96 of the
+numpy reference, one thread, one process: bench/routes.py). A long axpy runs on
 numpy's pool only when a product ran there since the previous one (a large batch); after small
 products (batch 1) it runs on one thread of scipy's library (its count set around the call),
 which keeps a 2-thread step as fast as a 1-thread one. A small output summing a long product
