@@ -18,7 +18,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 
@@ -32,54 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                  # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import numpy as np
-    import sys_numpy
-    from common import LR, SPECS, batch_starts, load_data, parse_workload
+    from common import alternating_blocks, same_process_steps
 
     import fbprop
 
     try:
-        wl = parse_workload(args.workload)
-    except ValueError:
-        wl = None
-    if wl is None or wl.model not in SPECS or wl.mode not in ("train", "infer") or wl.batch < 1:
-        ap.error(f"expected a workload like mlp-train-b1 or lenet5-infer-b1024, got {args.workload!r}")
-    x, y, note = load_data(max(4096, 4 * wl.batch), "fashion-mnist")
-    machine = fbprop.build_machine({**SPECS[wl.model], "dtype": "float32"})
-    opt = fbprop.SGD(machine.pool, LR)
-    shapes = [shape for _, _, shape in machine.pool.handles]
-    ref = sys_numpy.make(wl.model, init=machine.pool.x.copy(), shapes=shapes, lr=LR,
-                         codes=fbprop.lenet5_codes(10), table=np.asarray(fbprop.LENET5_C3_TABLE))
-    starts = batch_starts(len(y), wl.batch)
-    b = wl.batch
-    if wl.mode == "train":
-        def ours(i):
-            machine.gradient(x[i:i + b], y[i:i + b])
-            opt.step()
-
-        def theirs(i):
-            ref.train_step(x[i:i + b], y[i:i + b])
-    else:
-        def ours(i):
-            machine.predict(x[i:i + b], batch_size=b)
-
-        def theirs(i):
-            ref.infer(x[i:i + b])
-
-    def block(step, n):
-        t = time.perf_counter()
-        for k in range(n):
-            step(starts[k % len(starts)])
-        return (time.perf_counter() - t) / n * 1e6
-
-    for k in range(3):
-        ours(starts[k % len(starts)])
-        theirs(starts[k % len(starts)])
-    n = max(3, int(args.seconds * 1e6 / block(ours, 3)))
-    mine, ref_us = [], []
-    for _ in range(args.blocks):
-        mine.append(block(ours, n))
-        ref_us.append(block(theirs, n))
+        wl, ours, theirs, starts, note = same_process_steps(args.workload)
+    except ValueError as e:
+        ap.error(str(e))
+    us, n = alternating_blocks({"fbprop": ours, "numpy-ref": theirs}, starts, args.blocks, args.seconds)
+    mine, ref_us = us["fbprop"], us["numpy-ref"]
     ratios = [r / m for m, r in zip(mine, ref_us, strict=True)]
     print(f"{wl.name}, {args.threads} thread(s), {args.blocks} pairs of {n} steps ({note}); "
           f"fbprop from {os.path.dirname(fbprop.__file__)}")

@@ -147,6 +147,67 @@ def measure(step: Callable[[int], None], starts: list[int], batch: int, seconds:
     return {"samples_per_s": steps * batch / elapsed, "steps": steps, "seconds": elapsed}
 
 
+def same_process_steps(name: str, source: str = "fashion-mnist") -> tuple:
+    """fbprop's step and the numpy reference's for one workload (`name`, e.g. mlp-train-b1), from
+    the same initial weights over the same batches, for the same-process comparisons (ab.py,
+    routes.py): (workload, fbprop's step, the reference's step, batch starts, data note),
+    each step a function of its batch's first index. ValueError naming what was expected for a
+    workload neither system runs."""
+    import sys_numpy
+
+    import fbprop
+    try:
+        wl = parse_workload(name)
+    except ValueError:
+        wl = None
+    if wl is None or wl.model not in SPECS or wl.mode not in ("train", "infer") or wl.batch < 1:
+        raise ValueError(f"expected a workload like mlp-train-b1 or lenet5-infer-b1024, got {name!r}")
+    x, y, note = load_data(max(4096, 4 * wl.batch), source)
+    machine = fbprop.build_machine({**SPECS[wl.model], "dtype": "float32"})
+    opt = fbprop.SGD(machine.pool, LR)
+    shapes = [shape for _, _, shape in machine.pool.handles]
+    ref = sys_numpy.make(wl.model, init=machine.pool.x.copy(), shapes=shapes, lr=LR,
+                         codes=fbprop.lenet5_codes(10), table=np.asarray(fbprop.LENET5_C3_TABLE))
+    b = wl.batch
+    if wl.mode == "train":
+        def ours(i):
+            machine.gradient(x[i:i + b], y[i:i + b])
+            opt.step()
+
+        def theirs(i):
+            ref.train_step(x[i:i + b], y[i:i + b])
+    else:
+        def ours(i):
+            machine.predict(x[i:i + b], batch_size=b)
+
+        def theirs(i):
+            ref.infer(x[i:i + b])
+    return wl, ours, theirs, batch_starts(len(y), b), note
+
+
+def alternating_blocks(steps: dict[str, Callable[[int], None]], starts: list[int], blocks: int,
+                       seconds: float) -> tuple[dict[str, list[float]], int]:
+    """µs a step of each of `steps`, timed in `blocks` rounds of one block of n steps each, in
+    turn (a machine drifting between speeds slows a round's blocks alike), after 3 warm-up steps
+    each; n is sized so that the first step's block lasts about `seconds`. ({name: µs per
+    round}, n)."""
+    def block(step, n):
+        t = time.perf_counter()
+        for k in range(n):
+            step(starts[k % len(starts)])
+        return (time.perf_counter() - t) / n * 1e6
+
+    for k in range(3):
+        for step in steps.values():
+            step(starts[k % len(starts)])
+    n = max(3, int(seconds * 1e6 / block(next(iter(steps.values())), 3)))
+    us: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(blocks):
+        for name, step in steps.items():
+            us[name].append(block(step, n))
+    return us, n
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB: VmHWM, else ru_maxrss.
 

@@ -19,7 +19,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 
@@ -36,36 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                  # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import numpy as np
-    import sys_numpy
-    from common import LR, SPECS, batch_starts, load_data, parse_workload
+    from common import alternating_blocks, same_process_steps
 
-    import fbprop
     from fbprop import blas
 
-    try:
-        wl = parse_workload(args.workload)
-    except ValueError:
-        wl = None
-    if wl is None or wl.model not in SPECS or wl.mode not in ("train", "infer") or wl.batch < 1:
-        ap.error(f"expected a workload like mlp-train-b1 or lenet5-infer-b1024, got {args.workload!r}")
     lib = blas._numpy_blas()
+    try:
+        wl, ours, theirs, starts, note = same_process_steps(args.workload, args.data)
+    except ValueError as e:
+        ap.error(str(e))
     if not lib.routines:
         ap.error("expected numpy's own OpenBLAS (not found in this numpy build: scipy's does every product)")
-    x, y, note = load_data(max(4096, 4 * wl.batch), args.data)
-    machine = fbprop.build_machine({**SPECS[wl.model], "dtype": "float32"})
-    opt = fbprop.SGD(machine.pool, LR)
-    shapes = [shape for _, _, shape in machine.pool.handles]
-    ref = sys_numpy.make(wl.model, init=machine.pool.x.copy(), shapes=shapes, lr=LR,
-                         codes=fbprop.lenet5_codes(10), table=np.asarray(fbprop.LENET5_C3_TABLE))
-    starts, b, found = batch_starts(len(y), wl.batch), wl.batch, lib.small_kernel
-
-    def ours(i):
-        if wl.mode == "train":
-            machine.gradient(x[i:i + b], y[i:i + b])
-            opt.step()
-        else:
-            machine.predict(x[i:i + b], batch_size=b)
+    found = lib.small_kernel
 
     def with_rules(small_kernel):
         def step(i):
@@ -76,26 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                 lib.small_kernel = found
         return step
 
-    systems = {"small-kernel routes": with_rules(True), "other routes": with_rules(False),
-               "numpy-ref": (lambda i: ref.train_step(x[i:i + b], y[i:i + b])) if wl.mode == "train"
-               else (lambda i: ref.infer(x[i:i + b]))}
-
-    def block(step, n):
-        t = time.perf_counter()
-        for k in range(n):
-            step(starts[k % len(starts)])
-        return (time.perf_counter() - t) / n * 1e6
-
-    for step in systems.values():
-        block(step, 3)
-    n = max(3, int(args.seconds * 1e6 / block(systems["numpy-ref"], 3)))
-    us = {name: [] for name in systems}
-    for _ in range(args.blocks):
-        for name, step in systems.items():
-            us[name].append(block(step, n))
+    us, n = alternating_blocks({"numpy-ref": theirs, "small-kernel routes": with_rules(True),
+                                "other routes": with_rules(False)}, starts, args.blocks, args.seconds)
     print(f"{wl.name}, {args.threads} thread(s), {args.blocks} rounds of {n} steps ({note}); OpenBLAS core "
           f"{lib.core or 'unknown'}: fbprop takes the {'small-kernel' if found else 'other'} routes here")
-    for name, times in us.items():
+    for name in ("small-kernel routes", "other routes", "numpy-ref"):
+        times = us[name]
         ratio = statistics.median(r / t for r, t in zip(us["numpy-ref"], times, strict=True))
         print(f"{name:20s} {statistics.median(times):9.0f} µs a step (median)   ÷ numpy reference {ratio:.3f}")
     return 0
