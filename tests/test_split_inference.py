@@ -7,17 +7,9 @@ import numpy as np
 import pytest
 
 import fbprop as fb
+from splitting import LIB, lenet, needs_thread_count
 
-LIB = fb.blas._numpy_blas()
-pytestmark = pytest.mark.skipif(not LIB.routines or LIB.set_threads is None,
-                                reason="numpy's OpenBLAS cannot set its thread count")
-
-
-def _lenet(**spec):
-    machine = fb.build_machine({"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10,
-                                "dtype": "float32", **spec})
-    machine.split_min = 8
-    return machine
+pytestmark = needs_thread_count
 
 
 def _one_thread_energies(machine, x, cut):
@@ -36,7 +28,7 @@ def _images(n, seed=0):
 
 
 def test_lenet5_inference_runs_in_two_parts_with_each_parts_one_thread_energies(two_threads, monkeypatch):
-    machine, x = _lenet(), _images(37)
+    machine, x = lenet(), _images(37)
     threads = []
     real = fb.Network.fprop
 
@@ -59,7 +51,7 @@ def test_lenet5_inference_runs_in_two_parts_with_each_parts_one_thread_energies(
 def test_the_twin_reads_the_current_weights_and_training_is_unchanged(two_threads):
     """The twin holds the network's parameter handles: after an SGD step the split energies follow;
     a gradient after a split inference is the one without it."""
-    machine, x, y = _lenet(), _images(20, 1), np.arange(20) % 10
+    machine, x, y = lenet(), _images(20, 1), np.arange(20) % 10
     plain = copy.deepcopy(machine)
     machine.energies_of(x)                                       # twin made
     opt = fb.SGD(machine.pool, 0.1)
@@ -75,7 +67,7 @@ def test_the_twin_reads_the_current_weights_and_training_is_unchanged(two_thread
 
 
 def test_a_copy_or_a_pickle_leaves_the_twins_behind(two_threads):
-    machine, x = _lenet(), _images(16, 2)
+    machine, x = lenet(), _images(16, 2)
     e = machine.energies_of(x)
     assert machine._twin_nets
     for clone in (copy.deepcopy(machine), pickle.loads(pickle.dumps(machine))):
@@ -85,7 +77,7 @@ def test_a_copy_or_a_pickle_leaves_the_twins_behind(two_threads):
 
 
 def test_a_bad_batch_gets_the_same_one_line_error_and_the_count_back(two_threads):
-    machine = _lenet()
+    machine = lenet()
     bad = np.zeros((20, 1, 27, 28), np.float32)
     machine.split_inference = False
     with pytest.raises(ValueError) as whole:
@@ -106,10 +98,10 @@ def test_what_is_not_split(two_threads, monkeypatch):
     mlp = fb.build_machine({"model": "mlp", "hidden": [20], "input_shape": [1, 28, 28], "n_classes": 10})
     mlp.split_min = 8
     mlp.energies_of(x)
-    mixed = _lenet()
+    mixed = lenet()
     next(m for m in fb.network.leaves(mixed.network) if isinstance(m, fb.Conv2d)).samplewise = False
     mixed.energies_of(x)
-    small, off, alone = _lenet(), _lenet(), _lenet()
+    small, off, alone = lenet(), lenet(), lenet()
     small.split_min = 21
     small.energies_of(x)
     off.split_inference = False
@@ -159,7 +151,7 @@ def test_one_thread_from_two_python_threads_restores_the_count_once_both_leave(t
 
 def test_two_machines_inferring_at_once_on_two_threads(two_threads):
     import threading
-    machines, xs = [_lenet(seed=s) for s in (0, 1)], [_images(24, s) for s in (4, 5)]
+    machines, xs = [lenet(seed=s) for s in (0, 1)], [_images(24, s) for s in (4, 5)]
     want = [_one_thread_energies(m, x, [0, 12, 24]) for m, x in zip(machines, xs)]
     got = [None, None]
 
@@ -181,7 +173,7 @@ def test_a_forked_child_splits_on_threads_of_its_own(two_threads):
     """A process forked after a split has the parent's thread pool object but none of its
     threads: the child starts its own, instead of waiting forever on a worker that is not there."""
     import multiprocessing
-    machine, x = _lenet(), _images(20, 6)
+    machine, x = lenet(), _images(20, 6)
     e = machine.energies_of(x)
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(1) as pool:

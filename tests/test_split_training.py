@@ -11,17 +11,9 @@ import pytest
 import fbprop as fb
 from fbprop.distributed import SingleProcess
 from fbprop.modules.dropout import Dropout
+from splitting import LIB, lenet, needs_thread_count
 
-LIB = fb.blas._numpy_blas()
-pytestmark = pytest.mark.skipif(not LIB.routines or LIB.set_threads is None,
-                                reason="numpy's OpenBLAS cannot set its thread count")
-
-
-def _lenet(**spec):
-    machine = fb.build_machine({"model": "lenet5", "input_shape": [1, 28, 28], "n_classes": 10,
-                                "dtype": "float32", **spec})
-    machine.split_min = 8
-    return machine
+pytestmark = needs_thread_count
 
 
 def _batch(n, seed=0):
@@ -48,7 +40,7 @@ def _parts_one_thread(machine, x, y, cut):
 
 
 def test_a_lenet5_step_runs_in_two_parts_whose_one_thread_gradients_add_up(two_threads, monkeypatch):
-    machine, (x, y) = _lenet(), _batch(37)
+    machine, (x, y) = lenet(), _batch(37)
     seen = []
     real = fb.Machine.accumulate
 
@@ -73,7 +65,7 @@ def test_a_lenet5_step_runs_in_two_parts_whose_one_thread_gradients_add_up(two_t
 
 
 def test_split_training_follows_the_unsplit_one_and_the_twins_read_the_new_weights(two_threads):
-    split, (x, y) = _lenet(), _batch(40, 1)
+    split, (x, y) = lenet(), _batch(40, 1)
     whole = copy.deepcopy(split)
     whole.split_training = False
     for m in (split, whole):
@@ -83,7 +75,7 @@ def test_split_training_follows_the_unsplit_one_and_the_twins_read_the_new_weigh
             opt.step()
     assert len(split._train_twins) == 2 and not hasattr(whole, "_train_twins")
     assert all(t.pool.x is split.pool.x for t in split._train_twins)
-    moved = np.abs(split.pool.x - _lenet().pool.x).max()
+    moved = np.abs(split.pool.x - lenet().pool.x).max()
     assert moved > 1e-3
     np.testing.assert_allclose(split.pool.x, whole.pool.x, rtol=0, atol=1e-5 * moved)
     # the next split gradient is the one-thread parts' sum at the new weights
@@ -93,7 +85,7 @@ def test_split_training_follows_the_unsplit_one_and_the_twins_read_the_new_weigh
 
 
 def test_the_regularizer_is_added_once_and_full_gradient_splits_each_batch(two_threads):
-    machine, (x, y) = _lenet(), _batch(32, 2)
+    machine, (x, y) = lenet(), _batch(32, 2)
     machine.regularizer, machine.n_train = fb.L2(0.5), 100
     machine.gradient(x, y)
     (d0, *_), (d1, *_) = _parts_one_thread(machine, x, y, [0, 16, 32])
@@ -120,9 +112,9 @@ def test_what_is_not_split_runs_whole_on_the_machine_itself(two_threads, monkeyp
                                 "input_shape": [1, 28, 28], "n_classes": 10})
     dropout.split_min = 8
     assert any(isinstance(m, Dropout) for m in fb.network.leaves(dropout.network))
-    off = _lenet()
+    off = lenet()
     off.split_training = False
-    small = _lenet()
+    small = lenet()
     small.split_min = 21
     for m in (mlp, dropout, off, small):
         calls.clear()
@@ -130,21 +122,21 @@ def test_what_is_not_split_runs_whole_on_the_machine_itself(two_threads, monkeyp
             m.gradient(x, y)
         assert calls == [m], (m, calls)
         assert not m.__dict__.get("_train_twins")
-    one = _lenet()
+    one = lenet()
     LIB.set_threads(1)
     calls.clear()
     one.gradient(x, y)
     assert calls == [one]
     LIB.set_threads(2)
     # SDLM's curvature: fprop, bprop and bbprop on the machine's own states, whole
-    sdlm = _lenet()
+    sdlm = lenet()
     calls.clear()
     sdlm.curvature(x, y)
     assert calls == [sdlm] and sdlm.pool.ddx.any()
 
 
 def test_a_bad_batch_gets_the_whole_batchs_error_and_nothing_is_added(two_threads):
-    machine, (x, y) = _lenet(), _batch(40, 4)
+    machine, (x, y) = lenet(), _batch(40, 4)
     machine.gradient(x, y)
     before = machine.pool.dx.copy()
     with pytest.raises(ValueError) as split_error:
@@ -159,7 +151,7 @@ def test_a_bad_batch_gets_the_whole_batchs_error_and_nothing_is_added(two_thread
 
 
 def test_copies_and_pickles_leave_the_twins_behind_and_a_replaced_pool_makes_new_ones(two_threads):
-    machine, (x, y) = _lenet(), _batch(40, 5)
+    machine, (x, y) = lenet(), _batch(40, 5)
     machine.gradient(x, y)
     for other in (copy.deepcopy(machine), pickle.loads(pickle.dumps(machine))):
         assert "_train_twins" not in vars(other)
@@ -182,7 +174,7 @@ def test_each_twin_trains_on_one_process_whatever_the_machines_reducer():
     class Half(SingleProcess):
         rank, size, is_root = 0, 2, True                      # this process: the first half of a batch
 
-    machine, (x, y) = _lenet(), _batch(40, 6)
+    machine, (x, y) = lenet(), _batch(40, 6)
     machine.reducer = Half()
     LIB.set_threads(2)
     try:
@@ -195,7 +187,7 @@ def test_each_twin_trains_on_one_process_whatever_the_machines_reducer():
 
 
 def _split_step_transient(batch: int) -> int:
-    machine, (x, y) = _lenet(), _batch(batch, 7)
+    machine, (x, y) = lenet(), _batch(batch, 7)
     opt = fb.SGD(machine.pool, 0.01)
     for _ in range(6):
         machine.gradient(x, y)
