@@ -21,15 +21,15 @@ zeros (b stored by rows) to numpy's library, its forward product x Wᵀ, the pro
 sum and every small product to scipy's (the two libraries give the same bits on these shapes).
 On other cores (Haswell's kernels, which OpenBLAS picks on AMD EPYC): every product written into
 zeros to np.matmul, whatever its size, and the large ones added into a sum to numpy's cblas gemm
-(`_matmul`; the MLP's step at batch 1 / 32 / 128 0.63 / 0.72 / 0.88 → 0.69 / 0.82 / 0.96 of the
+(in `_gemm`; the MLP's step at batch 1 / 32 / 128 0.63 / 0.72 / 0.88 → 0.69 / 0.82 / 0.96 of the
 numpy reference, one thread, one process: bench/routes.py). A long axpy runs on
 numpy's pool only when a product ran there since the previous one (a large batch); after small
 products (batch 1) it runs on one thread of scipy's library (its count set around the call),
 which keeps a 2-thread step as fast as a 1-thread one. A small output summing a long product
 (a convolution's ∂E/∂W with few weights: LeNet-5's C1) is summed, on a core with the
 small-matrix kernel, in blocks of the inner dimension that kernel takes, each block's product
-added to the last's (`_k_block`). Where numpy's library cannot be found (another numpy build), scipy's does
-everything. scipy.linalg is imported on the first call (0.15 s of start-up).
+added to the last's (`_k_block`). Where numpy's library cannot be found (another numpy
+build), scipy's does everything. scipy.linalg is imported on the first call (0.15 s of start-up).
 """
 
 from __future__ import annotations
@@ -313,20 +313,6 @@ def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
     return nb.gemm(c, a, b, alpha, beta)
 
 
-def _matmul(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
-    """c = a b by np.matmul, for a product at or under SMALL_GEMM on a CPU without OpenBLAS's
-    small-matrix kernel; False where it does not apply (`_fits_numpy`). There numpy's library
-    runs these shapes faster than scipy's (AMD EPYC, Haswell kernels, one thread: the MLP's
-    784 → 300 product at batch 1 21 against 58 µs — numpy calls gemv for a single row —, its last
-    layer's ∂E/∂W at batch 128 8 against 18 µs; with 2 threads the batch-1 step 472 → 354 µs).
-    OpenBLAS runs such a gemm on one thread (its own limit, SMALL_GEMM); a single row's gemv may
-    wake numpy's pool, which the next long axpy does not take as a reason to use it."""
-    if _numpy_blas().small_kernel or not _fits_numpy(c, a, b):
-        return False
-    np.matmul(a, b, out=c)
-    return True
-
-
 def _k_block(size: int, k: int) -> int:
     """For a product of `size` outputs, each a sum of k terms: the length of the blocks of k to sum
     it in (each block's product added to the last's), or 0 for one call. OpenBLAS runs a product
@@ -354,7 +340,16 @@ def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float
     if c.size * a.shape[1] > SMALL_GEMM:
         if _large(c, a, b, alpha, beta, wide):
             return
-    elif beta == 0.0 and alpha == 1.0 and _matmul(c, a, b):
+    elif beta == 0.0 and alpha == 1.0 and not (_NUMPY[0] if _NUMPY else _numpy_blas()).small_kernel \
+            and _fits_numpy(c, a, b):
+        # a small c = a b on a CPU without OpenBLAS's small-matrix kernel: numpy's library runs
+        # these shapes faster than scipy's (AMD EPYC, Haswell kernels, one thread: the MLP's
+        # 784 → 300 product at batch 1 21 against 58 µs — numpy calls gemv for a single row —, its
+        # last layer's ∂E/∂W at batch 128 8 against 18 µs). OpenBLAS runs such a gemm on one thread
+        # (its own limit, SMALL_GEMM); a single row's gemv may wake numpy's pool, which the next
+        # long axpy does not take as a reason to use it. (The flag is read inline: on SkylakeX this
+        # test runs for every small product and decides nothing.)
+        np.matmul(a, b, out=c)
         return
     dtype = c.dtype
     gemm = (_BLAS.get(("gemm", dtype)) if _BLAS else _blas("gemm", dtype)) \
