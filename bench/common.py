@@ -226,6 +226,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
+def private_mb(pid: int) -> float:
+    """A process's private resident memory (its clean and dirty pages no other process maps), in
+    MiB; 0 where unknown. For a forked worker: what it holds beyond the pages it still shares
+    with its parent, which the parent's own figure counts."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f
+                       if line.startswith(("Private_Clean", "Private_Dirty"))) / 1024
+    except (OSError, ValueError):
+        return 0.0
+
+
+def workers_mb(sut) -> float:
+    """The private memory of the worker processes an fbprop machine (or the system holding it as
+    `machine`) forked for its training split (0 for other systems, or none forked), to add to the
+    process's own peak."""
+    machine = getattr(sut, "machine", sut)
+    return sum(private_mb(w.pid) for w in (getattr(machine, "__dict__", {}).get("_workers") or ()))
+
+
 def _status_kb(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:

@@ -6,7 +6,8 @@
 process's peak resident memory after its workloads (VmHWM: the interpreter, the system's
 libraries, the data slice and the model's buffers), and the workload's working memory, the peak
 above what the process held once its library was imported and the data read (model, buffers,
-temporaries; `common.start_working_memory`).
+temporaries; `common.start_working_memory`). Both add the private memory of the worker processes
+fbprop's training split forked (`common.workers_mb`), which neither figure of this process counts.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         peak_rss_mb,
         read_workspace,
         start_working_memory,
+        workers_mb,
         working_memory_mb,
     )
 
@@ -71,9 +73,11 @@ def main(argv: list[str] | None = None) -> int:
                 import sys_torch
                 info.update(sys_torch.versions())
             print("INFO " + json.dumps(info), flush=True)
-        extra = {"steps_per_call": per_call // wl.batch}
+        forked = workers_mb(sut)                          # fbprop's split step's worker processes
+        extra = {"steps_per_call": per_call // wl.batch, "workers_mb": forked}
+        working = working_memory_mb(start)
         Result(args.system, wl.name, m["samples_per_s"], m["steps"] * (per_call // wl.batch), m["seconds"],
-               peak_rss_mb(), extra, working_memory_mb(start)).emit()
+               peak_rss_mb() + forked, extra, None if working is None else working + forked).emit()
     return 0
 
 

@@ -11,36 +11,13 @@ import pytest
 import fbprop as fb
 from fbprop.distributed import SingleProcess
 from fbprop.modules.dropout import Dropout
-from splitting import LIB, lenet, needs_thread_count
+from splitting import LIB, batch, lenet, needs_thread_count, parts_one_thread
 
 pytestmark = needs_thread_count
 
 
-def _batch(n, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
-
-
-def _parts_one_thread(machine, x, y, cut):
-    """Each part's gradient (weight 1/len(x)), its energies, losses and loss total, computed
-    without the split on one thread."""
-    plain = copy.deepcopy(machine)
-    plain.split_training = False
-    LIB.set_threads(1)
-    try:
-        found = []
-        for a, b in zip(cut, cut[1:]):
-            plain.pool.clear_dx()
-            total = plain.accumulate(x[a:b], y[a:b], 1 / len(x))
-            found.append((plain.pool.dx.copy(), plain.energies.x.copy(), plain.losses.x.copy(),
-                          plain.out.x.copy(), total))
-        return found
-    finally:
-        LIB.set_threads(2)
-
-
 def test_a_lenet5_step_runs_in_two_parts_whose_one_thread_gradients_add_up(two_threads, monkeypatch):
-    machine, (x, y) = lenet(), _batch(37)
+    machine, (x, y) = lenet(), batch(37)
     seen = []
     real = fb.Machine.accumulate
 
@@ -54,7 +31,7 @@ def test_a_lenet5_step_runs_in_two_parts_whose_one_thread_gradients_add_up(two_t
     assert len({ident for ident, _, _, _ in seen}) == 2 and not any(own for *_, own in seen)   # two twins
     assert LIB.threads() == 2 and not fb.blas._APART[0]
     monkeypatch.undo()
-    (d0, e0, l0, o0, t0), (d1, e1, l1, o1, t1) = _parts_one_thread(machine, x, y, [0, 18, 37])
+    (d0, e0, l0, o0, t0), (d1, e1, l1, o1, t1) = parts_one_thread(machine, x, y, [0, 18, 37])
     np.testing.assert_array_equal(machine.pool.dx, d0 + d1)
     assert loss == (t0 + t1) / 37
     # what the trainer's meter reads: the whole batch's energies, losses and answers
@@ -65,7 +42,7 @@ def test_a_lenet5_step_runs_in_two_parts_whose_one_thread_gradients_add_up(two_t
 
 
 def test_split_training_follows_the_unsplit_one_and_the_twins_read_the_new_weights(two_threads):
-    split, (x, y) = lenet(), _batch(40, 1)
+    split, (x, y) = lenet(), batch(40, 1)
     whole = copy.deepcopy(split)
     whole.split_training = False
     for m in (split, whole):
@@ -80,21 +57,21 @@ def test_split_training_follows_the_unsplit_one_and_the_twins_read_the_new_weigh
     np.testing.assert_allclose(split.pool.x, whole.pool.x, rtol=0, atol=1e-5 * moved)
     # the next split gradient is the one-thread parts' sum at the new weights
     split.gradient(x, y)
-    (d0, *_), (d1, *_) = _parts_one_thread(split, x, y, [0, 20, 40])
+    (d0, *_), (d1, *_) = parts_one_thread(split, x, y, [0, 20, 40])
     np.testing.assert_array_equal(split.pool.dx, d0 + d1)
 
 
 def test_the_regularizer_is_added_once_and_full_gradient_splits_each_batch(two_threads):
-    machine, (x, y) = lenet(), _batch(32, 2)
+    machine, (x, y) = lenet(), batch(32, 2)
     machine.regularizer, machine.n_train = fb.L2(0.5), 100
     machine.gradient(x, y)
-    (d0, *_), (d1, *_) = _parts_one_thread(machine, x, y, [0, 16, 32])
+    (d0, *_), (d1, *_) = parts_one_thread(machine, x, y, [0, 16, 32])
     plain = copy.deepcopy(machine)
     plain.pool.dx[...] = d0 + d1
     plain.regularizer.bprop(plain.pool, 1 / 100)
     np.testing.assert_array_equal(machine.pool.dx, plain.pool.dx)
     value = machine.full_gradient(x, y, batch_size=16)           # two batches of 16, each split in 2
-    parts = _parts_one_thread(machine, x, y, [0, 8, 16, 24, 32])
+    parts = parts_one_thread(machine, x, y, [0, 8, 16, 24, 32])
     plain.pool.dx[...] = sum(p[0] for p in parts)
     plain.regularizer.bprop(plain.pool, 1 / 32)
     np.testing.assert_array_equal(machine.pool.dx, plain.pool.dx)
@@ -105,7 +82,7 @@ def test_what_is_not_split_runs_whole_on_the_machine_itself(two_threads, monkeyp
     calls = []
     real = fb.Machine.accumulate
     monkeypatch.setattr(fb.Machine, "accumulate", lambda self, *a: calls.append(self) or real(self, *a))
-    x, y = _batch(40, 3)
+    x, y = batch(40, 3)
     mlp = fb.build_machine({"model": "mlp", "hidden": [20], "input_shape": [1, 28, 28], "n_classes": 10})
     mlp.split_min = 8
     dropout = fb.build_machine({"model": "lenet-modern", "maps": [4, 8], "hidden": [16], "dropout": 0.2,
@@ -136,7 +113,7 @@ def test_what_is_not_split_runs_whole_on_the_machine_itself(two_threads, monkeyp
 
 
 def test_a_bad_batch_gets_the_whole_batchs_error_and_nothing_is_added(two_threads):
-    machine, (x, y) = lenet(), _batch(40, 4)
+    machine, (x, y) = lenet(), batch(40, 4)
     machine.gradient(x, y)
     before = machine.pool.dx.copy()
     with pytest.raises(ValueError) as split_error:
@@ -151,7 +128,7 @@ def test_a_bad_batch_gets_the_whole_batchs_error_and_nothing_is_added(two_thread
 
 
 def test_copies_and_pickles_leave_the_twins_behind_and_a_replaced_pool_makes_new_ones(two_threads):
-    machine, (x, y) = lenet(), _batch(40, 5)
+    machine, (x, y) = lenet(), batch(40, 5)
     machine.gradient(x, y)
     for other in (copy.deepcopy(machine), pickle.loads(pickle.dumps(machine))):
         assert "_train_twins" not in vars(other)
@@ -166,7 +143,7 @@ def test_copies_and_pickles_leave_the_twins_behind_and_a_replaced_pool_makes_new
     machine.loss = type(machine.loss)(beta=0.5)                  # another loss: twins with it
     machine.gradient(x, y)
     assert [t.loss.beta for t in machine._train_twins] == [0.5, 0.5]
-    (d0, *_), (d1, *_) = _parts_one_thread(machine, x, y, [0, 20, 40])
+    (d0, *_), (d1, *_) = parts_one_thread(machine, x, y, [0, 20, 40])
     np.testing.assert_array_equal(machine.pool.dx, d0 + d1)
 
 
@@ -174,20 +151,20 @@ def test_each_twin_trains_on_one_process_whatever_the_machines_reducer():
     class Half(SingleProcess):
         rank, size, is_root = 0, 2, True                      # this process: the first half of a batch
 
-    machine, (x, y) = lenet(), _batch(40, 6)
+    machine, (x, y) = lenet(), batch(40, 6)
     machine.reducer = Half()
     LIB.set_threads(2)
     try:
         machine.gradient(x, y)
         assert [type(t.reducer) for t in machine._train_twins] == [SingleProcess, SingleProcess]
-        (d0, *_), (d1, *_) = _parts_one_thread(machine, x[:20], y[:20], [0, 10, 20])
+        (d0, *_), (d1, *_) = parts_one_thread(machine, x[:20], y[:20], [0, 10, 20])
     finally:
         LIB.set_threads(1)
     np.testing.assert_array_equal(machine.pool.dx, (d0 + d1) * 0.5)   # weight 1/40, not 1/20
 
 
-def _split_step_transient(batch: int) -> int:
-    machine, (x, y) = lenet(), _batch(batch, 7)
+def _split_step_transient(n: int) -> int:
+    machine, (x, y) = lenet(), batch(n, 7)
     opt = fb.SGD(machine.pool, 0.01)
     for _ in range(6):
         machine.gradient(x, y)

@@ -223,6 +223,35 @@ class _CountedOneThread:
 _ONE = _CountedOneThread()
 
 
+def _reset_after_fork() -> None:
+    """In a forked child: a fresh lock (another thread may have held the parent's), and numpy's
+    library's count back to what it was before any caller in the parent set one thread."""
+    import threading
+    depth, _ONE.lock, _ONE.depth, _APART[0] = _ONE.depth, threading.Lock(), 0, 0
+    if depth and _numpy_blas().set_threads is not None:
+        _numpy_blas().set_threads(_ONE.before)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def apart_enter() -> None:
+    """Run as one part of a batch split between threads or processes (see run_apart): numpy's
+    library on one thread, every large product in it, until `apart_exit`."""
+    if _numpy_blas().set_threads is not None:
+        _ONE.enter(apart=True)
+    else:
+        _APART[0] += 1
+
+
+def apart_exit() -> None:
+    if _numpy_blas().set_threads is not None:
+        _ONE.exit(apart=True)
+    else:
+        _APART[0] -= 1
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """numpy's library on one thread for the span of the block (its count restored after).

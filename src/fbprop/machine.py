@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
 
-from fbprop.blas import apart_threads, run_apart
+from fbprop.blas import apart_enter, apart_exit, apart_threads, run_apart
 from fbprop.distributed import SingleProcess
 from fbprop.losses import Loss, Regularizer, infer
 from fbprop.module import Cascade, Module
 from fbprop.network import Network, leaves, short_name
 from fbprop.params import ParamPool
 from fbprop.state import State, is_batch_last
+from fbprop.workers import PartWorker, WorkerError, can_fork
 
 
 class Machine:
@@ -175,7 +177,7 @@ class Machine:
         made at the first split: a module setting changed later (not its weights, which are
         shared) does not reach them; a copy of the machine makes them again."""
         x = self.inp.x
-        cut = self._cut(x)
+        cut = self._cut(x, self.split_min)
         if cut is None or not self._splits():
             self.network.fprop(*self.inputs, self.energies)
             return
@@ -193,13 +195,13 @@ class Machine:
             raise
         _gather(self.energies, [out.x for out in outs], cut)
 
-    def _cut(self, x) -> list[int] | None:
+    def _cut(self, x, least: int) -> list[int] | None:
         """Where the batch x is cut into parts to run at once (`blas.run_apart`): one part per
-        thread of numpy's library, at least `split_min` samples each; None for fewer than two."""
+        thread of numpy's library, at least `least` samples each; None for fewer than two."""
         n = len(x) if getattr(x, "ndim", 0) else 0
-        if n < 2 * self.split_min:
+        if n < 2 * least:
             return None                                          # (before asking the library: the batch-1 path)
-        parts = min(apart_threads(), n // self.split_min)
+        parts = min(apart_threads(), n // least)
         return [n * i // parts for i in range(parts + 1)] if parts >= 2 else None
 
     def _splits(self) -> bool:
@@ -234,7 +236,7 @@ class Machine:
         # a copy or a pickle leaves the twins behind (made again when needed)
         state = dict(vars(self))
         for name in ("_twin_nets", "_part_outs", "_switched", "_splits_net", "_train_twins", "_splits_step",
-                     "_twins_of"):
+                     "_twins_of", "_workers", "_workers_of"):
             state.pop(name, None)
         return state
 
@@ -384,12 +386,19 @@ class Machine:
         against 19.9 and 22.3 against 26.0; at batch 64 (parts of 32) it loses, 5.6 against 5.3
         ms (a step's few hundred small calls, each holding the GIL, then weigh more than the
         products), hence `split_min` 64; an MLP loses at any batch (forced: 2.3 against 1.4 ms at
-        128), so it is not split. `curvature` (SDLM's bbprop) is not split."""
-        cut = self._cut(x)
+        128), so it is not split. `curvature` (SDLM's bbprop) is not split.
+
+        With `split_processes` (the default), on Linux without MPI, the parts after the first run
+        in forked worker processes instead, from `split_min_processes` samples a part (see
+        `_accumulate_in_processes`)."""
+        processes = self.split_processes and isinstance(y, np.ndarray) and self.reducer.size == 1 and can_fork()
+        cut = self._cut(x, self.split_min_processes if processes else self.split_min)
         if cut is None or self.y_enters or not self._splits_steps():
             return None
         x = self._own_dtype(x, "x")
         parts = len(cut) - 1
+        if processes:
+            return self._accumulate_in_processes(x, y, weight, cut, self._part_workers(x, y, cut))
         twins = self._training_twins(parts)
         totals = [0.0] * parts
 
@@ -412,6 +421,77 @@ class Machine:
         for name in ("energies", "losses") + (("out",) if self.energy is not None else ()):
             _gather(getattr(self, name), [getattr(twin, name).x for twin in twins], cut)
         return sum(totals, 0.0)
+
+    split_processes = True         # the training split's other parts in forked worker processes (see below)
+    split_min_processes = 16       # samples a part at least there
+
+    def _accumulate_in_processes(self, x: np.ndarray, y: np.ndarray, weight: float, cut: list[int],
+                                 workers: list[PartWorker]) -> float:
+        """The split of `_accumulate_apart` with the parts after the first in forked worker
+        processes (`fbprop.workers`), each a copy of this machine with its own interpreter, and
+        the first in the thread split's first twin here. The parts' gradients are added into
+        `pool.dx` in the thread split's order and each is a one-thread pass over its part, so the
+        sum is the thread split's, bit for bit. Measured with 2 threads (`bench/split_training.py`,
+        SGD steps, one process): see the README. Where it applies: where the thread split does,
+        on Linux without MPI (`workers.can_fork`), with `split_processes` set."""
+        twin = self._training_twins(1)[0]
+        names = ("energies", "losses") + (("out",) if self.energy is not None else ())
+        try:
+            for k, worker in enumerate(workers, 1):
+                worker.send(x[cut[k]:cut[k + 1]], y[cut[k]:cut[k + 1]], weight, self.pool.x)
+            apart_enter()
+            try:
+                twin.pool.clear_dx()
+                first = twin.accumulate(x[:cut[1]], y[:cut[1]], weight)
+            finally:
+                apart_exit()
+            like = [getattr(twin, name).x for name in names]
+            replies = [worker.receive(like) for worker in workers]
+        except WorkerError:
+            self._stop_workers()
+            raise
+        except BaseException as e:                               # (the workers' answers unread: they go)
+            self._stop_workers(kill=True)
+            if isinstance(e, Exception):
+                self.fprop(x, y)                                 # the error again, naming the whole batch
+            raise
+        failed = next((r for r in replies if isinstance(r, str)), None)
+        if failed is not None:
+            self.fprop(x, y)
+            raise RuntimeError(f"Machine: a part of the batch failed in a worker process: {failed}")
+        dx = self.pool.dx
+        dx += twin.pool.dx
+        for worker in workers:
+            dx += worker.dx
+        self.inp.x, self.labels.x = x, y
+        for i, name in enumerate(names):
+            _gather(getattr(self, name), [like[i]] + [arrays[i] for _, arrays in replies], cut)
+        return sum((total for total, _ in replies), first)
+
+    def _part_workers(self, x, y, cut: list[int]) -> list[PartWorker]:
+        """The worker processes for the parts after the first, forked at the first split step and
+        again when the machine's network, energy, loss or weights vector is replaced, or a batch
+        brings larger parts or other shapes or dtypes."""
+        need = max(b - a for a, b in zip(cut[1:], cut[2:]))
+        made_of = (self.network, self.energy, self.loss, self.pool.x)
+        workers = self.__dict__.get("_workers")
+        if workers and (len(workers) != len(cut) - 2 or not all(w.fits(need, x, y) for w in workers)
+                        or any(a is not b for a, b in zip(self._workers_of, made_of, strict=True))):
+            need = max(need, workers[0].capacity)
+            self._stop_workers()
+            workers = None
+        if not workers:
+            self._workers_of = made_of
+            self._training_twins(1)                              # (made before the fork: the worker has it too)
+            workers = self._workers = []
+            for _ in range(len(cut) - 2):
+                workers.append(PartWorker(self, need, x, y))
+        return workers
+
+    def _stop_workers(self, kill: bool = False) -> None:
+        for worker in self.__dict__.pop("_workers", None) or ():
+            if worker.owner == os.getpid():
+                worker.stop(kill=kill)
 
     def _splits_steps(self) -> bool:
         """Whether gradient steps split batches: where inference does, with no stochastic module
