@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -287,3 +288,25 @@ def test_a_warm_step_split_with_a_worker_allocates_no_array(two_threads):
 
     small, large = transient(64), transient(512)
     assert large < 8 * 1024 and large - small < 512, f"{small} bytes transient at batch 64, {large} at 512"
+
+
+def test_a_failed_fork_warns_once_and_the_split_goes_to_threads(two_threads, monkeypatch):
+    machine, (x, y) = lenet(processes=True), batch(40, 11)
+    threads = copy.deepcopy(machine)
+    threads.split_processes = False
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.warns(RuntimeWarning, match=r"could not fork a worker process .*Resource temporarily unavailable"):
+        loss = machine.gradient(x, y)
+    assert machine.split_processes is False and not machine.__dict__.get("_workers")
+    assert len(os.listdir("/proc/self/fd")) == fds                # the pipes made for it closed
+    assert len(machine._train_twins) == 2                        # split between threads
+    assert loss == threads.gradient(x, y)
+    np.testing.assert_array_equal(machine.pool.dx, threads.pool.dx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        machine.gradient(x, y)                                   # once

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -396,9 +397,14 @@ class Machine:
         if cut is None or self.y_enters or not self._splits_steps():
             return None
         x = self._own_dtype(x, "x")
+        workers = self._part_workers(x, y, cut) if processes else None
+        if workers:
+            return self._accumulate_in_processes(x, y, weight, cut, workers)
+        if processes:                                            # (no fork: threads, with their own least part)
+            cut = self._cut(x, self.split_min)
+            if cut is None:
+                return None
         parts = len(cut) - 1
-        if processes:
-            return self._accumulate_in_processes(x, y, weight, cut, self._part_workers(x, y, cut))
         twins = self._training_twins(parts)
         totals = [0.0] * parts
 
@@ -470,10 +476,11 @@ class Machine:
             _gather(getattr(self, name), [like[i]] + [arrays[i] for _, arrays in replies], cut)
         return sum((total for total, _ in replies), first)
 
-    def _part_workers(self, x, y, cut: list[int]) -> list[PartWorker]:
+    def _part_workers(self, x, y, cut: list[int]) -> list[PartWorker] | None:
         """The worker processes for the parts after the first, forked at the first split step and
         again when the machine's network, energy, loss or weights vector is replaced, or a batch
-        brings larger parts or other shapes or dtypes."""
+        brings larger parts or other shapes or dtypes. None where a fork fails: the machine then
+        warns once and splits between threads (`split_processes` set to False)."""
         need = max(b - a for a, b in zip(cut[1:], cut[2:]))
         made_of = (self.network, self.energy, self.loss, self.pool.x)
         workers = self.__dict__.get("_workers")
@@ -486,8 +493,15 @@ class Machine:
             self._workers_of = made_of
             self._training_twins(1)                              # (made before the fork: the worker has it too)
             workers = self._workers = []
-            for _ in range(len(cut) - 2):
-                workers.append(PartWorker(self, need, x, y))
+            try:
+                for _ in range(len(cut) - 2):
+                    workers.append(PartWorker(self, need, x, y))
+            except OSError as e:                                 # (out of processes or memory)
+                self._stop_workers()
+                self.split_processes = False
+                warnings.warn(f"Machine: could not fork a worker process for the training split ({e}); "
+                              f"splitting between threads from now on", RuntimeWarning, stacklevel=6)
+                return None
         return workers
 
     def _stop_workers(self, kill: bool = False) -> None:

@@ -71,7 +71,12 @@ class PartWorker:
         self._inbox, self._views = bytearray(), {}
         order_r, order_w = os.pipe()                             # (read end, write end)
         reply_r, reply_w = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (order_r, order_w, reply_r, reply_w):
+                os.close(fd)
+            raise
         if pid == 0:                                             # the worker
             try:
                 _close_other_fds(order_r, reply_w)
