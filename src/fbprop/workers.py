@@ -6,9 +6,11 @@ the GIL waits for the other thread to let it go, and a LeNet-5 step makes about 
 part (`bench/core_contention.py`: the threads lose 1.24-1.34x to each other beyond what two
 processes lose). A forked copy of the machine has an interpreter of its own. At each step the
 parent copies the weights and the worker's part of the batch into memory both processes map
-(anonymous shared mmaps made before the fork), sends (samples, weight) down a pipe, runs its own
-part, and reads back the part's loss total, energies, losses and net output (pickled, a few kB);
-the worker's gradient lies in a shared vector the parent adds into `pool.dx`.
+(anonymous shared mmaps made before the fork), writes (samples, weight) down a pipe, runs its own
+part, and reads back the part's loss total, energies, losses and net output as raw bytes (a few
+kB), both sides polling the pipe before they sleep on it (see `PartWorker._read`); the worker's
+gradient lies in a shared vector the parent adds into `pool.dx`. A new worker closes every file
+descriptor it inherited but its own pipe ends (see `_close_other_fds`).
 
 A worker is a fork of the machine as it was at its first split step: like the thread split's twins
 it does not see a module setting changed later (the weights, copied every step, it does see). It
