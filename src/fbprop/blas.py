@@ -479,7 +479,7 @@ def run_apart(tasks: list) -> None:
     if not _BLAS:
         _blas("gemm", np.dtype(np.float32))                      # (loaded before the threads race to it)
     pool = _WORKERS[1]
-    _ONE.enter(apart=True)
+    apart_enter()
     try:
         futures = [pool.submit(task) for task in tasks[1:]]
         try:
@@ -487,7 +487,7 @@ def run_apart(tasks: list) -> None:
         finally:
             errors = [f.exception() for f in futures]            # (waits for each)
     finally:
-        _ONE.exit(apart=True)
+        apart_exit()
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise first

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -506,8 +505,7 @@ class Machine:
 
     def _stop_workers(self, kill: bool = False) -> None:
         for worker in self.__dict__.pop("_workers", None) or ():
-            if worker.owner == os.getpid():
-                worker.stop(kill=kill)
+            worker.stop(kill=kill)                               # (in a forked copy of the owner: dropped only)
 
     def _splits_steps(self) -> bool:
         """Whether gradient steps split batches: where inference does, with no stochastic module

@@ -69,7 +69,7 @@ class PartWorker:
         self.w, self.dx = _shared(pool.x.shape, pool.dtype), _shared(pool.x.shape, pool.dtype)
         self.x = _shared((self.capacity, *x.shape[1:]), x.dtype)
         self.y = _shared((self.capacity, *y.shape[1:]), y.dtype)
-        self.owner, self.busy, self.ended, self.n = os.getpid(), False, None, 0
+        self.owner, self.ended, self.n = os.getpid(), None, 0
         self._inbox, self._views = bytearray(), {}
         order_r, order_w = os.pipe()                             # (read end, write end)
         reply_r, reply_w = os.pipe()
@@ -102,7 +102,7 @@ class PartWorker:
         np.copyto(self.x[:n], x)
         np.copyto(self.y[:n], y)
         _write_all(self.orders, _ORDER.pack(n, weight))
-        self.busy, self.n = True, n
+        self.n = n
 
     def receive(self, like: list[np.ndarray]) -> tuple[float, list[np.ndarray]] | str:
         """The answer to the last `send`: (loss total, [the part's array for each of `like`]) —
@@ -114,21 +114,17 @@ class PartWorker:
             head = self._read(_REPLY.size)
             kind, total = _REPLY.unpack(head)
             if kind == b"e":
-                message = bytes(self._read(int(total))).decode(errors="replace")
-                self.busy = False
-                return message
+                return bytes(self._read(int(total))).decode(errors="replace")
             shapes = [((self.n, *a.shape[1:]), a.dtype) for a in like]
             sizes = [math.prod(shape) * dtype.itemsize for shape, dtype in shapes]
             body = self._read(sum(sizes))
         except OSError as e:
             self._has_ended(wait=True)
             raise WorkerError(self._why()) from e
-        self.busy = False
-        key = (body.nbytes, tuple(shapes))
-        views = self._views.get(key)
+        views = self._views.get(tuple(shapes))
         if views is None:
             offsets = np.cumsum([0] + sizes)
-            views = self._views[key] = [np.frombuffer(body, dtype, math.prod(shape), int(o)).reshape(shape)
+            views = self._views[tuple(shapes)] = [np.frombuffer(body, dtype, math.prod(shape), int(o)).reshape(shape)
                                         for (shape, dtype), o in zip(shapes, offsets)]
         return total, views
 
