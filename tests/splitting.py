@@ -5,6 +5,7 @@ LeNet-5 that splits batches of 16 (the `two_threads` fixture is in conftest)."""
 from __future__ import annotations
 
 import copy
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -47,3 +48,20 @@ def parts_one_thread(machine: fb.Machine, x: np.ndarray, y: np.ndarray, cut: lis
         return found
     finally:
         LIB.set_threads(2)
+
+
+def least_transient(machine: fb.Machine, x: np.ndarray, y: np.ndarray, opt, steps: int) -> int:
+    """The least peak of traced memory above the start over `steps` warm SGD steps on (x, y):
+    what a step allocates and frees again (the caller sets numpy's buffer size first)."""
+    tracemalloc.start()
+    try:
+        found = []
+        for _ in range(steps):
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            machine.gradient(x, y)
+            opt.step()
+            found.append(tracemalloc.get_traced_memory()[1] - base)
+    finally:
+        tracemalloc.stop()
+    return min(found)

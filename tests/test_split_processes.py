@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import tracemalloc
 import warnings
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 import fbprop as fb
 from fbprop.distributed import SingleProcess
 from fbprop.workers import WorkerError, can_fork
-from splitting import LIB, batch, lenet, needs_thread_count, parts_one_thread
+from splitting import LIB, batch, least_transient, lenet, needs_thread_count, parts_one_thread
 
 pytestmark = [needs_thread_count, pytest.mark.skipif(not can_fork(), reason="the process split needs Linux's fork")]
 
@@ -36,6 +35,23 @@ def _gone(pid: int, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def _own_part_first(machine, first, x, y) -> None:
+    """A gradient step on (x, y) whose own part (the parent's, after the worker's order went out)
+    first calls `first`."""
+    twin = machine._train_twins[0]
+    real = twin.accumulate
+
+    def own_part(*args):
+        first()
+        return real(*args)
+
+    twin.accumulate = own_part
+    try:
+        machine.gradient(x, y)
+    finally:
+        del twin.accumulate
 
 
 def test_a_step_runs_its_second_part_in_a_worker_process_with_the_thread_splits_bits(two_threads):
@@ -150,18 +166,9 @@ def test_a_killed_worker_fails_one_step_in_one_line_and_the_next_forks_another(t
     assert machine._workers[0].pid != pid
     np.testing.assert_array_equal(machine.pool.dx, expected)
     # killed while the parent runs its own part, after the order went out
-    twin = machine._train_twins[0]
-    real = twin.accumulate
     victim = machine._workers[0].pid
-
-    def killing(*args):
-        os.kill(victim, signal.SIGKILL)
-        return real(*args)
-
-    twin.accumulate = killing
     with pytest.raises(WorkerError, match="killed by SIGKILL"):
-        machine.gradient(x, y)
-    del twin.accumulate
+        _own_part_first(machine, lambda: os.kill(victim, signal.SIGKILL), x, y)
     machine.gradient(x, y)
     np.testing.assert_array_equal(machine.pool.dx, expected)
 
@@ -175,15 +182,12 @@ def test_an_interrupt_in_the_parents_part_stops_the_worker_and_ctrl_c_does_not_r
     machine.gradient(x, y)
     assert machine._workers[0].pid == pid
     np.testing.assert_array_equal(machine.pool.dx, expected)
-    twin = machine._train_twins[0]
 
-    def interrupted(*args):
+    def interrupt():
         raise KeyboardInterrupt
 
-    twin.accumulate = interrupted
     with pytest.raises(KeyboardInterrupt):
-        machine.gradient(x, y)
-    del twin.accumulate
+        _own_part_first(machine, interrupt, x, y)
     assert _gone(pid, 2.0) and "_workers" not in vars(machine)
     machine.gradient(x, y)
     np.testing.assert_array_equal(machine.pool.dx, expected)
@@ -270,19 +274,10 @@ def test_a_warm_step_split_with_a_worker_allocates_no_array(two_threads):
             machine.gradient(x, y)
             opt.step()
         np.setbufsize(16)                                        # (else numpy's own 80 kB of ufunc buffers,
-        tracemalloc.start()                                      # see test_allocation)
-        try:
-            found = []
-            for _ in range(6):
-                base = tracemalloc.get_traced_memory()[0]
-                tracemalloc.reset_peak()
-                machine.gradient(x, y)
-                opt.step()
-                found.append(tracemalloc.get_traced_memory()[1] - base)
+        try:                                                     # see test_allocation)
+            return least_transient(machine, x, y, opt, 6)
         finally:
-            tracemalloc.stop()
             np.setbufsize(old)
-        return min(found)
 
     old = np.getbufsize()
 
