@@ -159,14 +159,17 @@ def test_a_killed_worker_fails_one_step_in_one_line_and_the_next_forks_another(t
     expected = machine.pool.dx.copy()
     pid = machine._workers[0].pid
     os.kill(pid, signal.SIGKILL)
+    assert _gone(pid)                                            # dead before the step: its pipe closed
     with pytest.raises(WorkerError, match=rf"worker process \(pid {pid}\).*ended \(killed by SIGKILL\)"):
         machine.gradient(x, y)
-    assert _gone(pid, 0.1)                                       # reaped, not a zombie of ours
+    assert not os.path.exists(f"/proc/{pid}")                    # reaped, not a zombie of ours
     machine.gradient(x, y)
     assert machine._workers[0].pid != pid
     np.testing.assert_array_equal(machine.pool.dx, expected)
-    # killed while the parent runs its own part, after the order went out
+    # killed while the parent runs its own part, after the order went out (stopped first, so that it
+    # cannot answer before it dies)
     victim = machine._workers[0].pid
+    os.kill(victim, signal.SIGSTOP)
     with pytest.raises(WorkerError, match="killed by SIGKILL"):
         _own_part_first(machine, lambda: os.kill(victim, signal.SIGKILL), x, y)
     machine.gradient(x, y)

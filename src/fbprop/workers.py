@@ -101,7 +101,11 @@ class PartWorker:
         np.copyto(self.w, weights)
         np.copyto(self.x[:n], x)
         np.copyto(self.y[:n], y)
-        _write_all(self.orders, _ORDER.pack(n, weight))
+        try:
+            _write_all(self.orders, _ORDER.pack(n, weight))
+        except OSError as e:                                     # (its end of the pipe closed: it died)
+            self._has_ended(wait=True)
+            raise WorkerError(self._why()) from e
         self.n = n
 
     def receive(self, like: list[np.ndarray]) -> tuple[float, list[np.ndarray]] | str:
