@@ -306,16 +306,18 @@ def _numpy_blas() -> _NumpyBlas:
     return _NUMPY[0]
 
 
-def _blasable(a: np.ndarray) -> bool:
-    return a.flags.c_contiguous or a.flags.f_contiguous
-
-
 def _fits_numpy(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> bool:
     """Whether numpy's library can take c = a b as it lies: one float dtype, C- or F-contiguous
     operands, k ≥ 2 (for k = 1 numpy's matmul loops outside BLAS), and the library found (where
-    it is not, scipy's does every product)."""
-    return (a.shape[1] >= 2 and a.dtype == b.dtype == c.dtype and c.dtype.kind == "f"
-            and _blasable(a) and _blasable(b) and _blasable(c) and bool(_numpy_blas().routines))
+    it is not, scipy's does every product). (Inline tests: this runs for every product, 8 in
+    an MLP step; as helper calls it cost 1.1 µs a product on AMD EPYC, 0.4 µs inline.)"""
+    dtype = c.dtype
+    if a.shape[1] < 2 or dtype.kind != "f" or not (a.dtype is dtype or a.dtype == dtype) \
+            or not (b.dtype is dtype or b.dtype == dtype):
+        return False
+    af, bf, cf = a.flags, b.flags, c.flags
+    return (af.c_contiguous or af.f_contiguous) and (bf.c_contiguous or bf.f_contiguous) \
+        and (cf.c_contiguous or cf.f_contiguous) and bool((_NUMPY[0] if _NUMPY else _numpy_blas()).routines)
 
 
 def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float, wide: bool) -> bool:

@@ -346,7 +346,8 @@ class Machine:
         self.fprop(x, y)
         self.losses.dx.fill(weight)                              # ∂objective/∂L_i
         self.bprop()
-        return float(np.add.reduce(self.losses.x))
+        loss = self.losses.x
+        return float(loss[0]) if len(loss) == 1 else float(np.add.reduce(loss))   # (a reduction: 2-4 µs)
 
     def _accumulate_part(self, x: np.ndarray, y: np.ndarray, weight: float,
                          batch_size: int | None = None, split: bool = True) -> tuple[float, int]:

@@ -25,17 +25,20 @@ class Linear(Module):
 
     def fprop(self, inp: State, out: State) -> None:
         x, w = inp.x, self.w.x
-        expect_shape(self, inp, (None, self.n_in))
+        shape = x.shape
+        if len(shape) != 2 or shape[1] != self.n_in:
+            expect_shape(self, inp, (None, self.n_in))           # (raises; the test inline: every step)
         dtype = x.dtype if x.dtype is w.dtype else np.result_type(x, w)
-        out.resize(x.shape[0], self.n_out, dtype=dtype, batch_last=is_batch_last(x))
+        out.resize(shape[0], self.n_out, dtype=dtype, batch_last=not x.flags.c_contiguous and is_batch_last(x))
         product(out.x, x, w.T)                                   # y = W x
 
     def bprop(self, inp: State, out: State) -> None:
+        g = out.dx
         if inp.requires_dx:
             dx, zero = inp.sum_target("dx")
-            (product if zero else add_product)(dx, out.dx, self.w.x)     # ∂E/∂x = Wᵀ ∂E/∂y
+            (product if zero else add_product)(dx, g, self.w.x)  # ∂E/∂x = Wᵀ ∂E/∂y
         dw, zero = self.w.dx_for_sum()
-        (product if zero else add_product)(dw, out.dx.T, inp.x)  # ∂E/∂W = ∂E/∂y xᵀ
+        (product if zero else add_product)(dw, g.T, inp.x)       # ∂E/∂W = ∂E/∂y xᵀ
 
     def bbprop(self, inp: State, out: State) -> None:
         x2 = self._x2.resize(*inp.x.shape, dtype=inp.x.dtype).x
