@@ -245,13 +245,12 @@ class NLLLoss(Loss):
         low = min(row)
         w = [math.exp(b * (low - v)) for v in row]               # exp(−β(E_k − min E)) ≤ 1
         z = sum(w)
-        p = [v / z for v in w]
-        grad = [-v for v in p]
+        grad = [-(v / z) for v in w]                             # −p_k
         grad[t] += 1.0                                           # ∂L/∂E_k = δ_kY − p_k
         g = self._nk.resize(2, 1, len(row), dtype=e.dtype).x[1]
         g.ravel()[:] = grad
         loss = np.array([row[t] - low + math.log(z) / b], e.dtype)
-        return loss, g, lambda: np.array([[b * v * (1.0 - v) for v in p]], e.dtype)
+        return loss, g, lambda: np.array([[b * (v / z) * (1.0 - v / z) for v in w]], e.dtype)
 
 
 class LogLoss(Loss):

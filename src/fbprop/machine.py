@@ -392,6 +392,8 @@ class Machine:
         With `split_processes` (the default), on Linux without MPI, the parts after the first run
         in forked worker processes instead, from `split_min_processes` samples a part (see
         `_accumulate_in_processes`)."""
+        if len(x) < 2 * min(self.split_min, self.split_min_processes):
+            return None                                          # (too few to split, tested first: the on-line step)
         processes = self.split_processes and isinstance(y, np.ndarray) and self.reducer.size == 1 and can_fork()
         cut = self._cut(x, self.split_min_processes if processes else self.split_min)
         if cut is None or self.y_enters or not self._splits_steps():

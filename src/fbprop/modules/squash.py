@@ -26,12 +26,10 @@ def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 
     """target += α Σ a over the batch axis and the axes where `target` (one sample's shape)
     broadcasts (size 1): the gradient of a bias. `buffer` keeps the sum between calls. With
     `zero` (target holds zeros not yet written, `Param.dx_for_sum`) target ← α Σ a instead."""
-    last = is_batch_last(a)
-    shape, axes = _bias_sum(target.shape, a.shape, last)
-    if len(a) == 1 and len(axes) == 1 and a.dtype == target.dtype and a.flags.c_contiguous:
+    if len(a) == 1 and a.shape[1:] == target.shape and a.dtype == target.dtype and a.flags.c_contiguous:
         # one sample, no axis broadcast: the sum is the sample itself (a reduction costs 3-4 µs
         # a call inside an on-line step on AMD EPYC, more than the layer's other elementwise work)
-        row = a.reshape(target.shape)
+        row = a[0]
         if not zero:
             add_scaled(target, row, alpha)
         elif alpha == 1.0:
@@ -39,6 +37,8 @@ def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 
         else:
             np.multiply(row, alpha, out=target)                  # = 0 + α a, rounded the same
         return
+    last = is_batch_last(a)
+    shape, axes = _bias_sum(target.shape, a.shape, last)
     if zero and a.dtype == target.dtype and target.flags.c_contiguous:   # the sum straight into target, × α:
         np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=target.reshape(shape))
         if alpha != 1.0:                                         # = 0 + α Σ a, rounded the same
