@@ -240,6 +240,19 @@ def test_labels_out_of_range_raise_naming_the_loss_and_range(name):
 
 
 @pytest.mark.parametrize("name", PER_ANSWER)
+def test_labels_out_of_range_raise_in_one_sample_and_in_a_long_batch(name):
+    # a few labels are checked as Python ints, more in one numpy pass: both paths refuse both ends
+    loss = fb.LOSSES[name]()
+    long = np.tile(E, (6, 1))                                    # 12 samples
+    for e, y in [(E[:1], [3]), (E[:1], [-1]), (long, [0, 1] * 5 + [1, 3]), (long, [-1] + [0] * 11),
+                 (long, np.array([0] * 11 + [-128], np.int8))]:
+        with pytest.raises(ValueError, match=r"expected labels in \[0, 3\)"):
+            losses(loss, e, y)
+    assert losses(loss, long, [0, 1] * 6).shape == (12,)        # and in range, both pass
+    assert losses(loss, E[:1], [2]).shape == (1,)
+
+
+@pytest.mark.parametrize("name", PER_ANSWER)
 def test_labels_of_the_wrong_shape_or_type_raise(name):
     loss = fb.LOSSES[name]()
     expected = rf"{type(loss).__name__}\(.*\): expected integer labels of shape \(2,\)"

@@ -91,6 +91,26 @@ def test_bias_adds_one_bias_per_feature_map():
     np.testing.assert_allclose(y[:, 1], x[:, 1] - 2.0)
 
 
+@pytest.mark.parametrize("zero", [True, False])
+@pytest.mark.parametrize("alpha", [1.0, 0.75])
+@pytest.mark.parametrize("shape", [(5,), (2, 3), (4, 1, 1)])
+def test_a_bias_gradient_of_one_sample_is_the_reductions_to_the_bit(shape, alpha, zero):
+    # batch 1 skips numpy's reduction (the sum is the sample); a strided copy of the same sample
+    # takes the reduction: the two must agree bit for bit, written (zero) or added into
+    from fbprop.modules.squash import add_sum_to
+    a = RNG.standard_normal((1, *shape)).astype(np.float32)
+    wide = np.zeros((1, *shape[:-1], 2 * shape[-1]), np.float32)
+    wide[..., ::2] = a
+    strided = wide[..., ::2]
+    assert not strided.flags.c_contiguous and np.array_equal(strided, a)
+    start = RNG.standard_normal(shape).astype(np.float32)
+    got, want = start.copy(), start.copy()
+    add_sum_to(got, a, fb.State(), alpha, zero)
+    add_sum_to(want, strided, fb.State(), alpha, zero)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, (0 if zero else start) + alpha * a[0], rtol=1e-6)
+
+
 def test_euclidean_is_half_squared_distance_per_sample():
     x = [[1.0, 2.0], [0.0, 0.0], [3.0, -1.0]]
     y = [[1.0, 0.0], [1.0, 1.0], [0.0, 3.0]]
