@@ -75,10 +75,12 @@ class Reference:
 
 
 class NumpyMLP(Reference):
-    """784-300-100-10: tanh(W1 x + b1), tanh(W2 · + b2), W3 · + b3, softmax cross-entropy."""
+    """784-300-100-10 (or the sizes `shapes` give): tanh(W1 x + b1), tanh(W2 · + b2), W3 · + b3,
+    softmax cross-entropy."""
 
     def __init__(self, init: np.ndarray, shapes, lr: float, online_ger: bool = False, **_) -> None:
         self.p = Flat(init, shapes)
+        (self.h1, self.n_in), (self.h2, _), (self.k, _) = shapes[0], shapes[2], shapes[4]
         self.lr = lr
         self.buf = Buffers(init.dtype)
         self._rows: dict[int, np.ndarray] = {}
@@ -90,7 +92,7 @@ class NumpyMLP(Reference):
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         w1, b1, w2, b2, w3, b3 = self.p.ws
         n, get = x.shape[0], self.buf.get
-        h1, h2, s = get("h1", n, 300), get("h2", n, 100), get("s", n, 10)
+        h1, h2, s = get("h1", n, self.h1), get("h2", n, self.h2), get("s", n, self.k)
         np.matmul(x, w1.T, out=h1)
         h1 += b1
         np.tanh(h1, out=h1)
@@ -103,7 +105,7 @@ class NumpyMLP(Reference):
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> None:
         n, get = x.shape[0], self.buf.get
-        x = x.reshape(n, 784)
+        x = x.reshape(n, self.n_in)
         if n == 1 and self.ger is not None:
             self._online_step(x, y)
             return
@@ -121,7 +123,7 @@ class NumpyMLP(Reference):
         if rows is None:
             rows = self._rows[n] = np.arange(n)
         s[rows, y] += self.lr / n
-        d2, d1, t2, t1 = get("d2", n, 100), get("d1", n, 300), get("t2", n, 100), get("t1", n, 300)
+        d2, d1, t2, t1 = get("d2", n, self.h2), get("d1", n, self.h1), get("t2", n, self.h2), get("t1", n, self.h1)
         np.sum(s, axis=0, out=gb3)
         np.dot(s.T, h2, out=g3)                                  # BLAS at every shape, n = 1 too
         np.matmul(s, w3, out=d2)
@@ -150,7 +152,7 @@ class NumpyMLP(Reference):
         np.exp(s, out=s)
         s *= -self.lr / s.sum()                                  # −η p
         s[0, y[0]] += self.lr                                    # −η (p − onehot)
-        d2, d1, t2, t1 = get("d2", 1, 100), get("d1", 1, 300), get("t2", 1, 100), get("t1", 1, 300)
+        d2, d1, t2, t1 = get("d2", 1, self.h2), get("d1", 1, self.h1), get("t2", 1, self.h2), get("t1", 1, self.h1)
         np.matmul(s, w3, out=d2)                                 # from the old W3
         ger(1.0, h2[0], s[0], a=w3.T, overwrite_a=1)             # W3ᵀ += h2 (−η g)ᵀ, W3ᵀ Fortran-ordered
         b3 += s[0]
@@ -167,7 +169,7 @@ class NumpyMLP(Reference):
         b1 += d1[0]
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return np.argmax(self._forward(x.reshape(x.shape[0], 784))[2], axis=1)
+        return np.argmax(self._forward(x.reshape(x.shape[0], self.n_in))[2], axis=1)
 
 
 class NumpyLeNet5(Reference):

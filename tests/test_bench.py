@@ -137,6 +137,23 @@ def test_infer_parts_prints_each_variant_against_the_reference():
     assert float(rows[-1][2]) == 1.0 and "disagree" not in p.stderr, p.stdout
 
 
+def test_step_overhead_prints_both_nets_at_each_batch_after_one_equal_step():
+    p = _run(str(BENCH / "step_overhead.py"), "--batches", "1,3", "--blocks", "1", "--seconds", "0.01",
+             "--data", "random")
+    assert p.returncode == 0, p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.strip().startswith(("784-", "4-3-3-10"))]
+    assert [(r[0], r[1]) for r in rows] == [("784-300-100-10", "1"), ("784-300-100-10", "3"),
+                                            ("4-3-3-10", "1"), ("4-3-3-10", "3")], p.stdout
+    for r in rows:                                               # fbprop, reference, difference, ratio, calls
+        assert float(r[2]) > 0 and float(r[3]) > 0 and int(r[6]) > int(r[8]) > 0, r
+
+
+@pytest.mark.parametrize("args", [("--batches", "0"), ("--batches", "a,1"), ("--blocks", "0")])
+def test_step_overhead_refuses_bad_arguments_in_one_line(args):
+    p = _run(str(BENCH / "step_overhead.py"), *args, "--data", "random")
+    assert p.returncode == 2 and "expected --batches" in p.stderr, p.stderr
+
+
 def test_infer_parts_refuses_a_bad_batch_in_one_line():
     p = _run(str(BENCH / "infer_parts.py"), "--batch", "0", "--data", "random")
     assert p.returncode == 2 and "expected --batch" in p.stderr, p.stderr

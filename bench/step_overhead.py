@@ -1,0 +1,119 @@
+"""The fixed cost of a training step: fbprop and the numpy reference on the benchmark's MLP and on
+the same net shrunk until nothing is left to compute, in one process, in alternating blocks.
+
+    python bench/step_overhead.py                     # batch 1 and 32, 1 thread (about a minute)
+    python bench/step_overhead.py --batches 1 --threads 2
+
+The shrunk net (4-3-3-10: the MLP's modules, energy, loss and SGD step on a few numbers) takes a
+step that is all per-call cost: Python's calls and numpy's own cost per call. Its gap between
+fbprop and the reference, set beside the gap on the real 784-300-100-10 net, says how much of the
+latter is the framework's fixed cost a step (the modules' fprop/bprop calls, their checks, the
+states and the lazy clears) rather than arithmetic. The Python function calls a step makes are
+counted with sys.setprofile (numpy's ufuncs, which that hook does not see, are not among them).
+Each system's time is its fastest block (a fixed cost shows least disturbed there; machines
+shared with other jobs add to some blocks, never subtract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+TINY = (4, 3, 3, 10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default 1,32)")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
+    ap.add_argument("--blocks", type=int, default=10, help="pairs of blocks per net and batch (default 10)")
+    ap.add_argument("--seconds", type=float, default=0.3, help="about this long per block (default 0.3)")
+    ap.add_argument("--data", choices=("fashion-mnist", "random"), default="fashion-mnist",
+                    help="the 784 net's batches (default fashion-mnist; random data when it is not installed)")
+    args = ap.parse_args(argv)
+    try:
+        batches = [int(v) for v in args.batches.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1 or args.blocks < 1:
+        ap.error(f"expected --batches of positive integers (e.g. 1,32) and --blocks >= 1, got {args.batches!r}, "
+                 f"{args.blocks}")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)                  # before numpy loads its library
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import numpy as np
+    import sys_numpy
+    from common import LR, MLP_SIZES, MLP_SPEC, alternating_blocks, batch_starts, load_data
+
+    import fbprop
+
+    data, labels, note = load_data(4096, args.data)
+    rng = np.random.default_rng(0)
+    print(f"one process, {args.threads} thread(s), {args.blocks} pairs of blocks: µs a step in each system's "
+          f"fastest block, fbprop ÷ reference the median of the pairs' ratios; the 784 net on {note}, "
+          f"the tiny net on random data")
+    print(f"{'net':>18} {'batch':>5} {'fbprop µs':>10} {'reference µs':>13} {'difference':>11} "
+          f"{'÷ reference':>12} {'Python calls a step':>20}")
+    for sizes in (MLP_SIZES, TINY):
+        spec = {**MLP_SPEC, "hidden": list(sizes[1:3]), "input_shape": [sizes[0]], "n_classes": sizes[3],
+                "dtype": "float32"}
+        if sizes == MLP_SIZES:
+            x, y = data.reshape(len(data), -1), labels
+        else:
+            x = rng.standard_normal((4096, sizes[0])).astype(np.float32)
+            y = rng.integers(0, sizes[3], 4096)
+        for b in batches:
+            machine = fbprop.build_machine(spec)
+            opt = fbprop.SGD(machine.pool, LR)
+            ref = sys_numpy.NumpyMLP(machine.pool.x.copy(), [s for _, _, s in machine.pool.handles], LR)
+            ours, theirs = _steps(machine, opt, ref, x, y, b)
+            ours(0)
+            theirs(0)
+            if not np.allclose(machine.pool.x, ref.p.w, rtol=1e-4, atol=1e-6):   # the same step, from the same weights
+                print(f"step_overhead: fbprop and the reference disagree after one step ({sizes}, batch {b})",
+                      file=sys.stderr)
+                return 1
+            starts = batch_starts(len(y), b)
+            us, _ = alternating_blocks({"fbprop": ours, "ref": theirs}, starts, args.blocks, args.seconds)
+            mine, refs = min(us["fbprop"]), min(us["ref"])         # (a fixed cost: the least disturbed block)
+            ratio = statistics.median(r / m for m, r in zip(us["fbprop"], us["ref"], strict=True))
+            calls = [_python_calls(step, starts) for step in (ours, theirs)]
+            net = "-".join(map(str, sizes))
+            print(f"{net:>18} {b:5d} {mine:10.0f} {refs:13.0f} {mine - refs:11.0f} {ratio:12.2f} "
+                  f"{calls[0]:>12.0f} / {calls[1]:.0f}")
+    return 0
+
+
+def _steps(machine, opt, ref, x, y, b: int):
+    """fbprop's step (gradient, then SGD) and the reference's, each a function of the batch's first index."""
+    def ours(i: int) -> None:
+        machine.gradient(x[i:i + b], y[i:i + b])
+        opt.step()
+
+    def theirs(i: int) -> None:
+        ref.train_step(x[i:i + b], y[i:i + b])
+    return ours, theirs
+
+
+def _python_calls(step, starts: list[int], steps: int = 20) -> float:
+    """Python function calls a step makes (sys.setprofile's "call" events), mean over `steps`."""
+    count = [0]
+
+    def hook(frame, event, arg):
+        if event == "call":
+            count[0] += 1
+
+    sys.setprofile(hook)
+    try:
+        for k in range(steps):
+            step(starts[k % len(starts)])
+    finally:
+        sys.setprofile(None)
+    return count[0] / steps - 1                                  # the step function's own call
+
+
+if __name__ == "__main__":
+    sys.exit(main())
