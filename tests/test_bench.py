@@ -154,6 +154,24 @@ def test_step_overhead_refuses_bad_arguments_in_one_line(args):
     assert p.returncode == 2 and "expected --batches" in p.stderr, p.stderr
 
 
+def test_gemm_floor_prints_the_products_each_pass_and_the_bound():
+    p = _run(str(BENCH / "gemm_floor.py"), "--batch", "4", "--repeats", "1")
+    assert p.returncode == 0, p.stderr
+    times = {line[:36].strip(): float(line[36:].split()[0]) for line in p.stdout.splitlines()[1:-1]}
+    assert len(times) == 8 and all(t > 0 for t in times.values()), p.stdout
+    passes = sum(t for name, t in times.items() if not name.startswith("the "))
+    assert abs(times["the passes besides the products"] - passes) < 0.35, p.stdout   # six roundings to 0.1
+    products = times["the products (the GEMM ceiling)"]
+    last = p.stdout.splitlines()[-1]
+    assert last.startswith("best possible step: ") and last.endswith("% of the GEMM ceiling"), p.stdout
+    assert abs(float(last.split()[3].rstrip("%")) - 100 * products / (products + passes)) <= 1, p.stdout
+
+
+def test_gemm_floor_refuses_a_bad_batch_in_one_line():
+    p = _run(str(BENCH / "gemm_floor.py"), "--batch", "0")
+    assert p.returncode == 2 and "expected --batch >= 1" in p.stderr, p.stderr
+
+
 def test_infer_parts_refuses_a_bad_batch_in_one_line():
     p = _run(str(BENCH / "infer_parts.py"), "--batch", "0", "--data", "random")
     assert p.returncode == 2 and "expected --batch" in p.stderr, p.stderr
