@@ -17,7 +17,7 @@ from fbprop.module import Cascade, Module
 from fbprop.network import Network, leaves, short_name
 from fbprop.params import ParamPool
 from fbprop.state import State, is_batch_last
-from fbprop.workers import PartWorker, WorkerError, can_fork
+from fbprop.workers import PartWorker, WorkerError, can_fork, part_states
 
 
 class Machine:
@@ -426,7 +426,7 @@ class Machine:
         for twin in twins:
             dx += twin.pool.dx
         self.inp.x, self.labels.x = x, y
-        for name in ("energies", "losses") + (("out",) if self.energy is not None else ()):
+        for name in part_states(self):
             _gather(getattr(self, name), [getattr(twin, name).x for twin in twins], cut)
         return sum(totals, 0.0)
 
@@ -445,7 +445,7 @@ class Machine:
         Where it applies: where the thread split does, on Linux without MPI (`workers.can_fork`),
         with `split_processes` set, from `split_min_processes` samples a part."""
         twin = self._training_twins(1)[0]
-        names = ("energies", "losses") + (("out",) if self.energy is not None else ())
+        names = part_states(self)
         try:
             for k, worker in enumerate(workers, 1):
                 worker.send(x[cut[k]:cut[k + 1]], y[cut[k]:cut[k + 1]], weight, self.pool.x)

@@ -50,6 +50,13 @@ def can_fork() -> bool:
     return sys.platform.startswith("linux") and hasattr(os, "fork") and "mpi4py.MPI" not in sys.modules
 
 
+def part_states(machine) -> tuple[str, ...]:
+    """The states each part of a split training batch hands back to be gathered into the whole
+    batch's (a twin's, or a worker's answer), in order: the energies, the losses and, where the
+    machine has an energy module, the net's output."""
+    return ("energies", "losses") + (("out",) if machine.energy is not None else ())
+
+
 def _shared(shape: tuple[int, ...], dtype) -> np.ndarray:
     """A zeroed array in an anonymous shared mapping: what a forked child writes, the parent reads."""
     dtype = np.dtype(dtype)
@@ -269,7 +276,7 @@ def _serve(machine, shared: PartWorker, orders: int, replies: int) -> None:
     parent = shared.owner
     machine.split_training = machine.split_inference = False
     machine.reducer = SingleProcess()
-    pool, order = machine.pool, bytearray(_ORDER.size)
+    pool, order, names = machine.pool, bytearray(_ORDER.size), part_states(machine)
     blas.apart_enter()                                           # as a part on a thread: numpy's library on one
     while True:                                                  # thread, every large product in it
         if not _ready(orders, SPIN_ORDER):
@@ -284,8 +291,7 @@ def _serve(machine, shared: PartWorker, orders: int, replies: int) -> None:
             pool.clear_dx()
             total = machine.accumulate(shared.x[:n], shared.y[:n], weight)
             np.copyto(shared.dx, pool.dx)
-            states = [machine.energies, machine.losses] + ([machine.out] if machine.energy is not None else [])
-            reply = [_REPLY.pack(b"o", total)] + [np.ascontiguousarray(s.x) for s in states]
+            reply = [_REPLY.pack(b"o", total)] + [np.ascontiguousarray(getattr(machine, name).x) for name in names]
         except Exception as e:                                   # the parent reruns the batch to name it
             message = f"{type(e).__name__}: {e}".encode()
             reply = [_REPLY.pack(b"e", len(message)), message]
