@@ -54,6 +54,14 @@ def _own_part_first(machine, first, x, y) -> None:
         del twin.accumulate
 
 
+def _stepped(seed: int):
+    """A LeNet-5 machine splitting with a worker after one gradient step on a batch of 40:
+    (machine, x, y, that step's gradient, the worker's pid)."""
+    machine, (x, y) = lenet(processes=True), batch(40, seed)
+    machine.gradient(x, y)
+    return machine, x, y, machine.pool.dx.copy(), machine._workers[0].pid
+
+
 def test_a_step_runs_its_second_part_in_a_worker_process_with_the_thread_splits_bits(two_threads):
     machine, (x, y) = lenet(processes=True), batch(37)
     threads = copy.deepcopy(machine)
@@ -132,9 +140,7 @@ def test_what_does_not_fork_a_worker(two_threads, monkeypatch):
 
 
 def test_an_error_in_the_workers_part_names_the_whole_batch_and_the_worker_goes_on(two_threads):
-    machine, (x, y) = lenet(processes=True), batch(40, 4)
-    machine.gradient(x, y)
-    before, pid = machine.pool.dx.copy(), machine._workers[0].pid
+    machine, x, y, before, pid = _stepped(4)
     bad = y.copy()
     bad[30] = 10                                                 # a label out of range, in the worker's half
     with pytest.raises(ValueError) as split_error:
@@ -154,10 +160,7 @@ def test_an_error_in_the_workers_part_names_the_whole_batch_and_the_worker_goes_
 
 
 def test_a_killed_worker_fails_one_step_in_one_line_and_the_next_forks_another(two_threads):
-    machine, (x, y) = lenet(processes=True), batch(40, 5)
-    machine.gradient(x, y)
-    expected = machine.pool.dx.copy()
-    pid = machine._workers[0].pid
+    machine, x, y, expected, pid = _stepped(5)
     os.kill(pid, signal.SIGKILL)
     assert _gone(pid)                                            # dead before the step: its pipe closed
     with pytest.raises(WorkerError, match=rf"worker process \(pid {pid}\).*ended \(killed by SIGKILL\)"):
@@ -177,10 +180,7 @@ def test_a_killed_worker_fails_one_step_in_one_line_and_the_next_forks_another(t
 
 
 def test_an_interrupt_in_the_parents_part_stops_the_worker_and_ctrl_c_does_not_reach_it(two_threads):
-    machine, (x, y) = lenet(processes=True), batch(40, 6)
-    machine.gradient(x, y)
-    expected = machine.pool.dx.copy()
-    pid = machine._workers[0].pid
+    machine, x, y, expected, pid = _stepped(6)
     os.kill(pid, signal.SIGINT)                                  # Ctrl-C reaches the whole process group
     machine.gradient(x, y)
     assert machine._workers[0].pid == pid
@@ -197,9 +197,7 @@ def test_an_interrupt_in_the_parents_part_stops_the_worker_and_ctrl_c_does_not_r
 
 
 def test_copies_pickles_and_replacements_make_new_workers_and_a_collected_machine_ends_its_own(two_threads):
-    machine, (x, y) = lenet(processes=True), batch(40, 7)
-    machine.gradient(x, y)
-    pid = machine._workers[0].pid
+    machine, x, y, _, pid = _stepped(7)
 
     def other_worker(make) -> int:
         other = make(machine)
