@@ -66,7 +66,7 @@ class Loss(Module):
             few = y.tolist()
             wrong = bool(few) and (min(few) < 0 or max(few) >= k)
         if wrong:
-            raise ValueError(f"{self!r}: expected labels in [0, {e.shape[1]}), got values from {y.min()} to {y.max()}")
+            raise ValueError(f"{self!r}: expected labels in [0, {k}), got values from {y.min()} to {y.max()}")
         return e, y
 
     def fprop(self, energies: State, labels: State | None, out: State) -> None:

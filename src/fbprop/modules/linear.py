@@ -29,7 +29,7 @@ class Linear(Module):
         if len(shape) != 2 or shape[1] != self.n_in:
             expect_shape(self, inp, (None, self.n_in))           # (raises; the test inline: every step)
         dtype = x.dtype if x.dtype is w.dtype else np.result_type(x, w)
-        out.resize(shape[0], self.n_out, dtype=dtype, batch_last=not x.flags.c_contiguous and is_batch_last(x))
+        out.resize(shape[0], self.n_out, dtype=dtype, batch_last=is_batch_last(x))
         product(out.x, x, w.T)                                   # y = W x
 
     def bprop(self, inp: State, out: State) -> None:
