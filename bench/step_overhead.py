@@ -12,6 +12,12 @@ states and the lazy clears) rather than arithmetic. The Python function calls a 
 counted with sys.setprofile (numpy's ufuncs, which that hook does not see, are not among them).
 Each system's time is its fastest block (a fixed cost shows least disturbed there; machines
 shared with other jobs add to some blocks, never subtract).
+
+A third system, the contract floor (`bench/sys_floor.py`), is the same MLP written as modules
+exchanging states with fbprop's design — an fprop and a bprop per module, a loss module, one flat
+gradient vector and one SGD axpy — and nothing else: its gap to the reference is what the module
+contract itself costs, and fbprop's gap to it what fbprop's glue costs (checks, layouts, lazy
+clears, product routing, the network and machine layers).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[var] = str(args.threads)                  # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
+    import sys_floor
     import sys_numpy
     from common import LR, MLP_SIZES, MLP_SPEC, alternating_blocks, batch_starts, load_data
 
@@ -55,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"one process, {args.threads} thread(s), {args.blocks} pairs of blocks: µs a step in each system's "
           f"fastest block, fbprop ÷ reference the median of the pairs' ratios; the 784 net on {note}, "
           f"the tiny net on random data")
-    print(f"{'net':>18} {'batch':>5} {'fbprop µs':>10} {'reference µs':>13} {'difference':>11} "
-          f"{'÷ reference':>12} {'Python calls a step':>20}")
+    print(f"{'net':>18} {'batch':>5} {'fbprop µs':>10} {'floor µs':>9} {'reference µs':>13} {'difference':>11} "
+          f"{'÷ reference':>12} {'floor ÷ ref':>12} {'Python calls a step':>26}")
     for sizes in (MLP_SIZES, TINY):
         spec = {**MLP_SPEC, "hidden": list(sizes[1:3]), "input_shape": [sizes[0]], "n_classes": sizes[3],
                 "dtype": "float32"}
@@ -68,34 +75,40 @@ def main(argv: list[str] | None = None) -> int:
         for b in batches:
             machine = fbprop.build_machine(spec)
             opt = fbprop.SGD(machine.pool, LR)
-            ref = sys_numpy.NumpyMLP(machine.pool.x.copy(), [s for _, _, s in machine.pool.handles], LR)
-            ours, theirs = _steps(machine, opt, ref, x, y, b)
-            ours(0)
-            theirs(0)
-            if not np.allclose(machine.pool.x, ref.p.w, rtol=1e-4, atol=1e-6):   # the same step, from the same weights
-                print(f"step_overhead: fbprop and the reference disagree after one step ({sizes}, batch {b})",
-                      file=sys.stderr)
-                return 1
+            shapes = [s for _, _, s in machine.pool.handles]
+            ref = sys_numpy.NumpyMLP(machine.pool.x.copy(), shapes, LR)
+            floor = sys_floor.ContractMLP(machine.pool.x.copy(), shapes, LR, b)
+            steps = _steps(machine, opt, {"floor": floor, "ref": ref}, x, y, b)
+            for step in steps.values():
+                step(0)
+            for name, w in (("fbprop", machine.pool.x), ("the contract floor", floor.p.w)):
+                if not np.allclose(w, ref.p.w, rtol=1e-4, atol=1e-6):   # the same step, from the same weights
+                    print(f"step_overhead: {name} and the reference disagree after one step ({sizes}, batch {b})",
+                          file=sys.stderr)
+                    return 1
             starts = batch_starts(len(y), b)
-            us, _ = alternating_blocks({"fbprop": ours, "ref": theirs}, starts, args.blocks, args.seconds)
-            mine, refs = min(us["fbprop"]), min(us["ref"])         # (a fixed cost: the least disturbed block)
-            ratio = statistics.median(r / m for m, r in zip(us["fbprop"], us["ref"], strict=True))
-            calls = [_python_calls(step, starts) for step in (ours, theirs)]
+            us, _ = alternating_blocks(steps, starts, args.blocks, args.seconds)
+            best = {name: min(v) for name, v in us.items()}      # (a fixed cost: the least disturbed block)
+            ratio = {name: statistics.median(r / m for m, r in zip(us[name], us["ref"], strict=True))
+                     for name in ("fbprop", "floor")}
+            calls = [_python_calls(step, starts) for step in steps.values()]
             net = "-".join(map(str, sizes))
-            print(f"{net:>18} {b:5d} {mine:10.0f} {refs:13.0f} {mine - refs:11.0f} {ratio:12.2f} "
-                  f"{calls[0]:>12.0f} / {calls[1]:.0f}")
+            print(f"{net:>18} {b:5d} {best['fbprop']:10.0f} {best['floor']:9.0f} {best['ref']:13.0f} "
+                  f"{best['fbprop'] - best['ref']:11.0f} {ratio['fbprop']:12.2f} {ratio['floor']:12.2f} "
+                  f"{calls[0]:>12.0f} / {calls[1]:.0f} / {calls[2]:.0f}")
     return 0
 
 
-def _steps(machine, opt, ref, x, y, b: int):
-    """fbprop's step (gradient, then SGD) and the reference's, each a function of the batch's first index."""
+def _steps(machine, opt, others: dict, x, y, b: int) -> dict:
+    """fbprop's step (gradient, then SGD) and the others' (`train_step`), each a function of the
+    batch's first index, fbprop first."""
     def ours(i: int) -> None:
         machine.gradient(x[i:i + b], y[i:i + b])
         opt.step()
 
-    def theirs(i: int) -> None:
-        ref.train_step(x[i:i + b], y[i:i + b])
-    return ours, theirs
+    def theirs(system):
+        return lambda i: system.train_step(x[i:i + b], y[i:i + b])
+    return {"fbprop": ours, **{name: theirs(system) for name, system in others.items()}}
 
 
 def _python_calls(step, starts: list[int], steps: int = 20) -> float:

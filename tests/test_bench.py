@@ -144,8 +144,31 @@ def test_step_overhead_prints_both_nets_at_each_batch_after_one_equal_step():
     rows = [line.split() for line in p.stdout.splitlines() if line.strip().startswith(("784-", "4-3-3-10"))]
     assert [(r[0], r[1]) for r in rows] == [("784-300-100-10", "1"), ("784-300-100-10", "3"),
                                             ("4-3-3-10", "1"), ("4-3-3-10", "3")], p.stdout
-    for r in rows:                                               # fbprop, reference, difference, ratio, calls
-        assert float(r[2]) > 0 and float(r[3]) > 0 and int(r[6]) > int(r[8]) > 0, r
+    for r in rows:              # fbprop, floor, reference µs, difference, two ratios, calls fbprop / floor / reference
+        assert len(r) == 13 and r[9] == r[11] == "/", r
+        assert min(float(v) for v in r[2:5]) > 0 and float(r[6]) > 0 and float(r[7]) > 0, r
+        assert int(r[8]) > int(r[12]) > 0 and int(r[8]) > int(r[10]) > 0, r
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_contract_floor_trains_as_the_reference_does(batch, monkeypatch):
+    # the floor's modules make the reference's step in another order of operations: the same
+    # weights to float64's rounding after three steps, and not the starting ones
+    monkeypatch.syspath_prepend(str(BENCH))
+    import numpy as np
+    import sys_floor
+    import sys_numpy
+    rng = np.random.default_rng(batch)
+    shapes = [(7, 6), (7,), (5, 7), (5,), (4, 5), (4,)]
+    init = rng.standard_normal(sum(int(np.prod(s)) for s in shapes))
+    floor = sys_floor.ContractMLP(init, shapes, 0.3, batch)
+    ref = sys_numpy.NumpyMLP(init, shapes, 0.3)
+    for _ in range(3):
+        x, y = rng.standard_normal((batch, 6)), rng.integers(0, 4, batch)
+        floor.train_step(x, y)
+        ref.train_step(x, y)
+    assert not np.allclose(floor.p.w, init, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(floor.p.w, ref.p.w, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("args", [("--batches", "0"), ("--batches", "a,1"), ("--blocks", "0")])
