@@ -24,6 +24,29 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], -1)
 
 
+def _add_opposite(a: State, b: State, g: np.ndarray) -> None:
+    """∂E/∂a = g and ∂E/∂b = −g (E a function of a − b), added into the inputs that take them."""
+    if a.requires_dx:
+        a.dx += g
+    if b.requires_dx:
+        b.dx -= g
+
+
+def _add_to_both(a: State, b: State, h: np.ndarray) -> None:
+    """The same curvature h into both inputs' ddx (E a function of a − b: ∂²E/∂a² = ∂²E/∂b²)."""
+    for s in (a, b):
+        if s.requires_dx:
+            s.ddx += h
+
+
+def _squared_distance(who: Module, a: State, b: State, out: State) -> None:
+    """out.x ← Σ (a − b)² per sample, for two states of one shape."""
+    _same_shapes(who, (a, b))
+    out.resize(a.batch, dtype=np.result_type(a.x, b.x))
+    d = _rows(a.x - b.x)
+    np.einsum("ij,ij->i", d, d, out=out.x)
+
+
 class Sum(Module):
     """y = x_1 + … + x_n, states of one shape. Wiring: 'a, b, … -> y'."""
 
@@ -249,25 +272,16 @@ class SquaredDistance(Module):
     n_inputs = 2
 
     def fprop(self, a: State, b: State, out: State) -> None:
-        _same_shapes(self, (a, b))
-        out.resize(a.batch, dtype=np.result_type(a.x, b.x))
-        d = _rows(a.x - b.x)
-        np.einsum("ij,ij->i", d, d, out=out.x)                   # E = Σ (a − b)²
+        _squared_distance(self, a, b, out)                       # E = Σ (a − b)²
 
     def bprop(self, a: State, b: State, out: State) -> None:
-        g = 2 * _per_sample(out.dx, a.x) * (a.x - b.x)
-        if a.requires_dx:
-            a.dx += g                                            # ∂E/∂a = 2 (a − b)
-        if b.requires_dx:
-            b.dx -= g                                            # ∂E/∂b = −2 (a − b)
+        _add_opposite(a, b, 2 * _per_sample(out.dx, a.x) * (a.x - b.x))   # ∂E/∂a = 2 (a − b) = −∂E/∂b
 
     def bbprop(self, a: State, b: State, out: State) -> None:
         d = a.x - b.x
         h = 4 * _per_sample(out.ddx, d) * d * d                  # (2 (a − b))² ∂²L/∂E²
         h += 2 * _per_sample(np.maximum(out.dx, 0), d)           # + ∂L/∂E ∂²E/∂a², ∂²E/∂a² = 2
-        for s in (a, b):
-            if s.requires_dx:
-                s.ddx += h
+        _add_to_both(a, b, h)
 
     def __repr__(self) -> str:
         return "SquaredDistance()"
@@ -284,10 +298,7 @@ class Distance(Module):
     n_inputs = 2
 
     def fprop(self, a: State, b: State, out: State) -> None:
-        _same_shapes(self, (a, b))
-        out.resize(a.batch, dtype=np.result_type(a.x, b.x))
-        d = _rows(a.x - b.x)
-        np.einsum("ij,ij->i", d, d, out=out.x)
+        _squared_distance(self, a, b, out)
         np.sqrt(out.x, out=out.x)                                # E = ‖a − b‖
 
     def _unit(self, a: State, b: State, out: State) -> tuple[np.ndarray, np.ndarray]:
@@ -297,20 +308,14 @@ class Distance(Module):
 
     def bprop(self, a: State, b: State, out: State) -> None:
         d, inv = self._unit(a, b, out)
-        g = _per_sample(out.dx, d) * d * inv                     # ∂E/∂a = (a − b)/E
-        if a.requires_dx:
-            a.dx += g
-        if b.requires_dx:
-            b.dx -= g
+        _add_opposite(a, b, _per_sample(out.dx, d) * d * inv)    # ∂E/∂a = (a − b)/E = −∂E/∂b
 
     def bbprop(self, a: State, b: State, out: State) -> None:
         d, inv = self._unit(a, b, out)
         u2 = (d * inv) ** 2
         h = _per_sample(out.ddx, d) * u2                         # ((a − b)/E)² ∂²L/∂E²
         h += _per_sample(np.maximum(out.dx, 0), d) * (1 - u2) * inv   # + ∂L/∂E (1 − (a_i − b_i)²/E²)/E
-        for s in (a, b):
-            if s.requires_dx:
-                s.ddx += h
+        _add_to_both(a, b, h)
 
     def __repr__(self) -> str:
         return "Distance()"
