@@ -37,7 +37,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -368,41 +368,55 @@ def _gemm(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float
     are): nothing is allocated and c is written once. Otherwise numpy computes the product into
     a temporary.
     """
-    if c.size * a.shape[1] > SMALL_GEMM:
-        if _large(c, a, b, alpha, beta, wide):
-            return
-    elif beta == 0.0 and alpha == 1.0 and not (_NUMPY[0] if _NUMPY else _numpy_blas()).small_kernel \
+    small = c.size * a.shape[1] <= SMALL_GEMM
+    if small or not _large(c, a, b, alpha, beta, wide):
+        _route(c, a, b, alpha, beta, small)(a, b)
+
+
+def _route(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: float,
+           small: bool) -> Callable[[np.ndarray, np.ndarray], object]:
+    """The call f(a, b) that computes c ← α a b + β c where numpy's library does not take the
+    product whole (`_large`), for operands of a's and b's shapes, dtypes and layouts; `small`:
+    m·n·k ≤ SMALL_GEMM."""
+    if small and beta == 0.0 and alpha == 1.0 and not (_NUMPY[0] if _NUMPY else _numpy_blas()).small_kernel \
             and _fits_numpy(c, a, b):
         # a small c = a b on a CPU without OpenBLAS's small-matrix kernel: numpy's library runs
         # these shapes faster than scipy's (AMD EPYC, Haswell kernels, one thread: the MLP's
         # 784 → 300 product at batch 1 21 against 58 µs — numpy calls gemv for a single row —, its
         # last layer's ∂E/∂W at batch 128 8 against 18 µs). OpenBLAS runs such a gemm on one thread
         # (its own limit, SMALL_GEMM); a single row's gemv may wake numpy's pool, which the next
-        # long axpy does not take as a reason to use it. (The flag is read inline: on SkylakeX this
-        # test runs for every small product and decides nothing.)
-        np.matmul(a, b, out=c)
-        return
+        # long axpy does not take as a reason to use it.
+        return lambda a, b: np.matmul(a, b, out=c)
     dtype = c.dtype
     gemm = (_BLAS.get(("gemm", dtype)) if _BLAS else _blas("gemm", dtype)) \
         if (a.dtype is dtype or a.dtype == dtype) and (b.dtype is dtype or b.dtype == dtype) else None
     cf = c.flags
-    if cf.c_contiguous and not cf.f_contiguous:
-        c, a, b = c.T, b.T, a.T                                  # cᵀ ← α bᵀ aᵀ + β cᵀ, cᵀ in Fortran order
-        cf = c.flags
+    swap = cf.c_contiguous and not cf.f_contiguous                # cᵀ ← α bᵀ aᵀ + β cᵀ, cᵀ in Fortran order
+    cc, aa, bb = (c.T, b.T, a.T) if swap else (c, a, b)
     # each operand in Fortran order, transposed (a C-ordered one is its transpose in Fortran
-    # order) or not; a strided view is neither: numpy then computes the product (inline, not a
-    # helper: this runs 8 times in an MLP step)
-    af, bf = a.flags, b.flags
+    # order) or not; a strided view is neither: numpy then computes the product
+    af, bf = aa.flags, bb.flags
     ta = 0 if af.f_contiguous else (1 if af.c_contiguous else -1)
     tb = 0 if bf.f_contiguous else (1 if bf.c_contiguous else -1)
-    if gemm is None or ta < 0 or tb < 0 or not cf.f_contiguous or a.shape[1] == 0 or c.size == 0:
+    if gemm is None or ta < 0 or tb < 0 or not cc.flags.f_contiguous or a.shape[1] == 0 or c.size == 0:
         if beta == 0.0:
-            np.copyto(c, alpha * (a @ b), casting="same_kind")
-        else:
-            c += alpha * (a @ b)
-        return
-    gemm(alpha, a.T if ta else a, b.T if tb else b, beta, c, ta, tb, 1)   # (beta, c, trans_a, trans_b,
-    # overwrite_c): positional, as f2py parses keywords at ~1 µs a call
+            return lambda a, b: np.copyto(c, alpha * (a @ b), casting="same_kind")
+        return lambda a, b: np.add(c, alpha * (a @ b), out=c)
+    # (beta, c, trans_a, trans_b, overwrite_c): positional, as f2py parses keywords at ~1 µs a call
+    if swap:
+        return lambda a, b: gemm(alpha, b if ta else b.T, a if tb else a.T, beta, cc, ta, tb, 1)
+    return lambda a, b: gemm(alpha, a.T if ta else a, b.T if tb else b, beta, cc, ta, tb, 1)
+
+
+def product_call(c: np.ndarray, a: np.ndarray, b: np.ndarray,
+                 beta: float = 0.0) -> Callable[[np.ndarray, np.ndarray], object]:
+    """The call f(a, b) that computes c ← a b + β c for operands of a's and b's shapes, dtypes and
+    layouts, decided now, for a module to keep while its operands keep them (`Plan`): the route
+    itself for a product of OpenBLAS's one-thread size (no thread count changes it), `_gemm`,
+    which decides at each call, for a larger one."""
+    if c.size * a.shape[1] <= SMALL_GEMM:
+        return _route(c, a, b, 1.0, beta, True)
+    return lambda a, b: _gemm(c, a, b, 1.0, beta)
 
 
 def add_product(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 1.0) -> None:

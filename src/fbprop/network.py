@@ -202,21 +202,31 @@ class Network(Module):
                             f"({', '.join(self.input_names)} -> {', '.join(self.output_names)}), got {len(states)}")
         return [*states, *self._inner]
 
+    _wired: tuple | None = None                                  # (states, each node's arguments)
+
+    def _arguments(self, states: tuple[State, ...]) -> list[list[State]]:
+        """Each node's states, in the order of `nodes` (kept while the same states come in: a State
+        compares by identity)."""
+        wired = self._wired
+        if wired is None or wired[0] != states:
+            slots = self._slots(states)
+            wired = self._wired = (states, [[slots[i] for i in n.args] for n in self.nodes])
+        return wired[1]
+
     def fprop(self, *states: State) -> None:
-        slots = self._slots(states)
-        for n in self.nodes:
+        for n, args in zip(self.nodes, self._arguments(states), strict=True):
             try:
-                n.module.fprop(*[slots[i] for i in n.args])
+                n.module.fprop(*args)
             except (ValueError, TypeError) as error:
                 if str(error).startswith("Network node"):
                     raise
-                shapes = ", ".join(f"{s} {slots[i].x.shape}" for s, i in zip(n.reads, n.args))
+                shapes = ", ".join(f"{s} {a.x.shape}" for s, a in zip(n.reads, args))
                 kind = TypeError if isinstance(error, TypeError) else ValueError
                 raise kind(f"Network node [{n}] reading {shapes}: {error}") from None
 
     _marked: tuple[bool, ...] | None = None                     # the inputs' requires_dx at the last _mark
 
-    def _mark(self, slots: list[State]) -> None:
+    def _mark(self, slots: tuple[State, ...]) -> None:
         """An intermediate state needs dx only if parameters, or an input that needs dx, lie before
         it (set again only when the inputs' needs change: the network owns those states)."""
         need = tuple([slots[i].requires_dx for i in range(self.n_inputs)])
@@ -227,16 +237,16 @@ class Network(Module):
         self._marked = need
 
     def _sweep(self, states: tuple[State, ...], method: str, slot: str) -> None:
-        slots = self._slots(states)
-        self._mark(slots)
+        arguments = self._arguments(states)
+        self._mark(states)
         if slot == "dx":
             for s in self._inner:
                 s.clear_dx()
         else:
             for s in self._inner:
                 s.clear_ddx()
-        for n in reversed(self.nodes):
-            getattr(n.module, method)(*[slots[i] for i in n.args])
+        for n, args in zip(reversed(self.nodes), reversed(arguments), strict=True):
+            getattr(n.module, method)(*args)
 
     def bprop(self, *states: State) -> None:
         self._sweep(states, "bprop", "dx")

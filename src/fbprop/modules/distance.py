@@ -135,8 +135,10 @@ class NegatedScores(Module):
     """E = −s: a net's scores as energies (the best answer has the highest score)."""
 
     def fprop(self, inp: State, out: State) -> None:
-        out.resize(*inp.x.shape, dtype=inp.x.dtype)
-        np.negative(inp.x, out=out.x)                            # E = −s
+        x, e = inp.x, out.x
+        if x.shape != e.shape or x.dtype is not e.dtype or not e.flags.c_contiguous:   # (resize's test, inline)
+            e = out.resize(*x.shape, dtype=x.dtype).x
+        np.negative(x, out=e)                                    # E = −s
 
     def bprop(self, inp: State, out: State) -> None:
         into, zero = inp.sum_target("dx")

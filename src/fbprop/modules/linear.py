@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fbprop.blas import add_product, product
-from fbprop.module import Module, expect_shape
+from fbprop.blas import add_product, product_call
+from fbprop.module import Module, Plan, expect_shape
 from fbprop.params import ParamPool
 from fbprop.state import State, is_batch_last
 
@@ -13,9 +13,10 @@ from fbprop.state import State, is_batch_last
 class Linear(Module):
     """y = W x with W (n_out, n_in) from the pool. Shapes: x (n, n_in) -> y (n, n_out).
 
-    bprop and bbprop add their products straight into dx/ddx with `add_product` (gemm, β = 1),
-    or write ∂E/∂W (β = 0) where the pool's dx slice is still zero from a lazy clear; bbprop
-    squares W and x into buffers kept across calls.
+    bprop and bbprop add their products straight into dx/ddx (gemm, β = 1), or write them (β = 0)
+    where dx is still zero from a lazy clear; bbprop squares W and x into buffers kept across
+    calls. fprop and bprop keep their checks and their products' routes while the operands keep
+    their shapes and buffers (`Plan`).
     """
 
     def __init__(self, n_in: int, n_out: int, pool: ParamPool) -> None:
@@ -23,22 +24,41 @@ class Linear(Module):
         self.w = pool.alloc(self.n_out, self.n_in, fan_in=self.n_in)
         self._w2, self._x2 = State(), State()
 
+    _forward: Plan | None = None                                  # fprop's decisions, bprop's (see Plan)
+    _backward: Plan | None = None
+
     def fprop(self, inp: State, out: State) -> None:
-        x, w = inp.x, self.w.x
-        shape = x.shape
-        if len(shape) != 2 or shape[1] != self.n_in:
-            expect_shape(self, inp, (None, self.n_in))           # (raises; the test inline: every step)
-        dtype = x.dtype if x.dtype is w.dtype else np.result_type(x, w)
-        out.resize(shape[0], self.n_out, dtype=dtype, batch_last=is_batch_last(x))
-        product(out.x, x, w.T)                                   # y = W x
+        x, plan = inp.x, self._forward
+        if plan is None or not plan.fits(x, out.x, self.w.x):
+            plan = self._forward = self._plan_fprop(inp, out)
+        y_is, wt = plan.calls
+        y_is(x, wt)                                              # y = W x
 
     def bprop(self, inp: State, out: State) -> None:
-        g = out.dx
-        if inp.requires_dx:
-            dx, zero = inp.sum_target("dx")
-            (product if zero else add_product)(dx, g, self.w.x)  # ∂E/∂x = Wᵀ ∂E/∂y
-        dw, zero = self.w.dx_for_sum()
-        (product if zero else add_product)(dw, g.T, inp.x)       # ∂E/∂W = ∂E/∂y xᵀ
+        g, x, w = out.dx, inp.x, self.w.x
+        dx, dx_zero = inp.sum_target("dx") if inp.requires_dx else (None, False)
+        dw, dw_zero = self.w.dx_for_sum()
+        plan = self._backward
+        if plan is None or not plan.fits(x, g, dx, dw):
+            plan = self._backward = self._plan_bprop(g, x, dx, dw)
+        dx_is, dx_adds, dw_is, dw_adds, gt = plan.calls
+        if dx is not None:
+            (dx_is if dx_zero else dx_adds)(g, w)                # ∂E/∂x = Wᵀ ∂E/∂y
+        (dw_is if dw_zero else dw_adds)(gt, x)                   # ∂E/∂W = ∂E/∂y xᵀ
+
+    def _plan_fprop(self, inp: State, out: State) -> Plan:
+        x, w = inp.x, self.w.x
+        if x.ndim != 2 or x.shape[1] != self.n_in:
+            expect_shape(self, inp, (None, self.n_in))
+        dtype = x.dtype if x.dtype is w.dtype else np.result_type(x, w)
+        out.resize(x.shape[0], self.n_out, dtype=dtype, batch_last=is_batch_last(x))
+        return Plan(x, out.x, w, calls=(product_call(out.x, x, w.T), w.T))
+
+    def _plan_bprop(self, g: np.ndarray, x: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> Plan:
+        """The products written into (dx, dw zero since a clear, `State.sum_target`) or added into them."""
+        w, gt = self.w.x, g.T
+        to_dx = (product_call(dx, g, w), product_call(dx, g, w, beta=1.0)) if dx is not None else (None, None)
+        return Plan(x, g, dx, dw, calls=(*to_dx, product_call(dw, gt, x), product_call(dw, gt, x, beta=1.0), gt))
 
     def bbprop(self, inp: State, out: State) -> None:
         x2 = self._x2.resize(*inp.x.shape, dtype=inp.x.dtype).x

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
 
 from fbprop.blas import add_scaled, one
-from fbprop.module import Module
+from fbprop.module import Module, Plan
 from fbprop.params import ParamPool
 from fbprop.state import State, add_into, is_batch_last, memory
 
@@ -26,30 +27,39 @@ def add_sum_to(target: np.ndarray, a: np.ndarray, buffer: State, alpha: float = 
     """target += α Σ a over the batch axis and the axes where `target` (one sample's shape)
     broadcasts (size 1): the gradient of a bias. `buffer` keeps the sum between calls. With
     `zero` (target holds zeros not yet written, `Param.dx_for_sum`) target ← α Σ a instead."""
+    sum_call(target, a, buffer, zero)(a, alpha)
+
+
+def sum_call(target: np.ndarray, a: np.ndarray, buffer: State, zero: bool) -> Callable[[np.ndarray, float], object]:
+    """The call f(a, α) that does `add_sum_to(target, a, buffer, α, zero)` for an `a` of this
+    shape, dtype and layout, decided now (for a module's `Plan`)."""
     if len(a) == 1 and a.shape[1:] == target.shape and a.dtype == target.dtype and a.flags.c_contiguous:
         # one sample, no axis broadcast: the sum is the sample itself (a reduction costs 3-4 µs
-        # a call inside an on-line step on AMD EPYC, more than the layer's other elementwise work)
-        row = a[0]
+        # a call inside an on-line step on AMD EPYC, more than the layer's other elementwise work);
+        # written, 0 + α a rounds as α a
         if not zero:
-            add_scaled(target, row, alpha)
-        elif alpha == 1.0:
-            np.copyto(target, row)
-        else:
-            np.multiply(row, alpha, out=target)                  # = 0 + α a, rounded the same
-        return
+            return lambda a, alpha: add_scaled(target, a[0], alpha)
+        return lambda a, alpha: np.copyto(target, a[0]) if alpha == 1.0 else np.multiply(a[0], alpha, out=target)
     last = is_batch_last(a)
     shape, axes = _bias_sum(target.shape, a.shape, last)
     if zero and a.dtype == target.dtype and target.flags.c_contiguous:   # the sum straight into target, × α:
-        np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=target.reshape(shape))
-        if alpha != 1.0:                                         # = 0 + α Σ a, rounded the same
-            target *= alpha
-        return
+        into = target.reshape(shape)
+
+        def write(a: np.ndarray, alpha: float) -> None:
+            np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=into)
+            if alpha != 1.0:                                     # = 0 + α Σ a, rounded the same
+                np.multiply(target, alpha, out=target)
+        return write
     total = buffer.resize(*shape, dtype=a.dtype).x
-    np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=total)
-    if zero:
-        np.multiply(total.reshape(target.shape), alpha, out=target)      # = 0 + α Σ a, rounded the same
-    else:
-        add_scaled(target, total.reshape(target.shape), alpha)
+    summed = total.reshape(target.shape)
+
+    def add(a: np.ndarray, alpha: float) -> None:
+        np.add.reduce(memory(a) if last else a, axis=axes, keepdims=True, out=total)
+        if zero:
+            np.multiply(summed, alpha, out=target)               # = 0 + α Σ a, rounded the same
+        else:
+            add_scaled(target, summed, alpha)
+    return add
 
 
 class Squash(Module):
@@ -102,26 +112,51 @@ class Squash(Module):
         if lent is not None:
             lent[0].take_over(lent[1])
 
+    _forward: Plan | None = None                                  # fprop's decisions, bprop's (see Plan)
+    _backward: Plan | None = None
+
     def fprop(self, inp: State, out: State) -> None:
+        x, plan = inp.x, self._forward
+        if self.forward_only or plan is None or not plan.fits(x, out.x, None if self.b is None else self.b.x):
+            plan = self._plan_fprop(inp, out)
+        plan.calls[0](x)
+
+    def _plan_fprop(self, inp: State, out: State) -> Plan:
         self._check(inp)
         out.resize(*inp.x.shape, dtype=inp.x.dtype, batch_last=is_batch_last(inp.x))   # the input's layout
+        b, f = (None if self.b is None else self.b.x), self.f
         if self.forward_only and out.take_over(inp):
             # no bprop follows and the input is a scratch buffer: compute in it (what the same
             # ufuncs give out of place, bit for bit) and make it the output, one array less to write
             if out.scratch:
                 self._lent = (inp, out)                          # given back by end_forward_only
-            if self.b is not None:
-                np.add(out.x, self.b.x, out=out.x)
-        elif self.b is None:
-            np.copyto(out.x, inp.x)
-        else:
-            np.add(inp.x, self.b.x, out=out.x)                   # u = x + b
-        self.f(out.x)                                            # y = f(u)
+            u = out.x
+
+            def y_is(x: np.ndarray) -> None:
+                if b is not None:
+                    np.add(u, b, out=u)
+                f(u)
+            return Plan(u, u, calls=(y_is,))                     # (not kept: the next call swaps again)
+        u = out.x
+
+        def y_is(x: np.ndarray) -> None:
+            if b is None:
+                np.copyto(u, x)
+            else:
+                np.add(x, b, out=u)                              # u = x + b
+            f(u)                                                 # y = f(u)
+        plan = self._forward = Plan(inp.x, u, b, calls=(y_is,))
+        return plan
 
     def _back(self, inp: State, out: State, power: int, slot: str) -> None:
         """Adds f'(u)^power · (the output's `slot`) into the input's and the bias's `slot`."""
         y = out.x
         into, zero = inp.sum_target(slot) if inp.requires_dx else (None, False)
+        target, b_zero = self.b.sum_target(slot) if self.b is not None else (None, False)
+        plan = self._backward if power == 1 else None
+        if plan is None or not plan.fits(y, y, target, into):
+            plan = self._plan_back(y, target, into, power)
+        bias_written, bias_added = plan.calls
         # g = f'(u)^power/c^power · the output's slot: computed in the input's slot itself when
         # that holds nothing yet since a clear (then scaled by c in place), else in a scratch buffer
         g = into if zero else self._g.resize(*y.shape, dtype=y.dtype, batch_last=is_batch_last(y)).x
@@ -129,14 +164,28 @@ class Squash(Module):
         if power == 2:
             np.multiply(g, g, out=g)
         np.multiply(g, getattr(out, slot), out=g)
-        if self.b is not None:
-            target, b_zero = self.b.sum_target(slot)
-            add_sum_to(target, g, self._sum, c, b_zero)
+        if target is not None:
+            (bias_written if b_zero else bias_added)(g, c)
         if zero:
             if c != 1.0:
                 g *= c                                           # = 0 + c g, rounded the same
         elif into is not None:
             add_scaled(into, g, c)
+
+    def _plan_back(self, y: np.ndarray, target: np.ndarray | None, into: np.ndarray | None, power: int) -> Plan:
+        """The bias sum's two calls (written, added) in `_back`, for a g laid out as y (the scratch
+        buffer is) or as `into`; decided at each call where the two layouts differ."""
+        if target is None:
+            sums = (None, None)
+        elif into is None or into.strides == y.strides:
+            sums = (sum_call(target, y, self._sum, True), sum_call(target, y, self._sum, False))
+        else:
+            sums = tuple(lambda a, alpha, zero=zero: add_sum_to(target, a, self._sum, alpha, zero)
+                         for zero in (True, False))
+        plan = Plan(y, y, target, into, calls=sums)
+        if power == 1:
+            self._backward = plan
+        return plan
 
     def bprop(self, inp: State, out: State) -> None:
         self._back(inp, out, 1, "dx")                            # ∂E/∂x = ∂E/∂u = f'(u) ∂E/∂y, ∂E/∂b = Σ_batch ∂E/∂u
@@ -215,6 +264,10 @@ class Bias(Squash):
     def _back(self, inp: State, out: State, power: int, slot: str) -> None:
         d = getattr(out, slot)                                   # f' = 1, no slope: the output's slot itself
         target, b_zero = self.b.sum_target(slot)
-        add_sum_to(target, d, self._sum, 1.0, b_zero)
+        plan = self._backward if power == 1 else None
+        if plan is None or not plan.fits(d, d, target):
+            plan = self._plan_back(d, target, None, power)
+        bias_written, bias_added = plan.calls
+        (bias_written if b_zero else bias_added)(d, 1.0)
         if inp.requires_dx:
             add_into(inp, slot, d)

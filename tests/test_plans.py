@@ -1,0 +1,178 @@
+"""A module's kept decisions (fbprop.module.Plan): kept only while its operands stay the same,
+never carried into a copy, and the same numbers as deciding at every call."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fbprop as fb
+from fbprop.state import State
+
+
+def _mlp(seed: int = 0, dtype=np.float64):
+    pool = fb.ParamPool(dtype, seed=seed)
+    net = fb.Cascade(fb.Linear(5, 4, pool), fb.Tanh(4, pool), fb.Linear(4, 3, pool), fb.Bias(3, pool))
+    pool.x[:] = np.random.default_rng(seed).standard_normal(pool.x.size)
+    return pool, net
+
+
+def _weights(pool):
+    return [h.x for h, *_ in pool.handles]
+
+
+def _sweep(net, x, g):
+    inp, out = State(x), State()
+    net.fprop(inp, out)
+    inp.clear_dx()
+    out.clear_dx()
+    out.dx[...] = g
+    net.bprop(inp, out)
+    return out.x.copy(), inp.dx.copy()
+
+
+@pytest.mark.parametrize("xs", [
+    [(1, 5), (7, 5), (1, 5), (7, 5)],                          # batch sizes in turn
+    [(3, 5), "f64->f32", (3, 5)],                              # another dtype in between
+    [(6, 5), "fortran", (6, 5), "strided", (6, 5)],            # other layouts of the same shape
+])
+def test_a_module_decides_again_whenever_its_input_changes_shape_dtype_or_layout(xs):
+    rng = np.random.default_rng(1)
+    pool, net = _mlp()
+    w1, b1, w2, b2 = _weights(pool)
+    for spec in xs:
+        if spec == "f64->f32":
+            x = rng.standard_normal((3, 5)).astype(np.float32)
+        elif spec == "fortran":
+            x = np.asfortranarray(rng.standard_normal((6, 5)))
+        elif spec == "strided":
+            x = rng.standard_normal((12, 10))[::2, ::2]
+        else:
+            x = rng.standard_normal(spec)
+        g = rng.standard_normal((len(x), 3))
+        pool.clear_dx()
+        y, dx = _sweep(net, x, g)
+        h = np.tanh(x @ w1.T + b1)
+        np.testing.assert_allclose(y, h @ w2.T + b2, rtol=1e-6, atol=1e-6)
+        gh = (g @ w2) * (1 - h * h)
+        np.testing.assert_allclose(dx, gh @ w1, rtol=1e-6, atol=1e-6)          # ∂E/∂x
+        dw1 = pool.dx[:w1.size].reshape(w1.shape)
+        np.testing.assert_allclose(dw1, gh.T @ x, rtol=1e-6, atol=1e-6)       # ∂E/∂W1
+
+
+def test_a_second_bprop_adds_where_the_first_wrote():
+    rng = np.random.default_rng(2)
+    pool, net = _mlp()
+    x, g = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
+    inp, out = State(x), State()
+    net.fprop(inp, out)
+    pool.clear_dx()
+    inp.clear_dx()
+    out.clear_dx()
+    out.dx[...] = g
+    net.bprop(inp, out)
+    once_dw, once_dx = pool.dx.copy(), inp.dx.copy()
+    net.bprop(inp, out)                                          # no clear: the contract adds
+    np.testing.assert_allclose(pool.dx, 2 * once_dw, rtol=1e-14)
+    np.testing.assert_allclose(inp.dx, 2 * once_dx, rtol=1e-14)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "share"])
+def test_a_copy_keeps_no_plan_and_never_writes_the_original_states(how):
+    rng = np.random.default_rng(3)
+    pool, net = _mlp()
+    x = rng.standard_normal((2, 5))
+    inp, out = State(x), State()
+    net.fprop(inp, out)
+    before = out.x.copy()
+    lin = net.modules[0]
+    assert lin._forward is not None                              # (the original keeps its plan)
+    twin = {"deepcopy": copy.deepcopy, "pickle": lambda m: pickle.loads(pickle.dumps(m)),
+            "share": lambda m: m.share()}[how](net)
+    assert twin.modules[0]._forward is None and twin.modules[1]._forward is None
+    x2 = rng.standard_normal((2, 5))
+    out2 = State()
+    twin.fprop(State(x2), out2)
+    np.testing.assert_array_equal(out.x, before)                # the original's output untouched
+    np.testing.assert_array_equal(net.modules[0]._forward.a, net.states[0].x)
+    inp2, out3 = State(x2), State()
+    net.fprop(inp2, out3)
+    np.testing.assert_array_equal(out2.x, out3.x)               # and the copy computed the same
+
+
+def test_a_pool_that_grows_moves_the_weights_and_the_plans_follow():
+    rng = np.random.default_rng(4)
+    pool, net = _mlp()
+    x = rng.standard_normal((3, 5))
+    inp, out = State(x), State()
+    net.fprop(inp, out)
+    pool.alloc(7, fan_in=7)                                      # the pool grows into new arrays
+    pool.x[:] = rng.standard_normal(pool.x.size)                 # and its numbers change
+    net.fprop(inp, out)
+    w1, b1, w2, b2 = _weights(pool)[:4]
+    np.testing.assert_allclose(out.x, np.tanh(x @ w1.T + b1) @ w2.T + b2, rtol=1e-12)
+
+
+def test_inference_between_training_steps_changes_no_bit_of_them():
+    """Inference computes squashings in their input's buffer (take_over); the training plans
+    made before must not then run on swapped buffers."""
+    rng = np.random.default_rng(5)
+    spec = {"model": "mlp", "input_shape": [6], "hidden": [5, 4], "squash": "tanh", "energy": "scores", "loss": "nll",
+            "n_classes": 3, "dtype": "float64"}
+    x, y = rng.standard_normal((40, 6)), rng.integers(0, 3, 40)
+    runs = []
+    for infer in (False, True):
+        m = fb.build_machine(spec)
+        opt = fb.SGD(m.pool, 0.1)
+        for i in range(0, 40, 4):
+            m.gradient(x[i:i + 4], y[i:i + 4])
+            opt.step()
+            if infer:
+                m.predict(x[20:24], batch_size=4)           # the training batch's shape
+        runs.append(m.pool.x.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_kept_decisions_give_the_bits_of_decisions_made_at_the_call():
+    """A net whose modules kept plans from other inputs, against a copy of it (no plans) deciding
+    now: the same bits for every layout, batch size and dtype in turn."""
+    rng = np.random.default_rng(6)
+    pool, net = _mlp(dtype=np.float32)
+    inputs = [rng.standard_normal((1, 5)), rng.standard_normal((64, 5)),
+              np.asfortranarray(rng.standard_normal((64, 5))), rng.standard_normal((128, 10))[::2, ::2],
+              rng.standard_normal((1, 5)), rng.standard_normal((64, 5))]
+    for x in inputs:
+        x = x.astype(np.float32)
+        g = rng.standard_normal((len(x), 3)).astype(np.float32)
+        fresh = copy.deepcopy(net)
+        for m in (net, fresh):
+            for p in m.params():
+                p.clear_dx()
+        kept, now = _sweep(net, x, g), _sweep(fresh, x, g)
+        for a, b in zip(kept, now, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for p, q in zip(net.params(), fresh.params(), strict=True):
+            np.testing.assert_array_equal(p.dx, q.dx)
+
+
+def test_a_regression_net_ending_in_a_squashing_trains_the_same_with_predictions_in_between():
+    """Its last squashing writes the machine's output state, which inference leaves holding the
+    buffer it took over: a plan made in inference must not be kept for training."""
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((24, 6)), rng.uniform(-0.5, 0.5, (24, 2))
+    runs = []
+    for infer in (False, True):
+        pool = fb.ParamPool(np.float64, seed=0)
+        net = fb.Cascade(fb.Linear(6, 5, pool), fb.Tanh(5, pool), fb.Linear(5, 2, pool), fb.Tanh(2, pool))
+        m = fb.Machine(net, fb.Euclidean(), fb.EnergyLoss(), pool)
+        opt = fb.SGD(pool, 0.1)
+        for i in range(0, 24, 4):
+            m.gradient(x[i:i + 4], y[i:i + 4])
+            opt.step()
+            if infer:
+                m.predict(x[8:12], batch_size=4)
+        runs.append(pool.x.copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
