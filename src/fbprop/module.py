@@ -17,9 +17,10 @@ class Plan:
 
     A module's fprop or bprop decides before it computes: it checks its input's shape, resizes its
     output, and chooses a route for each product (`blas.product_call`). For a step at a fixed shape
-    these decisions come out the same every time, and in an on-line step they cost as much as the
-    numpy calls themselves (the MLP's step at batch 1 spends a quarter of its time in them). A
-    Plan keeps them with the calls they chose, while the operands stay what they were: the array
+    these decisions come out the same every time, and at batch 1 they are a large part of the step
+    (keeping them took the MLP's on-line step from 0.73–0.75 to 0.84–0.86 of the numpy reference
+    on AMD EPYC, `bench/step_overhead.py`). A Plan keeps them with the calls they chose, while the
+    operands stay what they were: the array
     the module reads (a new array every step when it is a batch of data) with the same shape,
     strides and dtype, and up to three more arrays — the buffers it writes, the weights it reads —
     the very same objects (a resize, a dtype change or a pool that grows replaces them). The
