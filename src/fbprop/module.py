@@ -20,12 +20,12 @@ class Plan:
     these decisions come out the same every time, and at batch 1 they are a large part of the step
     (keeping them took the MLP's on-line step from 0.73–0.75 to 0.84–0.86 of the numpy reference
     on AMD EPYC, `bench/step_overhead.py`). A Plan keeps them with the calls they chose, while the
-    operands stay what they were: the array
-    the module reads (a new array every step when it is a batch of data) with the same shape,
-    strides and dtype, and up to three more arrays — the buffers it writes, the weights it reads —
-    the very same objects (a resize, a dtype change or a pool that grows replaces them). The
-    module's one numpy code path stays where it was: the calls a plan keeps are the ones that
-    path built. `calls` is the module's own: a tuple of whatever it kept.
+    operands stay what they were: the array the module reads (a new array every step when it is a
+    batch of data) with the same shape, strides and dtype, and up to three more arrays — the
+    buffers it writes, the weights it reads — the very same objects (a resize, a dtype change or a
+    pool that grows replaces them). The module's one numpy code path stays where it was: the calls
+    a plan keeps are the ones that path built. `calls` is the module's own: a tuple of whatever it
+    kept.
     """
 
     __slots__ = ("shape", "strides", "dtype", "a", "b", "c", "calls")

@@ -124,29 +124,23 @@ class Squash(Module):
     def _plan_fprop(self, inp: State, out: State) -> Plan:
         self._check(inp)
         out.resize(*inp.x.shape, dtype=inp.x.dtype, batch_last=is_batch_last(inp.x))   # the input's layout
-        b, f = (None if self.b is None else self.b.x), self.f
+        b, f, u = (None if self.b is None else self.b.x), self.f, out.x
+
+        def y_is(x: np.ndarray) -> None:
+            if b is not None:
+                np.add(x, b, out=u)                              # u = x + b
+            elif x is not u:
+                np.copyto(u, x)
+            f(u)                                                 # y = f(u)
         if self.forward_only and out.take_over(inp):
             # no bprop follows and the input is a scratch buffer: compute in it (what the same
             # ufuncs give out of place, bit for bit) and make it the output, one array less to write
             if out.scratch:
                 self._lent = (inp, out)                          # given back by end_forward_only
-            u = out.x
-
-            def y_is(x: np.ndarray) -> None:
-                if b is not None:
-                    np.add(u, b, out=u)
-                f(u)
-            return Plan(u, u, calls=(y_is,))                     # (not kept: the next call swaps again)
-        u = out.x
-
-        def y_is(x: np.ndarray) -> None:
-            if b is None:
-                np.copyto(u, x)
-            else:
-                np.add(x, b, out=u)                              # u = x + b
-            f(u)                                                 # y = f(u)
-        plan = self._forward = Plan(inp.x, u, b, calls=(y_is,))
-        return plan
+            u = out.x                                            # (y_is reads u when called)
+            return Plan(u, u, calls=(lambda x: y_is(u),))        # (not kept: the next call swaps again)
+        self._forward = Plan(inp.x, u, b, calls=(y_is,))
+        return self._forward
 
     def _back(self, inp: State, out: State, power: int, slot: str) -> None:
         """Adds f'(u)^power · (the output's `slot`) into the input's and the bias's `slot`."""
