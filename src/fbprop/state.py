@@ -76,7 +76,7 @@ class State:
     value is not kept; after `fprop` every state holds its value.
     """
 
-    __slots__ = ("x", "_dx", "_ddx", "requires_dx", "_dx_cleared", "scratch", "_own")
+    __slots__ = ("x", "_dx", "_ddx", "requires_dx", "_dx_cleared", "scratch", "_own", "_dx_of")
 
     def __init__(self, x: np.ndarray | None = None, dtype: np.dtype | type | None = None,
                  requires_dx: bool = True) -> None:
@@ -88,13 +88,14 @@ class State:
         self._dx: np.ndarray | None = None
         self._ddx: np.ndarray | None = None
         self._dx_cleared = False                                 # a clear_dx not yet carried out
+        self._dx_of = None                                       # the x that _dx was last found to fit
         self.scratch = False
         self._own = None                                         # the buffer resize last allocated
 
     def __getstate__(self) -> tuple:
         # pickle writes an array in C order: a batch-last buffer goes as its memory and comes back
         # batch-last, so a copy computes in the original's layout, to the same bits
-        slots = {name: getattr(self, name) for name in self.__slots__ if hasattr(self, name)}
+        slots = {name: getattr(self, name) for name in self.__slots__ if hasattr(self, name) and name != "_dx_of"}
         slots["_own"] = slots.get("_own") is not None and slots["_own"] is self.x   # (a flag: x is the own buffer)
         last = tuple(name for name, v in slots.items() if isinstance(v, np.ndarray) and is_batch_last(v))
         for name in last:
@@ -107,6 +108,7 @@ class State:
         values = dict(state[1])
         last = values.pop("_batch_last", ())
         self._dx_cleared = False                                 # (pickled before clears were lazy)
+        self._dx_of = None
         self.scratch, owns = values.pop("scratch", False), values.pop("_own", False)
         for name, value in values.items():
             if isinstance(value, np.ndarray) and not value.flags.writeable:
@@ -131,10 +133,12 @@ class State:
     @property
     def dx(self) -> np.ndarray:
         d, x = self._dx, self.x
-        if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
-            d = self._dx = np.zeros_like(x)
-            self._dx_cleared = False
-        elif self._dx_cleared:
+        if x is not self._dx_of:                                 # (x replaced since: its shape tested)
+            if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
+                d = self._dx = np.zeros_like(x)
+                self._dx_cleared = False
+            self._dx_of = x
+        if self._dx_cleared:
             d.fill(0)
             self._dx_cleared = False
         return d
@@ -162,7 +166,7 @@ class State:
                 (memory(x) if last else x).flags.c_contiguous:
             return self                                          # (the common case, every step)
         self.x = self._own = _empty(shape, x.dtype if dtype is None else np.dtype(dtype), last)
-        self._dx = self._ddx = None
+        self._dx = self._ddx = self._dx_of = None
         return self
 
     def take_over(self, source: State) -> bool:
@@ -201,9 +205,12 @@ class State:
         if slot != "dx":
             return getattr(self, slot), False
         d, x = self._dx, self.x
-        if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
-            d = self._dx = np.empty_like(x)                      # (same layout as x)
-        elif not self._dx_cleared:
+        if x is not self._dx_of:                                 # (x replaced since: its shape tested)
+            if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
+                d = self._dx = np.empty_like(x)                  # (same layout as x)
+                self._dx_cleared = True
+            self._dx_of = x
+        if not self._dx_cleared:
             return d, False
         self._dx_cleared = False
         return d, True
