@@ -9,7 +9,7 @@ from itertools import accumulate
 import numpy as np
 
 from fbprop.params import Param
-from fbprop.state import State
+from fbprop.state import State, clear_dx
 
 
 class Plan:
@@ -201,28 +201,35 @@ class Cascade(Module):
             s.requires_dx = trainable or need
         self._marked = need
 
-    def _sweep(self, inp: State, out: State, method: str, slot: str) -> None:
+    _sweeping: tuple | None = None                               # (inp, out, inp's need, states, links): see _sweep
+
+    def _sweep(self, inp: State, out: State, ddx: bool) -> None:
         """One backward sweep, from the last link down to the first whose bprop has anything to
         compute: with an input that needs no dx, the links before the first one with parameters
-        are skipped, and so are the states between them (their dx is never cleared, nor allocated)."""
-        chain = self._chain(inp, out)
-        self._mark(inp)
-        first = 0 if inp.requires_dx else self._first_trainable
-        if slot == "dx":
-            for s in self._link_states[first:]:
-                s.clear_dx()
-        else:
-            for s in self._link_states[first:]:
+        are skipped, and so are the states between them (their dx is never cleared, nor allocated).
+        Which states to clear and which links to run are kept while the same states come in and
+        the input's need for dx is the same."""
+        kept = self._sweeping
+        if kept is None or kept[0] is not inp or kept[1] is not out or kept[2] is not inp.requires_dx:
+            chain = self._chain(inp, out)
+            self._mark(inp)
+            first = 0 if inp.requires_dx else self._first_trainable
+            kept = self._sweeping = (inp, out, inp.requires_dx, self._link_states[first:], chain[first:][::-1])
+        if ddx:
+            for s in kept[3]:
                 s.clear_ddx()
-        for i in range(len(chain) - 1, first - 1, -1):
-            m, a, b = chain[i]
-            getattr(m, method)(a, b)
+            for m, a, b in kept[4]:
+                m.bbprop(a, b)
+        else:
+            clear_dx(kept[3])
+            for m, a, b in kept[4]:
+                m.bprop(a, b)
 
     def bprop(self, inp: State, out: State) -> None:
-        self._sweep(inp, out, "bprop", "dx")
+        self._sweep(inp, out, False)
 
     def bbprop(self, inp: State, out: State) -> None:
-        self._sweep(inp, out, "bbprop", "ddx")
+        self._sweep(inp, out, True)
 
     def __getitem__(self, i: int) -> Module:
         return self.modules[i]

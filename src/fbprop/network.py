@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from fbprop.module import Module
-from fbprop.state import State
+from fbprop.state import State, clear_dx
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]*$")
 
@@ -236,23 +236,36 @@ class Network(Module):
             s.requires_dx = params or any(need[i] for i in inputs)
         self._marked = need
 
-    def _sweep(self, states: tuple[State, ...], method: str, slot: str) -> None:
-        arguments = self._arguments(states)
-        self._mark(states)
-        if slot == "dx":
-            for s in self._inner:
-                s.clear_dx()
-        else:
+    _sweeping: tuple | None = None                               # (states, the inputs' needs, each node with its arguments, reversed)
+
+    def _sweep(self, states: tuple[State, ...], ddx: bool) -> None:
+        kept = self._sweeping
+        fresh = kept is None or kept[0] != states
+        if not fresh:
+            for s, need in zip(states, kept[1]):                 # (the inputs' needs: a loop, no call)
+                if s.requires_dx is not need:
+                    fresh = True
+                    break
+        if fresh:
+            arguments = self._arguments(states)
+            self._mark(states)
+            kept = self._sweeping = (states, [s.requires_dx for s in states[:self.n_inputs]],
+                                     [(n.module, args) for n, args in zip(self.nodes, arguments, strict=True)][::-1])
+        if ddx:
             for s in self._inner:
                 s.clear_ddx()
-        for n, args in zip(reversed(self.nodes), reversed(arguments), strict=True):
-            getattr(n.module, method)(*args)
+            for m, args in kept[2]:
+                m.bbprop(*args)
+        else:
+            clear_dx(self._inner)
+            for m, args in kept[2]:
+                m.bprop(*args)
 
     def bprop(self, *states: State) -> None:
-        self._sweep(states, "bprop", "dx")
+        self._sweep(states, False)
 
     def bbprop(self, *states: State) -> None:
-        self._sweep(states, "bbprop", "ddx")
+        self._sweep(states, True)
 
     # inspection -------------------------------------------------------------------------------
     def state(self, name: str) -> State:

@@ -51,6 +51,13 @@ def add_into(state: State, slot: str, value: np.ndarray) -> None:
         np.add(into, value, out=into)
 
 
+def clear_dx(states: list[State]) -> None:
+    """`State.clear_dx` of each of `states` (plain States, not parameter handles): a container's
+    intermediate states before a backward sweep, in one call."""
+    for s in states:
+        s._dx_cleared = True
+
+
 def _empty(shape: tuple[int, ...], dtype: np.dtype, last: bool) -> np.ndarray:
     if not last:
         return np.empty(shape, dtype=dtype)
