@@ -437,23 +437,38 @@ def add_scaled(y: np.ndarray, x: np.ndarray, alpha: float) -> None:
     if alpha == 1.0:
         y += x
         return
+    scaled_add_call(y, x)(alpha)
+
+
+def scaled_add_call(y: np.ndarray, x: np.ndarray) -> Callable[[float], object]:
+    """The call f(α) that does `add_scaled(y, x, α)` for these two arrays, decided now (an
+    optimizer keeps it while its weights and gradient are the same arrays: 7 of an on-line MLP
+    step's 15 thousand instructions for the update are these tests)."""
     axpy = _blas("axpy", y.dtype) if x.dtype == y.dtype and x.shape == y.shape else None
     if not (x.flags.c_contiguous and y.flags.c_contiguous) and is_batch_last(x) and is_batch_last(y):
         x, y = memory(x), memory(y)                              # both batch-last: in memory order
     if axpy is None or not (x.flags.c_contiguous and y.flags.c_contiguous) or y.size == 0:
-        y += alpha * x
-        return
-    if y.size > SMALL_AXPY and _numpy_blas().threads() > 1:
-        # threaded only after products that ran on the pool; after small ones (batch 1) the
-        # threaded axpy made the whole step slower, in either library (MLP batch 1, 2 threads:
-        # 200-660 µs a step against 152-157 µs with this axpy on one thread, the reference 122).
-        # One thread of scipy's library, whose axpy is the faster (266,610 floats: 27 against
-        # 31-33 µs in numpy's, whose count is set instead where scipy's cannot be)
-        awake, _POOL_AWAKE[0] = _POOL_AWAKE[0], False
-        if _numpy_blas().axpy(y, x, alpha) if awake else \
-                (_on_one_thread(axpy, x, y, alpha) or _numpy_blas().axpy(y, x, alpha, one_thread=True)):
+        return lambda alpha: np.add(y, x, out=y) if alpha == 1.0 else np.add(y, alpha * x, out=y)
+    xs, ys, n = x.reshape(-1), y.reshape(-1), y.size             # (n,): views, y is updated in place
+    if n <= SMALL_AXPY:
+        return lambda alpha: np.add(y, x, out=y) if alpha == 1.0 else axpy(xs, ys, n, alpha)
+
+    def large(alpha: float) -> None:
+        if alpha == 1.0:
+            np.add(y, x, out=y)
             return
-    axpy(x.reshape(-1), y.reshape(-1), y.size, alpha)           # (n, a); views: y is updated in place
+        if _numpy_blas().threads() > 1:
+            # threaded only after products that ran on the pool; after small ones (batch 1) the
+            # threaded axpy made the whole step slower, in either library (MLP batch 1, 2 threads:
+            # 200-660 µs a step against 152-157 µs with this axpy on one thread, the reference 122).
+            # One thread of scipy's library, whose axpy is the faster (266,610 floats: 27 against
+            # 31-33 µs in numpy's, whose count is set instead where scipy's cannot be)
+            awake, _POOL_AWAKE[0] = _POOL_AWAKE[0], False
+            if _numpy_blas().axpy(y, x, alpha) if awake else \
+                    (_on_one_thread(axpy, x, y, alpha) or _numpy_blas().axpy(y, x, alpha, one_thread=True)):
+                return
+        axpy(xs, ys, n, alpha)
+    return large
 
 
 _WORKERS: list = []             # [pid, the thread pool of run_apart], started on first use in a process

@@ -364,8 +364,11 @@ class Machine:
         return total, len(x)
 
     def _accumulate_batch(self, x: np.ndarray, y: np.ndarray, weight: float, split: bool) -> float:
-        total = self._accumulate_apart(x, y, weight) if split and self.split_training else None
-        return self.accumulate(x, y, weight) if total is None else total
+        if split and self.split_training and len(x) >= 2 * min(self.split_min, self.split_min_processes):
+            total = self._accumulate_apart(x, y, weight)
+            if total is not None:
+                return total
+        return self.accumulate(x, y, weight)                     # (too few to split, tested first: the on-line step)
 
     split_training = True          # gradient steps split by samples over numpy's library's threads (see below)
 
@@ -391,9 +394,8 @@ class Machine:
 
         With `split_processes` (the default), on Linux without MPI, the parts after the first run
         in forked worker processes instead, from `split_min_processes` samples a part (see
-        `_accumulate_in_processes`)."""
-        if len(x) < 2 * min(self.split_min, self.split_min_processes):
-            return None                                          # (too few to split, tested first: the on-line step)
+        `_accumulate_in_processes`). The caller runs it from 2 · min(split_min, split_min_processes)
+        samples."""
         processes = self.split_processes and isinstance(y, np.ndarray) and self.reducer.size == 1 and can_fork()
         cut = self._cut(x, self.split_min_processes if processes else self.split_min)
         if cut is None or self.y_enters or not self._splits_steps():
@@ -538,10 +540,11 @@ class Machine:
 
     def _summed_dx(self, total: float) -> float:
         """pool.dx ← Σ over processes; NaN on every process when any process's total is not finite."""
+        dx = self.pool.dx
         if not math.isfinite(total):
-            self.pool.dx[0] = np.nan                             # NaN + anything = NaN: every process sees it
-        self.reducer.sum(self.pool.dx)
-        return total if math.isfinite(self.pool.dx[0]) else math.nan
+            dx[0] = np.nan                                       # NaN + anything = NaN: every process sees it
+        self.reducer.sum(dx)
+        return total if math.isfinite(dx[0]) else math.nan
 
     def gradient(self, x: np.ndarray, y: np.ndarray) -> float:
         """pool.dx ← (1/B) Σ_B ∂L_i/∂W + (λ/P) ∂H/∂W; returns the mean loss of the samples this process took.

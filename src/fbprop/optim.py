@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fbprop.blas import add_scaled
+from fbprop.blas import add_scaled, scaled_add_call
+from fbprop.module import Plan
 from fbprop.params import ParamPool
 
 
@@ -78,7 +79,12 @@ class SGD(Optimizer):
             add_scaled(self.v, p.dx, -self.lr)                   # v ← α v − η dx
             p.x += self.v                                        # W ← W + v
         else:
-            add_scaled(p.x, p.dx, -self.lr)                      # W ← W − η dx (one axpy)
+            dx, plan = p.dx, self._update
+            if plan is None or not plan.fits(dx, p.x, dx):       # (a pool that grew: decided again)
+                plan = self._update = Plan(dx, p.x, dx, calls=(scaled_add_call(p.x, dx),))
+            plan.calls[0](-self.lr)                              # W ← W − η dx (one axpy)
+
+    _update: Plan | None = None                                  # the axpy's call, kept (a copy keeps none)
 
     def state(self):
         return {"v": self.v} if self.momentum else {}

@@ -45,10 +45,12 @@ class Param(State):
         carried out, in which case the caller writes its term instead of adding it (the same
         numbers, without a pass to zero the slice and one to read it back). Either way the slice
         counts as written from then on."""
-        zero = self.cleared != self.pool.clears
-        if zero:
-            self.pool.written(self)
-        return self._dx, zero
+        pool = self.pool
+        if self.cleared == pool.clears:
+            return self._dx, False
+        self.cleared = pool.clears                               # (ParamPool.written, inline: a call a parameter a step)
+        pool._unwritten -= 1
+        return self._dx, True
 
     def sum_target(self, slot: str) -> tuple[np.ndarray, bool]:
         """`dx_for_sum()` for slot "dx"; (ddx, False) for "ddx", which is cleared when asked."""
