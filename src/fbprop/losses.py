@@ -84,8 +84,9 @@ class Loss(Module):
         out.x[...] = loss
 
     def __getstate__(self) -> dict:
-        # a pickle cannot hold the sweep's cached derivatives (NLL's is a closure): bprop recomputes them
-        return {k: v for k, v in vars(self).items() if k != "_terms"}
+        # a pickle cannot hold the sweep's cached derivatives (NLL's is a closure): bprop recomputes
+        # them; the buffers fprop last wrote are found again by the copy's first call
+        return {k: v for k, v in vars(self).items() if k not in ("_terms", "_written", "_g1")}
 
     def _derivatives(self, energies: State, labels: State | None) -> tuple[np.ndarray, np.ndarray | None]:
         cached = getattr(self, "_terms", None)
