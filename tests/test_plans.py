@@ -176,3 +176,91 @@ def test_a_regression_net_ending_in_a_squashing_trains_the_same_with_predictions
                 m.predict(x[8:12], batch_size=4)
         runs.append(pool.x.copy())
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+# ---- decisions kept by the states, the containers, the loss and the optimizer ----------------
+
+def test_a_state_whose_array_is_replaced_gives_a_gradient_of_the_new_shape_and_dtype():
+    """State.dx and sum_target skip their shape test for the array they last checked; an array put
+    in its place (a Reshape's view, the machine's batch) is tested again."""
+    s = State(np.ones((2, 3)))
+    s.dx[...] = 5.0
+    for x in (np.ones((4, 3)), np.ones((4, 3), np.float32), np.ones((4, 3), np.float32)):
+        s.x = x                                                  # a new array each time, as a batch is
+        s.clear_dx()
+        assert s.dx.shape == x.shape and s.dx.dtype == x.dtype and not s.dx.any()
+    s.x = np.ones((1, 7))
+    s.clear_dx()
+    into, zero = s.sum_target("dx")
+    assert into.shape == (1, 7) and zero                         # written, not added to a stale buffer
+    into[...] = 2.0
+    into, zero = s.sum_target("dx")
+    assert into.shape == (1, 7) and not zero and (into == 2.0).all()
+
+
+@pytest.mark.parametrize("wrap", ["cascade", "network"])
+def test_an_input_that_comes_to_need_its_gradient_gets_it(wrap):
+    """The backward sweep a container keeps (which states to clear, which links to run) is decided
+    again when its input's requires_dx changes, not only when other states come in: with raw data
+    in, the sweep stops at the first module with parameters."""
+    pool = fb.ParamPool(np.float64, seed=0)
+    if wrap == "cascade":
+        net = fb.Cascade(fb.Tanh(), fb.Linear(3, 2, pool), fb.Tanh(2, pool))
+    else:                                                        # the state between is the network's own
+        net = fb.Network(inputs="x", outputs="y", modules=[
+            (fb.Tanh(), "x -> h"), (fb.Cascade(fb.Linear(3, 2, pool), fb.Tanh(2, pool)), "h -> y")])
+    rng = np.random.default_rng(5)
+    x, g = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    inp, out = State(x, requires_dx=False), State()
+    for need in (False, True, False, True):
+        inp.requires_dx = need
+        net.fprop(inp, out)
+        pool.clear_dx()
+        inp.clear_dx()
+        out.clear_dx()
+        out.dx[...] = g
+        net.bprop(inp, out)
+        if need:
+            w, b = _weights(pool)[:2]
+            h = np.tanh(x)
+            y = np.tanh(h @ w.T + b)
+            want = ((g * (1 - y * y)) @ w) * (1 - h * h)
+            np.testing.assert_allclose(inp.dx, want, rtol=1e-12)
+        else:
+            assert not inp.dx.any()                              # nothing added into raw data
+
+
+def test_the_losses_follow_the_batch_size_and_a_replaced_output_buffer():
+    loss = fb.NLLLoss()
+    rng = np.random.default_rng(6)
+    out = State()
+    for n in (1, 3, 1, 1, 5):
+        e = State(rng.standard_normal((n, 4)))
+        y = rng.integers(0, 4, n)
+        if n == 1 and out.x.shape == (1,):
+            out.x = np.full(1, np.nan)                           # the output's buffer replaced by its owner
+        loss.fprop(e, State(y), out)
+        z = np.exp(-e.x)
+        want = e.x[np.arange(n), y] + np.log(z.sum(axis=1))
+        np.testing.assert_allclose(out.x, want, rtol=1e-12)
+
+
+def test_sgd_keeps_its_update_only_for_the_same_vectors_and_a_copy_updates_its_own():
+    rng = np.random.default_rng(7)
+    pool, net = _mlp()
+    opt = fb.SGD(pool, 0.5)
+    pool.dx[...] = rng.standard_normal(pool.x.size)
+    before = pool.x.copy()
+    opt.step()
+    np.testing.assert_allclose(pool.x, before - 0.5 * pool.dx, rtol=1e-12)
+    pool2, opt2 = copy.deepcopy((pool, opt))
+    x_before, x2_before = pool.x.copy(), pool2.x.copy()
+    pool2.dx[...] = 1.0
+    opt2.step()
+    np.testing.assert_array_equal(pool.x, x_before)              # the original's weights untouched
+    np.testing.assert_allclose(pool2.x, x2_before - 0.5, rtol=1e-12)
+    pool.alloc(6, fan_in=6)                                      # the pool grows into new vectors
+    pool.dx[...] = 2.0
+    grown = pool.x.copy()
+    opt.step()
+    np.testing.assert_allclose(pool.x, grown - 1.0, rtol=1e-12)
