@@ -236,7 +236,7 @@ class Network(Module):
             s.requires_dx = params or any(need[i] for i in inputs)
         self._marked = need
 
-    _sweeping: tuple | None = None                               # (states, the inputs' needs, each node with its arguments, reversed)
+    _sweeping: tuple | None = None                               # (states, inputs' needs, (module, arguments) reversed)
 
     def _sweep(self, states: tuple[State, ...], ddx: bool) -> None:
         kept = self._sweeping

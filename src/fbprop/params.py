@@ -48,7 +48,7 @@ class Param(State):
         pool = self.pool
         if self.cleared == pool.clears:
             return self._dx, False
-        self.cleared = pool.clears                               # (ParamPool.written, inline: a call a parameter a step)
+        self.cleared = pool.clears                               # (ParamPool.written, inline: a call less)
         pool._unwritten -= 1
         return self._dx, True
 
