@@ -177,6 +177,24 @@ def test_step_overhead_refuses_bad_arguments_in_one_line(args):
     assert p.returncode == 2 and "expected --batches" in p.stderr, p.stderr
 
 
+@pytest.mark.skipif(not (Path("/usr/include/valgrind/callgrind.h").exists() and __import__("shutil").which("valgrind")),
+                    reason="needs valgrind and its callgrind.h")
+def test_step_instructions_counts_each_system_and_the_ratios_follow_from_the_counts():
+    p = _run(str(BENCH / "step_instructions.py"), "--batches", "2", "--steps", "3", timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 1 and rows[0][0] == "2", p.stdout
+    fb, floor, ref, r_fb, r_floor = (float(v) for v in rows[0][1:])
+    assert min(fb, floor, ref) > 1000, rows                      # a step runs thousands of instructions
+    assert r_fb == pytest.approx(ref / fb, abs=0.006) and r_floor == pytest.approx(ref / floor, abs=0.006)
+
+
+@pytest.mark.parametrize("args", [("--batches", "0"), ("--batches", "x"), ("--steps", "0")])
+def test_step_instructions_refuses_bad_arguments_in_one_line(args):
+    p = _run(str(BENCH / "step_instructions.py"), *args)
+    assert p.returncode == 2 and "expected --batches" in p.stderr, p.stderr
+
+
 def test_gemm_floor_prints_the_products_each_pass_and_the_bound():
     p = _run(str(BENCH / "gemm_floor.py"), "--batch", "4", "--repeats", "1")
     assert p.returncode == 0, p.stderr
