@@ -201,28 +201,28 @@ class Cascade(Module):
             s.requires_dx = trainable or need
         self._marked = need
 
-    _sweeping: tuple | None = None                               # (inp, out, inp's need, states, links): see _sweep
+    _sweeping: tuple | None = None                               # (inp, out, states, links): see _sweep
 
     def _sweep(self, inp: State, out: State, ddx: bool) -> None:
         """One backward sweep, from the last link down to the first whose bprop has anything to
         compute: with an input that needs no dx, the links before the first one with parameters
         are skipped, and so are the states between them (their dx is never cleared, nor allocated).
         Which states to clear and which links to run are kept while the same states come in and
-        the input's need for dx is the same."""
+        the input's need for dx is the one `_mark` last saw."""
         kept = self._sweeping
-        if kept is None or kept[0] is not inp or kept[1] is not out or kept[2] is not inp.requires_dx:
+        if kept is None or kept[0] is not inp or kept[1] is not out or self._marked is not inp.requires_dx:
             chain = self._chain(inp, out)
             self._mark(inp)
             first = 0 if inp.requires_dx else self._first_trainable
-            kept = self._sweeping = (inp, out, inp.requires_dx, self._link_states[first:], chain[first:][::-1])
+            kept = self._sweeping = (inp, out, self._link_states[first:], chain[first:][::-1])
         if ddx:
-            for s in kept[3]:
+            for s in kept[2]:
                 s.clear_ddx()
-            for m, a, b in kept[4]:
+            for m, a, b in kept[3]:
                 m.bbprop(a, b)
         else:
-            clear_dx(kept[3])
-            for m, a, b in kept[4]:
+            clear_dx(kept[2])
+            for m, a, b in kept[3]:
                 m.bprop(a, b)
 
     def bprop(self, inp: State, out: State) -> None:

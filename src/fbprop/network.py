@@ -236,29 +236,31 @@ class Network(Module):
             s.requires_dx = params or any(need[i] for i in inputs)
         self._marked = need
 
-    _sweeping: tuple | None = None                               # (states, inputs' needs, (module, arguments) reversed)
+    _sweeping: tuple | None = None                               # (states, (module, arguments) reversed)
 
     def _sweep(self, states: tuple[State, ...], ddx: bool) -> None:
+        """One backward sweep; the nodes with their arguments are kept while the same states come
+        in and the inputs' needs for dx are the ones `_mark` last saw."""
         kept = self._sweeping
         fresh = kept is None or kept[0] != states
         if not fresh:
-            for s, need in zip(states, kept[1]):                 # (the inputs' needs: a loop, no call)
+            for s, need in zip(states, self._marked):            # (the inputs' needs: a loop, no call)
                 if s.requires_dx is not need:
                     fresh = True
                     break
         if fresh:
             arguments = self._arguments(states)
             self._mark(states)
-            kept = self._sweeping = (states, [s.requires_dx for s in states[:self.n_inputs]],
-                                     [(n.module, args) for n, args in zip(self.nodes, arguments, strict=True)][::-1])
+            kept = self._sweeping = (states, [(n.module, args) for n, args in zip(self.nodes, arguments,
+                                                                                  strict=True)][::-1])
         if ddx:
             for s in self._inner:
                 s.clear_ddx()
-            for m, args in kept[2]:
+            for m, args in kept[1]:
                 m.bbprop(*args)
         else:
             clear_dx(self._inner)
-            for m, args in kept[2]:
+            for m, args in kept[1]:
                 m.bprop(*args)
 
     def bprop(self, *states: State) -> None:

@@ -139,12 +139,7 @@ class State:
 
     @property
     def dx(self) -> np.ndarray:
-        d, x = self._dx, self.x
-        if x is not self._dx_of:                                 # (x replaced since: its shape tested)
-            if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
-                d = self._dx = np.zeros_like(x)
-                self._dx_cleared = False
-            self._dx_of = x
+        d = self._dx if self.x is self._dx_of else self._fit_dx()
         if self._dx_cleared:
             d.fill(0)
             self._dx_cleared = False
@@ -211,16 +206,22 @@ class State:
         then on dx counts as written. ddx is cleared when asked, so zero is False for it."""
         if slot != "dx":
             return getattr(self, slot), False
-        d, x = self._dx, self.x
-        if x is not self._dx_of:                                 # (x replaced since: its shape tested)
-            if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
-                d = self._dx = np.empty_like(x)                  # (same layout as x)
-                self._dx_cleared = True
-            self._dx_of = x
+        d = self._dx if self.x is self._dx_of else self._fit_dx()
         if not self._dx_cleared:
             return d, False
         self._dx_cleared = False
         return d, True
+
+    def _fit_dx(self) -> np.ndarray:
+        """`_dx` for an `x` other than the one it was last checked against (`dx` and `sum_target`
+        test only identity before calling this): kept when of x's shape and dtype, else a new
+        buffer in x's layout, counted as cleared (nothing written into it yet)."""
+        d, x = self._dx, self.x
+        if d is None or d.shape != x.shape or (d.dtype is not x.dtype and d.dtype != x.dtype):
+            d = self._dx = np.empty_like(x)
+            self._dx_cleared = True
+        self._dx_of = x
+        return d
 
     def clear_ddx(self) -> None:
         self.ddx.fill(0)
