@@ -27,6 +27,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from step_overhead import TINY, parse_batches, systems
+
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ("fbprop", "floor", "ref")
 MARKS = r"""
@@ -44,11 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return _child(*args.child)
-    try:
-        batches = [int(v) for v in args.batches.split(",")]
-    except ValueError:
-        batches = []
-    if not batches or min(batches) < 1 or args.steps < 1:
+    batches = parse_batches(args.batches)
+    if not batches or args.steps < 1:
         ap.error(f"expected --batches of positive integers (e.g. 1,32) and --steps >= 1, got {args.batches!r}, "
                  f"{args.steps}")
     valgrind, cc = shutil.which("valgrind"), shutil.which("cc") or shutil.which("gcc")
@@ -91,37 +90,17 @@ def _summary(path: Path) -> int | None:
 
 
 def _child(system: str, batch: str, steps: str, library: str) -> int:
-    """Build the three systems as step_overhead does, warm up, and run `steps` steps between the marks."""
+    """Build the three systems as step_overhead does, warm up, and run `steps` steps of one between the marks."""
     import ctypes
 
     sys.path.insert(0, str(HERE))
     import numpy as np
-    import sys_floor
-    import sys_numpy
-    from common import LR, MLP_SPEC
-
-    import fbprop
 
     b, n = int(batch), int(steps)
-    sizes = (4, 3, 3, 10)
-    spec = {**MLP_SPEC, "hidden": list(sizes[1:3]), "input_shape": [sizes[0]], "n_classes": sizes[3],
-            "dtype": "float32"}
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((max(256, 4 * b), sizes[0])).astype(np.float32)
-    y = rng.integers(0, sizes[3], len(x))
-    machine = fbprop.build_machine(spec)
-    opt = fbprop.SGD(machine.pool, LR)
-    shapes = [s for _, _, s in machine.pool.handles]
-    if system == "fbprop":
-        def step(i: int) -> None:
-            machine.gradient(x[i:i + b], y[i:i + b])
-            opt.step()
-    else:
-        other = sys_numpy.NumpyMLP(machine.pool.x.copy(), shapes, LR) if system == "ref" else \
-            sys_floor.ContractMLP(machine.pool.x.copy(), shapes, LR, b)
-
-        def step(i: int) -> None:
-            other.train_step(x[i:i + b], y[i:i + b])
+    x = rng.standard_normal((max(256, 4 * b), TINY[0])).astype(np.float32)
+    y = rng.integers(0, TINY[3], len(x))
+    step = systems(TINY, b, x, y)[system]
     starts = list(range(0, len(x) - b + 1, b))
     for k in range(20):
         step(starts[k % len(starts)])

@@ -40,22 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", choices=("fashion-mnist", "random"), default="fashion-mnist",
                     help="the 784 net's batches (default fashion-mnist; random data when it is not installed)")
     args = ap.parse_args(argv)
-    try:
-        batches = [int(v) for v in args.batches.split(",")]
-    except ValueError:
-        batches = []
-    if not batches or min(batches) < 1 or args.blocks < 1:
+    batches = parse_batches(args.batches)
+    if not batches or args.blocks < 1:
         ap.error(f"expected --batches of positive integers (e.g. 1,32) and --blocks >= 1, got {args.batches!r}, "
                  f"{args.blocks}")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)                  # before numpy loads its library
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import numpy as np
-    import sys_floor
-    import sys_numpy
-    from common import LR, MLP_SIZES, MLP_SPEC, alternating_blocks, batch_starts, load_data
-
-    import fbprop
+    from common import MLP_SIZES, alternating_blocks, batch_starts, load_data
 
     data, labels, note = load_data(4096, args.data)
     rng = np.random.default_rng(0)
@@ -65,20 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'net':>18} {'batch':>5} {'fbprop µs':>10} {'floor µs':>9} {'reference µs':>13} {'difference':>11} "
           f"{'÷ reference':>12} {'floor ÷ ref':>12} {'Python calls a step':>26}")
     for sizes in (MLP_SIZES, TINY):
-        spec = {**MLP_SPEC, "hidden": list(sizes[1:3]), "input_shape": [sizes[0]], "n_classes": sizes[3],
-                "dtype": "float32"}
         if sizes == MLP_SIZES:
             x, y = data.reshape(len(data), -1), labels
         else:
             x = rng.standard_normal((4096, sizes[0])).astype(np.float32)
             y = rng.integers(0, sizes[3], 4096)
         for b in batches:
-            machine = fbprop.build_machine(spec)
-            opt = fbprop.SGD(machine.pool, LR)
-            shapes = [s for _, _, s in machine.pool.handles]
-            ref = sys_numpy.NumpyMLP(machine.pool.x.copy(), shapes, LR)
-            floor = sys_floor.ContractMLP(machine.pool.x.copy(), shapes, LR, b)
-            steps = _steps(machine, opt, {"floor": floor, "ref": ref}, x, y, b)
+            steps = systems(sizes, b, x, y)
+            machine, floor, ref = steps["fbprop"].machine, steps["floor"].system, steps["ref"].system
             for step in steps.values():
                 step(0)
             for name, w in (("fbprop", machine.pool.x), ("the contract floor", floor.p.w)):
@@ -99,16 +86,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _steps(machine, opt, others: dict, x, y, b: int) -> dict:
-    """fbprop's step (gradient, then SGD) and the others' (`train_step`), each a function of the
-    batch's first index, fbprop first."""
+def parse_batches(text: str) -> list[int]:
+    """The batch sizes of a comma-separated list of positive integers; [] when it is not one."""
+    try:
+        batches = [int(v) for v in text.split(",")]
+    except ValueError:
+        return []
+    return batches if batches and min(batches) >= 1 else []
+
+
+def systems(sizes: tuple[int, ...], b: int, x, y) -> dict:
+    """The MLP of `sizes` (float32) in the three systems, from the same weights, each as a step
+    function of the batch's first index over (x, y) at batch b, fbprop first: fbprop's machine
+    with SGD (the step's `machine`), the contract floor and the numpy reference (`system`)."""
+    import sys_floor
+    import sys_numpy
+    from common import LR, MLP_SPEC
+
+    import fbprop
+
+    spec = {**MLP_SPEC, "hidden": list(sizes[1:3]), "input_shape": [sizes[0]], "n_classes": sizes[3],
+            "dtype": "float32"}
+    machine = fbprop.build_machine(spec)
+    opt = fbprop.SGD(machine.pool, LR)
+    shapes = [s for _, _, s in machine.pool.handles]
+
     def ours(i: int) -> None:
         machine.gradient(x[i:i + b], y[i:i + b])
         opt.step()
+    ours.machine = machine
 
     def theirs(system):
-        return lambda i: system.train_step(x[i:i + b], y[i:i + b])
-    return {"fbprop": ours, **{name: theirs(system) for name, system in others.items()}}
+        def step(i: int) -> None:
+            system.train_step(x[i:i + b], y[i:i + b])
+        step.system = system
+        return step
+    return {"fbprop": ours, "floor": theirs(sys_floor.ContractMLP(machine.pool.x.copy(), shapes, LR, b)),
+            "ref": theirs(sys_numpy.NumpyMLP(machine.pool.x.copy(), shapes, LR))}
 
 
 def _python_calls(step, starts: list[int], steps: int = 20) -> float:
