@@ -24,6 +24,16 @@ def _weights(pool):
     return [h.x for h, *_ in pool.handles]
 
 
+def _bprop_from_cleared(net, pool, inp, out, g):
+    """fprop, then one bprop with every derivative cleared first and ∂E/∂out = g."""
+    net.fprop(inp, out)
+    pool.clear_dx()
+    inp.clear_dx()
+    out.clear_dx()
+    out.dx[...] = g
+    net.bprop(inp, out)
+
+
 def _sweep(net, x, g):
     inp, out = State(x), State()
     net.fprop(inp, out)
@@ -68,12 +78,7 @@ def test_a_second_bprop_adds_where_the_first_wrote():
     pool, net = _mlp()
     x, g = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
     inp, out = State(x), State()
-    net.fprop(inp, out)
-    pool.clear_dx()
-    inp.clear_dx()
-    out.clear_dx()
-    out.dx[...] = g
-    net.bprop(inp, out)
+    _bprop_from_cleared(net, pool, inp, out, g)
     once_dw, once_dx = pool.dx.copy(), inp.dx.copy()
     net.bprop(inp, out)                                          # no clear: the contract adds
     np.testing.assert_allclose(pool.dx, 2 * once_dw, rtol=1e-14)
@@ -214,12 +219,7 @@ def test_an_input_that_comes_to_need_its_gradient_gets_it(wrap):
     inp, out = State(x, requires_dx=False), State()
     for need in (False, True, False, True):
         inp.requires_dx = need
-        net.fprop(inp, out)
-        pool.clear_dx()
-        inp.clear_dx()
-        out.clear_dx()
-        out.dx[...] = g
-        net.bprop(inp, out)
+        _bprop_from_cleared(net, pool, inp, out, g)
         if need:
             w, b = _weights(pool)[:2]
             h = np.tanh(x)
