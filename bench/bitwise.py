@@ -69,7 +69,7 @@ def run_tree(src: str, out: str, args: argparse.Namespace) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default="/work/main/src", help="the src/ directory to compare against")
     ap.add_argument("--src", default=str(HERE.parent / "src"), help="the src/ directory under test (this checkout)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every run's number of samples")

@@ -44,7 +44,7 @@ def _part(machine, x, y, weight):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="lenet5", help="an fbprop model (default lenet5)")
     ap.add_argument("--part", type=int, default=64, help="samples a part (default 64: LeNet-5 at batch 128)")
     ap.add_argument("--seconds", type=float, default=4.0, help="about this long per timing (default 4)")

@@ -31,7 +31,7 @@ def _timed(fn, repeats: int = 3) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="digits", help="digits (bundled), fashion-mnist or mnist (as fbprop train)")
     ap.add_argument("--steps", type=int, default=100, help="SGD steps of batch 32 before exporting")
     ap.add_argument("--samples", type=int, default=2000, help="test images compared")

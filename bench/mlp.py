@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per batch size (default 3)")
     ap.add_argument("--batches", default="1,32,128", help="comma-separated batch sizes (default 1,32,128)")
     ap.add_argument("--samples", type=int, default=8192, help="size of the data slice the batches cycle over")

@@ -69,7 +69,7 @@ def rabenseifner_ms(n: int, k: int, bandwidth: float, latency: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=100, help="timed steps per measurement (default 100)")
     ap.add_argument("--batch", type=int, default=128, help="global batch (default 128)")
     ap.add_argument("--models", default="mlp,lenet5", help="comma-separated: mlp, lenet5 (default both)")

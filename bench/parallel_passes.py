@@ -31,7 +31,7 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="602112,150528,38400",
                     help="float32 counts (default: LeNet-5's C1 output at batch 128, S2's, the MLP's h1 at 128)")
     ap.add_argument("--repeats", type=int, default=200)

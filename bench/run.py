@@ -36,7 +36,7 @@ SHORT = {"fbprop": "fbprop", "pytorch": "pytorch", "pytorch-idiomatic": "pt-idio
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP/torch threads for every system (default 2)")
     ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per workload per process (default 1)")

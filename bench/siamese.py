@@ -73,7 +73,7 @@ def run_fbprop(images, epochs: int, pairs: int, seed: int) -> tuple[float, float
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="fashion-mnist", choices=["digits", "fashion-mnist"])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--pairs", type=int, default=120_000)

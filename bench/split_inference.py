@@ -23,7 +23,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="lenet5,mlp", help="comma list of fbprop models (default lenet5,mlp)")
     ap.add_argument("--batches", default="128,1024", help="comma list of batch sizes (default 128,1024)")
     ap.add_argument("--threads", type=int, default=2, help="numpy's BLAS threads (default 2)")

@@ -1,8 +1,11 @@
-"""Instructions a training step executes: fbprop, the contract floor and the numpy reference on the
-4-3-3-10 net (all fixed cost), counted by valgrind's callgrind over the steps alone.
+"""Instructions a step executes: fbprop, the contract floor and the numpy reference, training on
+the 4-3-3-10 net (all fixed cost) or the benchmark's 784-300-100-10 MLP, or inferring, counted by
+valgrind's callgrind over the steps alone, and where they go (BLAS, numpy, libc, Python).
 
-    python bench/step_instructions.py                    # batch 1 and 32 (about a minute)
+    python bench/step_instructions.py                    # training, batch 1 and 32 (about a minute)
     python bench/step_instructions.py --batches 1 --steps 200
+    python bench/step_instructions.py --net mlp --batches 128 --steps 5 --parts         # (about 5 minutes)
+    python bench/step_instructions.py --net mlp --infer --batches 1024 --steps 3 --parts  # (about 3 minutes)
 
 `bench/step_overhead.py` times the same steps, but on a machine shared with other jobs the same
 step's time swings by 30% between blocks, more than most changes to the fixed cost move it.
@@ -10,6 +13,10 @@ Instructions do not swing: the count of one build of the code on one machine rep
 fraction of a percent, so a change to the per-call glue can be measured in one run, before the
 clock confirms it. They are not time (a numpy call and a Python call of the same count need not
 take as long, and memory is not counted), so the ratios here are a guide to step_overhead's.
+`--parts` splits each system's count by the library that ran it (callgrind_annotate's
+per-function counts, grouped by the shared object): OpenBLAS (both numpy's and scipy's), numpy's
+own loops and dispatch, libc (memset, memcpy, malloc) and the Python interpreter. With `--infer`
+a step is `machine.predict` against the reference's `infer` (the floor has no inference).
 
 Needs valgrind (with its callgrind.h header, as Debian's `valgrind` package installs it) and a C
 compiler: the steps are marked by callgrind's client requests from a small library built here
@@ -27,6 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import MLP_SIZES
 from step_overhead import TINY, parse_batches, systems
 
 HERE = Path(__file__).resolve().parent
@@ -38,11 +46,21 @@ void steps_end(void) { CALLGRIND_TOGGLE_COLLECT; CALLGRIND_DUMP_STATS; CALLGRIND
 """
 
 
+NETS = {"tiny": TINY, "mlp": MLP_SIZES}
+PARTS = ("BLAS", "numpy", "libc", "Python", "other")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default 1,32)")
     ap.add_argument("--steps", type=int, default=100, help="steps counted per system (default 100)")
-    ap.add_argument("--child", nargs=4, metavar=("SYSTEM", "BATCH", "STEPS", "LIBRARY"), help=argparse.SUPPRESS)
+    ap.add_argument("--net", choices=tuple(NETS), default="tiny",
+                    help="tiny: 4-3-3-10 (default), mlp: the benchmark's 784-300-100-10 (on random data)")
+    ap.add_argument("--infer", action="store_true", help="count inference (predict) instead of training steps")
+    ap.add_argument("--parts", action="store_true",
+                    help="also split each count by the library that ran it (needs callgrind_annotate)")
+    ap.add_argument("--child", nargs=6, metavar=("SYSTEM", "NET", "MODE", "BATCH", "STEPS", "LIBRARY"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return _child(*args.child)
@@ -51,24 +69,30 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"expected --batches of positive integers (e.g. 1,32) and --steps >= 1, got {args.batches!r}, "
                  f"{args.steps}")
     valgrind, cc = shutil.which("valgrind"), shutil.which("cc") or shutil.which("gcc")
+    annotate = shutil.which("callgrind_annotate")
     header = Path("/usr/include/valgrind/callgrind.h")
-    if not valgrind or not cc or not header.exists():
-        print("step_instructions: needs valgrind with /usr/include/valgrind/callgrind.h (apt-get install valgrind) "
-              "and a C compiler (cc)", file=sys.stderr)
+    if not valgrind or not cc or not header.exists() or (args.parts and not annotate):
+        print("step_instructions: needs valgrind with /usr/include/valgrind/callgrind.h and callgrind_annotate "
+              "(apt-get install valgrind) and a C compiler (cc)", file=sys.stderr)
         return 2
+    mode = "infer" if args.infer else "train"
+    systems_run = ("fbprop", "ref") if args.infer else SYSTEMS
+    net = "-".join(map(str, NETS[args.net]))
     with tempfile.TemporaryDirectory() as tmp:
         library = Path(tmp) / "marks.so"
         (Path(tmp) / "marks.c").write_text(MARKS)
         subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(library), str(Path(tmp) / "marks.c")], check=True)
-        print(f"instructions a step on the 4-3-3-10 net, {args.steps} steps counted by callgrind (1 thread)")
-        print(f"{'batch':>5} {'fbprop':>10} {'floor':>10} {'reference':>10} {'fbprop ÷ ref':>13} {'floor ÷ ref':>12}")
+        what = "an inference (predict)" if args.infer else "a step"
+        print(f"instructions {what} on the {net} net, {args.steps} steps counted by callgrind (1 thread)")
+        print(f"{'batch':>5} {'fbprop':>12} {'floor':>12} {'reference':>12} {'fbprop ÷ ref':>13} {'floor ÷ ref':>12}")
+        parts = []
         for b in batches:
             counts = {}
-            for system in SYSTEMS:
+            for system in systems_run:
                 out = Path(tmp) / f"{system}.{b}.out"
                 cmd = [valgrind, "--tool=callgrind", "--instr-atstart=no", "--collect-atstart=no",
-                       f"--callgrind-out-file={out}", sys.executable, __file__, "--child", system, str(b),
-                       str(args.steps), str(library)]
+                       f"--callgrind-out-file={out}", sys.executable, __file__, "--child", system, args.net, mode,
+                       str(b), str(args.steps), str(library)]
                 run = subprocess.run(cmd, capture_output=True, text=True,
                                      env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
                 dumps = sorted(Path(tmp).glob(f"{system}.{b}.out*"))
@@ -77,9 +101,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"step_instructions: the {system} run failed: {run.stderr.strip()[-300:]}", file=sys.stderr)
                     return 1
                 counts[system] = total / args.steps
-            f, fl, r = counts["fbprop"], counts["floor"], counts["ref"]
+                if args.parts:
+                    split = _by_library(annotate, dumps[-1], total)
+                    parts.append((b, system, {k: v / args.steps for k, v in split.items()}))
+            f, r = counts["fbprop"], counts["ref"]
+            fl = counts.get("floor")
             # (a ratio of instructions the way step_overhead's is of speed: reference ÷ system)
-            print(f"{b:5d} {f:10.0f} {fl:10.0f} {r:10.0f} {r / f:13.2f} {r / fl:12.2f}")
+            floor = (f"{fl:12.0f}", f"{r / fl:12.2f}") if fl else (f"{'-':>12}", f"{'-':>12}")
+            print(f"{b:5d} {f:12.0f} {floor[0]} {r:12.0f} {r / f:13.2f} {floor[1]}")
+        if parts:
+            print(f"\nwhere they go, instructions {what}: {', '.join(PARTS)} (the shared object that ran them)")
+            print(f"{'batch':>5} {'system':>7} " + " ".join(f"{k:>12}" for k in PARTS))
+            for b, system, split in parts:
+                print(f"{b:5d} {system:>7} " + " ".join(f"{split[k]:12.0f}" for k in PARTS))
     return 0
 
 
@@ -89,20 +123,53 @@ def _summary(path: Path) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _child(system: str, batch: str, steps: str, library: str) -> int:
+def _part(where: str) -> str:
+    """The part of PARTS that a callgrind_annotate function line's file, function and object belong to."""
+    low = where.lower()
+    if "openblas" in low:
+        return "BLAS"
+    if "_multiarray_umath" in low or "/numpy/" in low:
+        return "numpy"
+    if "libc.so" in low or "libm.so" in low:
+        return "libc"
+    if "python" in low:
+        return "Python"
+    return "other"
+
+
+def _by_library(annotate: str, dump: Path, total: int) -> dict[str, int]:
+    """A dump's instructions by part (PARTS): each function's own count from callgrind_annotate,
+    grouped by `_part`; what the listing leaves out goes to "other"."""
+    listing = subprocess.run([annotate, "--threshold=100", "--inclusive=no", str(dump)],
+                             capture_output=True, text=True, check=True).stdout
+    split = dict.fromkeys(PARTS, 0)
+    for line in listing.splitlines():
+        found = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S.*)$", line)
+        if found and "PROGRAM TOTALS" not in line:
+            split[_part(found.group(2))] += int(found.group(1).replace(",", ""))
+    split["other"] += total - sum(split.values())
+    return split
+
+
+def _child(system: str, net: str, mode: str, batch: str, steps: str, library: str) -> int:
     """Build the three systems as step_overhead does, warm up, and run `steps` steps of one between the marks."""
     import ctypes
 
     sys.path.insert(0, str(HERE))
     import numpy as np
 
-    b, n = int(batch), int(steps)
+    b, n, sizes = int(batch), int(steps), NETS[net]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((max(256, 4 * b), TINY[0])).astype(np.float32)
-    y = rng.integers(0, TINY[3], len(x))
-    step = systems(TINY, b, x, y)[system]
+    x = rng.standard_normal((max(256, 4 * b), sizes[0])).astype(np.float32)
+    y = rng.integers(0, sizes[3], len(x))
+    step = systems(sizes, b, x, y)[system]
+    if mode == "infer":
+        infer = step.machine.predict if system == "fbprop" else step.system.infer
+
+        def step(i: int) -> None:
+            infer(x[i:i + b], **({"batch_size": b} if system == "fbprop" else {}))
     starts = list(range(0, len(x) - b + 1, b))
-    for k in range(20):
+    for k in range(3 if mode == "infer" or net == "mlp" else 20):   # (the plans are made in the first)
         step(starts[k % len(starts)])
     marks = ctypes.CDLL(library)
     marks.steps_begin()

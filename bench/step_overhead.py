@@ -32,7 +32,7 @@ TINY = (4, 3, 3, 10)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,32", help="comma-separated batch sizes (default 1,32)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
     ap.add_argument("--blocks", type=int, default=10, help="pairs of blocks per net and batch (default 10)")

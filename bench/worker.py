@@ -19,7 +19,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--system", required=True)
     ap.add_argument("--workloads", required=True, help="comma-separated, e.g. mlp-train-b1,lenet5-infer-b1024")
     ap.add_argument("--workspace", required=True, help="the .npz written by run.py (common.make_workspace)")
