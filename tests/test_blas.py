@@ -260,3 +260,37 @@ def test_a_long_sum_into_a_small_output_runs_in_blocks(dtype, beta, monkeypatch)
     blas._gemm(c, g, col.T, 0.5, beta, wide=True)
     assert calls == [k]
     np.testing.assert_allclose(c, expected, **tol)
+
+
+@needs_numpy_blas
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("small_kernel", [False, True])
+@pytest.mark.parametrize("orders", ["CCC", "CFC", "FCF", "CCF"])
+def test_a_kept_large_product_takes_the_route_gemm_takes_at_each_call(orders, small_kernel, beta, monkeypatch):
+    """product_call decides a large product's layout once; the thread count and run_apart, which
+    can change between calls, still choose its route at each call, as `_gemm` does."""
+    lib = blas._numpy_blas()
+    monkeypatch.setattr(lib, "small_kernel", small_kernel)
+    threads = [1]
+    monkeypatch.setattr(lib, "threads", lambda: threads[0])
+    monkeypatch.setattr(blas, "_POOL_AWAKE", [False])
+    calls = _routes(monkeypatch)
+    a, b, c = _operands(70, 90, 80, orders, np.float32)
+    assert c.size * a.shape[1] > blas.SMALL_GEMM
+    kept = blas.product_call(c, a, b, beta=beta)                 # decided with 1 thread
+    for n_threads, apart in ((1, 0), (2, 0), (1, 1), (1, 0)):
+        threads[0] = n_threads
+        monkeypatch.setattr(blas, "_APART", [apart])
+        start = c.astype(np.float64)
+        del calls[:]
+        blas._POOL_AWAKE[0] = False
+        blas._gemm(c, a, b, 1.0, beta)
+        route, awake, by_gemm = list(calls), blas._POOL_AWAKE[0], c.copy()
+        c[...] = start
+        del calls[:]
+        blas._POOL_AWAKE[0] = False
+        kept(a, b)
+        assert (calls, blas._POOL_AWAKE[0]) == (route, awake), (n_threads, apart)
+        assert awake == (n_threads > 1)
+        np.testing.assert_array_equal(c, by_gemm)
+        np.testing.assert_allclose(c, beta * start + a.astype(np.float64) @ b, **_tol(np.float32))

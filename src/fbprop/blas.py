@@ -412,11 +412,31 @@ def product_call(c: np.ndarray, a: np.ndarray, b: np.ndarray,
                  beta: float = 0.0) -> Callable[[np.ndarray, np.ndarray], object]:
     """The call f(a, b) that computes c ← a b + β c for operands of a's and b's shapes, dtypes and
     layouts, decided now, for a module to keep while its operands keep them (`Plan`): the route
-    itself for a product of OpenBLAS's one-thread size (no thread count changes it), `_gemm`,
-    which decides at each call, for a larger one."""
+    itself for a product of OpenBLAS's one-thread size (no thread count changes it); for a larger
+    one, `_gemm`'s choice, of which only the part that can change between calls (the thread
+    count, `run_apart`) is made at each call (MLP step at batch 32: 3 Python calls and their
+    layout tests fewer a product)."""
     if c.size * a.shape[1] <= SMALL_GEMM:
         return _route(c, a, b, 1.0, beta, True)
-    return lambda a, b: _gemm(c, a, b, 1.0, beta)
+    outside = _route(c, a, b, 1.0, beta, False)                 # where numpy's library does not take it whole
+    if not _fits_numpy(c, a, b):
+        return outside
+    # `_gemm`'s choice between the two, made at each call as there (numpy's library's thread
+    # count and `run_apart` can change between calls), on what the operands' layouts fixed now
+    nb, whole = _numpy_blas(), beta == 0.0 and (lambda a, b: np.matmul(a, b, out=c))
+    one_thread_outside = nb.small_kernel and not (beta == 0.0 and b.flags.c_contiguous)
+
+    def call(a: np.ndarray, b: np.ndarray) -> None:
+        if nb.threads() > 1:
+            _POOL_AWAKE[0] = True
+        elif one_thread_outside and not _APART[0]:
+            outside(a, b)
+            return
+        if whole:
+            whole(a, b)
+        elif not nb.gemm(c, a, b, 1.0, beta):
+            outside(a, b)
+    return call
 
 
 def add_product(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float = 1.0) -> None:
