@@ -169,7 +169,7 @@ def _child(system: str, net: str, mode: str, batch: str, steps: str, library: st
         def step(i: int) -> None:
             infer(x[i:i + b], **({"batch_size": b} if system == "fbprop" else {}))
     starts = list(range(0, len(x) - b + 1, b))
-    for k in range(3 if mode == "infer" or net == "mlp" else 20):   # (the plans are made in the first)
+    for k in range(10 if mode == "infer" or net == "mlp" else 20):   # (Python specialises a function after 8 calls)
         step(starts[k % len(starts)])
     marks = ctypes.CDLL(library)
     marks.steps_begin()
