@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from common import MLP_SIZES
@@ -163,11 +164,11 @@ def _child(system: str, net: str, mode: str, batch: str, steps: str, library: st
     x = rng.standard_normal((max(256, 4 * b), sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[3], len(x))
     step = systems(sizes, b, x, y)[system]
-    if mode == "infer":
-        infer = step.machine.predict if system == "fbprop" else step.system.infer
+    if mode == "infer":                                          # (predict's batch_size: the whole batch)
+        infer = partial(step.machine.predict, batch_size=b) if system == "fbprop" else step.system.infer
 
         def step(i: int) -> None:
-            infer(x[i:i + b], **({"batch_size": b} if system == "fbprop" else {}))
+            infer(x[i:i + b])
     starts = list(range(0, len(x) - b + 1, b))
     for k in range(10 if mode == "infer" or net == "mlp" else 20):   # (Python specialises a function after 8 calls)
         step(starts[k % len(starts)])

@@ -177,35 +177,51 @@ def test_step_overhead_refuses_bad_arguments_in_one_line(args):
     assert p.returncode == 2 and "expected --batches" in p.stderr, p.stderr
 
 
-@pytest.mark.skipif(not (Path("/usr/include/valgrind/callgrind.h").exists() and __import__("shutil").which("valgrind")),
-                    reason="needs valgrind and its callgrind.h")
-def test_step_instructions_counts_each_system_and_the_ratios_follow_from_the_counts():
+needs_callgrind = pytest.mark.skipif(
+    not (Path("/usr/include/valgrind/callgrind.h").exists() and __import__("shutil").which("valgrind")),
+    reason="needs valgrind and its callgrind.h")
+
+
+def _count_rows(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.splitlines() if line.strip()[:1].isdigit()]
+
+
+@pytest.fixture(scope="module")
+def training_instructions():
+    """step_instructions' training counts at batch 2, split by library (one run for the tests below)."""
     p = _run(str(BENCH / "step_instructions.py"), "--batches", "2", "--steps", "3", "--parts", timeout=300)
     assert p.returncode == 0, p.stderr
-    rows = [line.split() for line in p.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert len(rows) == 4 and rows[0][0] == "2", p.stdout
+    return p.stdout
+
+
+@needs_callgrind
+def test_step_instructions_counts_each_system_and_the_ratios_follow_from_the_counts(training_instructions):
+    rows = _count_rows(training_instructions)
+    assert len(rows) == 4 and rows[0][0] == "2", training_instructions
     fb, floor, ref, r_fb, r_floor = (float(v) for v in rows[0][1:])
     assert min(fb, floor, ref) > 1000, rows                      # a step runs thousands of instructions
     assert r_fb == pytest.approx(ref / fb, abs=0.006) and r_floor == pytest.approx(ref / floor, abs=0.006)
     # --parts: each system's count split by library (BLAS, numpy, libc, Python, other), summing to it
     parts = {row[1]: [float(v) for v in row[2:]] for row in rows[1:]}
-    assert sorted(parts) == ["fbprop", "floor", "ref"] and all(len(v) == 5 for v in parts.values()), p.stdout
+    assert sorted(parts) == ["fbprop", "floor", "ref"] and all(len(v) == 5 for v in parts.values()), rows
     for system, total in (("fbprop", fb), ("floor", floor), ("ref", ref)):
-        assert min(parts[system]) >= 0 and sum(parts[system]) == pytest.approx(total, abs=3), (system, p.stdout)
+        assert min(parts[system]) >= 0 and sum(parts[system]) == pytest.approx(total, abs=3), (system, rows)
         blas, numpy, _, python, other = parts[system]
-        assert blas > 0 and numpy > 0 and python > 0 and other < 0.1 * total, (system, p.stdout)
+        assert blas > 0 and numpy > 0 and python > 0 and other < 0.1 * total, (system, rows)
 
 
-@pytest.mark.skipif(not (Path("/usr/include/valgrind/callgrind.h").exists() and __import__("shutil").which("valgrind")),
-                    reason="needs valgrind and its callgrind.h")
-def test_step_instructions_counts_inference_for_fbprop_and_the_reference_only():
-    p = _run(str(BENCH / "step_instructions.py"), "--infer", "--batches", "3", "--steps", "2", timeout=300)
+@needs_callgrind
+def test_step_instructions_counts_inference_for_fbprop_and_the_reference_only(training_instructions):
+    p = _run(str(BENCH / "step_instructions.py"), "--infer", "--batches", "2", "--steps", "3", timeout=300)
     assert p.returncode == 0, p.stderr
     assert "instructions an inference (predict) on the 4-3-3-10 net" in p.stdout, p.stdout
-    rows = [line.split() for line in p.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert len(rows) == 1 and rows[0][0] == "3" and rows[0][2] == rows[0][5] == "-", p.stdout
+    rows = _count_rows(p.stdout)
+    assert len(rows) == 1 and rows[0][0] == "2" and rows[0][2] == rows[0][5] == "-", p.stdout
     fb, ref, ratio = float(rows[0][1]), float(rows[0][3]), float(rows[0][4])
     assert min(fb, ref) > 1000 and ratio == pytest.approx(ref / fb, abs=0.006), p.stdout
+    # an inference is a forward pass, no backward sweep and no update: fewer instructions than a step
+    trained = _count_rows(training_instructions)[0]
+    assert fb < float(trained[1]) and ref < float(trained[3]), (p.stdout, trained)
 
 
 @pytest.mark.parametrize("args", [("--batches", "0"), ("--batches", "x"), ("--steps", "0")])
