@@ -224,6 +224,25 @@ def test_step_instructions_counts_inference_for_fbprop_and_the_reference_only(tr
     assert fb < float(trained[1]) and ref < float(trained[3]), (p.stdout, trained)
 
 
+@needs_callgrind
+def test_step_instructions_counts_lenet5_and_its_simulated_cache_misses():
+    p = _run(str(BENCH / "step_instructions.py"), "--net", "lenet5", "--batches", "2", "--steps", "1", "--cache",
+             timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "instructions a step on the LeNet-5 net" in p.stdout, p.stdout
+    counts, *misses = _count_rows(p.stdout)
+    assert counts[0] == "2" and counts[2] == counts[5] == "-", p.stdout      # no floor for LeNet-5
+    fb, ref = float(counts[1]), float(counts[3])
+    assert min(fb, ref) > 1e6 and float(counts[4]) == pytest.approx(ref / fb, abs=0.006), p.stdout
+    # each system's misses a step at the L1s and the L2: some at each level, never more in the
+    # L2 than in the L1 it stands behind (it only sees what the L1 missed), nor more than the loads
+    assert [row[:2] for row in misses] == [["2", "fbprop"], ["2", "ref"]], p.stdout
+    for row, total in zip(misses, (fb, ref), strict=True):
+        i1, d1r, d1w, i2, d2r, d2w = (float(v) for v in row[2:])
+        assert min(i1, d1r, d1w, i2, d2r, d2w) > 0 and i1 < total, row
+        assert i2 <= i1 and d2r <= d1r and d2w <= d1w, row
+
+
 @pytest.mark.parametrize("args", [("--batches", "0"), ("--batches", "x"), ("--steps", "0")])
 def test_step_instructions_refuses_bad_arguments_in_one_line(args):
     p = _run(str(BENCH / "step_instructions.py"), *args)
