@@ -111,13 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                 run = subprocess.run(cmd, capture_output=True, text=True,
                                      env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
                 dumps = sorted(Path(tmp).glob(f"{system}.{b}.out*"))
-                total = _summary(dumps[-1]) if run.returncode == 0 and dumps else None
+                events = _events(dumps[-1]) if run.returncode == 0 and dumps else {}
+                total = events.get("Ir")                         # (instructions: callgrind's first event)
                 if total is None:
                     print(f"step_instructions: the {system} run failed: {run.stderr.strip()[-300:]}", file=sys.stderr)
                     return 1
                 counts[system] = total / args.steps
                 if args.cache:
-                    misses.append((b, system, {k: v / args.steps for k, v in _events(dumps[-1]).items()}))
+                    misses.append((b, system, {k: v / args.steps for k, v in events.items()}))
                 if args.parts:
                     split = _by_library(annotate, dumps[-1], total)
                     parts.append((b, system, {k: v / args.steps for k, v in split.items()}))
@@ -139,15 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _summary(path: Path) -> int | None:
-    """The instruction total callgrind wrote into a dump ("summary: N" or "totals: N"; with a
-    cache simulation the first of the numbers there)."""
-    found = re.search(r"^(?:summary|totals): (\d+)", path.read_text(), re.MULTILINE)
-    return int(found.group(1)) if found else None
-
-
 def _events(path: Path) -> dict[str, int]:
-    """Each event's total in a dump: the names on its "events:" line, the numbers on its summary's."""
+    """Each event's total in a dump: the names on its "events:" line (Ir, the instructions, and with
+    a cache simulation the misses), the numbers on its "summary:" or "totals:" line; {} without them."""
     text = path.read_text()
     names = re.search(r"^events: (.+)$", text, re.MULTILINE)
     totals = re.search(r"^(?:summary|totals): ([\d ]+)$", text, re.MULTILINE)
