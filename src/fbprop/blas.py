@@ -408,14 +408,14 @@ def _route(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
     return lambda a, b: gemm(alpha, a.T if ta else a, b.T if tb else b, beta, cc, ta, tb, 1)
 
 
-def product_call(c: np.ndarray, a: np.ndarray, b: np.ndarray,
-                 beta: float = 0.0) -> Callable[[np.ndarray, np.ndarray], object]:
+def product_call(c: np.ndarray, a: np.ndarray, b: np.ndarray, beta: float = 0.0,
+                 wide: bool = False) -> Callable[[np.ndarray, np.ndarray], object]:
     """The call f(a, b) that computes c ← a b + β c for operands of a's and b's shapes, dtypes and
     layouts, decided now, for a module to keep while its operands keep them (`Plan`): the route
     itself for a product of OpenBLAS's one-thread size (no thread count changes it); for a larger
     one, `_gemm`'s choice, of which only the part that can change between calls (the thread
     count, `run_apart`) is made at each call (the 784-300-100-10 MLP's step at batch 32:
-    7,844,846 → 7,798,179 instructions, `bench/step_instructions.py`)."""
+    7,844,846 → 7,798,179 instructions, `bench/step_instructions.py`). `wide` as in `product`."""
     if c.size * a.shape[1] <= SMALL_GEMM:
         return _route(c, a, b, 1.0, beta, True)
     outside = _route(c, a, b, 1.0, beta, False)                 # where numpy's library does not take it whole
@@ -424,7 +424,8 @@ def product_call(c: np.ndarray, a: np.ndarray, b: np.ndarray,
     # `_gemm`'s choice between the two, made at each call as there (numpy's library's thread
     # count and `run_apart` can change between calls), on what the operands' layouts fixed now
     nb, written = _numpy_blas(), beta == 0.0
-    one_thread_outside = nb.small_kernel and not (written and b.flags.c_contiguous)
+    one_thread_outside = nb.small_kernel and not (wide or (written and b.flags.c_contiguous))
+    kb = _k_block(c.size, a.shape[1]) if wide else 0
 
     def call(a: np.ndarray, b: np.ndarray) -> None:
         if nb.threads() > 1:
@@ -432,7 +433,11 @@ def product_call(c: np.ndarray, a: np.ndarray, b: np.ndarray,
         elif one_thread_outside and not _APART[0]:
             outside(a, b)
             return
-        if written:
+        if kb:
+            if not all(nb.gemm(c, a[:, s:s + kb], b[s:s + kb], 1.0, beta if s == 0 else 1.0)
+                       for s in range(0, a.shape[1], kb)):
+                outside(a, b)
+        elif written:
             np.matmul(a, b, out=c)
         elif not nb.gemm(c, a, b, 1.0, beta):
             outside(a, b)

@@ -15,13 +15,15 @@ been changed in place since fprop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from fbprop.blas import add_product, one_thread, product
-from fbprop.module import Module
+from fbprop.blas import add_product, one_thread, product, product_call
+from fbprop.module import Module, Plan
 from fbprop.modules.shape import expect_images
-from fbprop.modules.squash import add_sum_to
+from fbprop.modules.squash import add_sum_to, sum_call
 from fbprop.params import ParamPool
 from fbprop.state import State, blocks, copy_batch_last, from_memory, is_batch_last, memory
 
@@ -239,18 +241,86 @@ class Conv2d(Module):
             wm *= self._mask                                     # w_{o,c} = 0 where c does not feed o
         return wm.reshape(self.n_out, -1)
 
+    _forward: Plan | None = None                                  # fprop's decisions, bprop's (see Plan)
+    _backward: Plan | None = None
+
     def fprop(self, inp: State, out: State) -> None:
+        x, plan = inp.x, self._forward
+        if self.forward_only or plan is None or not plan.fits(x, out.x, self.w.x):
+            plan = self._plan_fprop(inp, out)
+            if plan is None:
+                return                                           # (computed in bands)
+        plan.calls[0](x)
+
+    def _plan_fprop(self, inp: State, out: State) -> Plan | None:
+        """fprop's checks, output, columns and product, kept while the input keeps its shape and
+        layout and the output and weights their buffers; None after a forward-only fprop that
+        built its columns in bands (and keeps no plan)."""
         expect_images(self, inp, self.n_in)
         h_out, w_out = _out_size(self, inp, self.kernel, self.stride, self.padding)
         n, c = inp.x.shape[:2]
         row = c * self.kernel**2 * w_out * n * inp.x.itemsize       # bytes of one output row's columns
         if self.forward_only and row * h_out > self.column_budget and h_out > 1:
             self._fprop_bands(inp, out, max(1, min(self.column_budget, self.band_budget) // row))
-            return
-        col = self._columns(inp, fresh=True)
+            return None
+        columns = self._columns_call(inp)
         out.resize(n, self.n_out, h_out, w_out, dtype=inp.x.dtype, batch_last=True)
-        y = memory(out.x).reshape(self.n_out, -1)
-        product(y, self._weights(1), col, wide=True)            # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
+        weights = self._weights_call()
+        y_is = product_call(memory(out.x).reshape(self.n_out, -1), weights(), columns(inp.x), wide=True)
+
+        def forward(x: np.ndarray) -> None:
+            y_is(weights(), columns(x))                          # y_{o,i,j} = Σ w_{o,c,a,b} x_{c,si+a,sj+b}
+        self._forward = Plan(inp.x, out.x, self.w.x, calls=(forward,))
+        return self._forward
+
+    def _columns_call(self, inp: State) -> Callable[[np.ndarray], np.ndarray]:
+        """The call f(x) that builds im2col of an x of inp.x's shape and layout, keeps it for
+        bprop (as `_columns` does) and returns it."""
+        x0 = inp.x
+        src = self._source(inp)                                  # (sets the geometry)
+        c, k, h_out, w_out, n = self._geometry
+        geometry, whole = self._geometry, self._whole
+        col = None if whole else self._col.resize(c, k, k, h_out, w_out, n, dtype=x0.dtype).x
+        cols = src.reshape(c * k * k, n) if whole else col.reshape(c * k * k, -1)
+        if self.padding or not memory(x0).flags.c_contiguous:    # (padded or batch-first: copied in, as _source does)
+            p, (h, w) = self.padding, x0.shape[2:]
+            inner, windows = src[:, p:p + h, p:p + w], None if whole else self._windows_of(src)
+
+            def copied(x: np.ndarray) -> np.ndarray:
+                copy_batch_last(inner, x)
+                if windows is not None:
+                    np.copyto(col, windows)
+                self._cols, self._col_of, self._geometry, self._whole = cols, x, geometry, whole
+                return cols
+            return copied
+        seen = [x0, cols if whole else self._windows_of(src)]   # x's columns (whole) or windows
+
+        def read(x: np.ndarray) -> np.ndarray:
+            if x is not seen[0]:                                 # another array of the same layout
+                m = memory(x)
+                seen[:] = x, m.reshape(c * k * k, n) if whole else self._windows_of(m)
+            if whole:
+                self._cols = seen[1]
+            else:
+                np.copyto(col, seen[1])
+                self._cols = cols
+            self._col_of, self._geometry, self._whole = x, geometry, whole
+            return self._cols
+        return read
+
+    def _weights_call(self) -> Callable[[], np.ndarray]:
+        """The call f() that returns `_weights(1)` for the weights in the pool now."""
+        w = self.w.x
+        if self._mask is None:
+            wmat = w.reshape(self.n_out, -1)
+            return lambda: wmat
+        wm = self._wm.resize(*w.shape, dtype=w.dtype).x
+        mask, wmat = self._mask, wm.reshape(self.n_out, -1)
+
+        def masked() -> np.ndarray:
+            np.multiply(w, mask, out=wm)                         # w_{o,c} = 0 where c does not feed o
+            return wmat
+        return masked
 
     def _back(self, inp: State, g_out: np.ndarray, col: np.ndarray, w: np.ndarray, slot: str) -> None:
         """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bprop with
@@ -297,7 +367,77 @@ class Conv2d(Module):
             _add_batch_first(from_memory(into), dxt[:, p:p + h, p:p + w_in])   # the border is dropped
 
     def bprop(self, inp: State, out: State) -> None:
-        self._back(inp, out.dx, self._columns(inp), self._weights(1), "dx")   # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
+        g, col = out.dx, self._columns(inp)
+        dx, dx_zero = inp.sum_target("dx") if inp.requires_dx else (None, False)
+        dw, dw_zero = self.w.dx_for_sum()                        # (the pool re-points w and dw together)
+        plan = self._backward
+        if plan is None or not plan.fits(g, dx, dw, col):
+            plan = self._backward = self._plan_bprop(inp, g, col, dx, dw)
+        plan.calls[0](g, col, dx_zero, dw_zero)                  # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
+
+    def _plan_bprop(self, inp: State, g0: np.ndarray, col: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> Plan:
+        """`_back` for slot "dx" with its products' routes, views and col2im's slices decided
+        once, while ∂E/∂y keeps its shape and layout and dx, dw and the columns their buffers."""
+        c, k, h_out, w_out, n = self._geometry
+        g_copy = None if memory(g0).flags.c_contiguous else self._g.resize(self.n_out, h_out, w_out, n, dtype=g0.dtype).x
+        seen = [None, None]                                      # ∂E/∂y and its (n_out, h'·w'·n) matrix
+
+        def matrix(g: np.ndarray) -> np.ndarray:
+            if g_copy is not None:                               # a batch-first ∂E/∂y (set by hand): one copy
+                copy_batch_last(g_copy, g)
+                return g_copy.reshape(self.n_out, -1)
+            if g is not seen[0]:
+                seen[:] = g, memory(g).reshape(self.n_out, -1)
+            return seen[1]
+        weights, g = self._weights_call(), matrix(g0)
+        w_t = weights().T
+        gw = self._gw
+        if gw is None or gw.shape != (self.n_out, dw[0].size) or gw.dtype != g.dtype:
+            gw = self._gw = np.empty((self.n_out, dw[0].size), dtype=g.dtype, order="F")
+        gw_is, dw_m = product_call(gw, g, col.T, wide=True), dw.reshape(self.n_out, -1)
+        mask = self._mask_rows if self._mask is not None else None
+        to_dx = self._dx_call(inp, dx, w_t, g) if dx is not None else None
+
+        def back(g: np.ndarray, col: np.ndarray, dx_zero: bool, dw_zero: bool) -> None:
+            g = matrix(g)
+            gw_is(g, col.T)                                      # ∂E/∂w_o = Σ_{i,j,n} ∂E/∂y_{n,o,i,j} x_window(i,j,n)
+            if mask is not None:
+                np.multiply(gw, mask, out=gw)                    # unconnected weights get no update
+            if dw_zero:
+                np.copyto(dw_m, gw)
+            else:
+                np.add(dw_m, gw, out=dw_m)
+            if to_dx is not None:
+                to_dx(weights().T, g, dx_zero)
+        return Plan(g0, dx, dw, col, calls=(back,))
+
+    def _dx_call(self, inp: State, dx: np.ndarray, w_t: np.ndarray, g: np.ndarray) -> Callable:
+        """The call f(Wᵀ, g, zero) that writes (zero) or adds col2im(Wᵀ g) into dx, as `_back` does."""
+        c, k, h_out, w_out, n = self._geometry
+        p, s, (h, w_in) = self.padding, self.stride, inp.x.shape[2:]
+        into = memory(dx)
+        if self._whole and not p and into.flags.c_contiguous:    # one window, the whole image: no col2im
+            m = into.reshape(c * k * k, n)
+            written, added = product_call(m, w_t, g), product_call(m, w_t, g, beta=1.0)
+            return lambda w_t, g, zero: (written if zero else added)(w_t, g)
+        dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
+        dcol_is = product_call(dcol.reshape(c * k * k, -1), w_t, g, wide=True)
+        direct = not p and into.flags.c_contiguous               # col2im adds straight into a batch-last dx
+        dxt = into if direct else self._dxt.resize(c, h + 2 * p, w_in + 2 * p, n, dtype=g.dtype).x
+        adds = [(dxt[_offset(a, b, h_out, w_out, s)[1:]], dcol[:, a, b]) for a, b in _offsets(k)]
+        inner = dxt[:, p:p + h, p:p + w_in]                      # (the border is dropped)
+
+        def col2im(w_t: np.ndarray, g: np.ndarray, zero: bool) -> None:
+            if zero:
+                into.fill(0)
+            dcol_is(w_t, g)                                      # ∂E/∂x_window = Wᵀ ∂E/∂y
+            if not direct:
+                dxt.fill(0)
+            for at, d in adds:                                   # ∂E/∂x_{c,si+a,sj+b} += dcol[c,a,b,i,j]
+                np.add(at, d, out=at)
+            if not direct:
+                _add_batch_first(dx, inner)
+        return col2im
 
     def bbprop(self, inp: State, out: State) -> None:
         x = self._columns(inp)
@@ -328,7 +468,7 @@ class Subsampling(Module):
         self.n_maps, self.size = int(n_maps), int(size)
         self.a = pool.alloc(self.n_maps, 1, 1, value=1.0)
         self.b = pool.alloc(self.n_maps, 1, 1, value=0.0)
-        self._m, self._sum, self._t, self._u = (State() for _ in range(4))
+        self._m, self._sum, self._t, self._u, self._as = (State() for _ in range(5))
         self._m_of: np.ndarray | None = None
         self._u_for: tuple | None = None
 
@@ -346,46 +486,96 @@ class Subsampling(Module):
             self._u_for = (w, u.dtype)
         return u
 
-    def _means(self, inp: State) -> np.ndarray:
-        if self._m_of is not inp.x:
-            n, c, h, w = inp.x.shape
-            s = self.size
-            last = is_batch_last(inp.x)
-            m = self._m.resize(n, c, h // s, w // s, dtype=inp.x.dtype, batch_last=last).x
-            if last:                                             # batch-last: s² strided passes over runs of n
-                x, mm = memory(inp.x), memory(m)
-                if s == 1:
-                    np.copyto(mm, x)
-                else:
-                    np.add(x[:, 0::s, 0::s], x[:, 0::s, 1::s], out=mm)
-                for a, b in _offsets(s)[2:]:
-                    mm += x[:, a::s, b::s]
-                mm *= 1.0 / s**2                                 # m = (1/s²) Σ_window x
-            else:
-                rows = inp.x.reshape(n * c * (h // s), s * w)         # each row: the s image rows of one row of windows
-                product(m.reshape(-1, w // s), rows, self._spread(w, inp.x.dtype).T)      # m = (1/s²) Σ_window x
-            self._m_of = inp.x
-        return self._m.x
+    _forward: Plan | None = None                                  # fprop's decisions, bprop's (see Plan)
+    _backward: Plan | None = None
 
     def fprop(self, inp: State, out: State) -> None:
+        x, plan = inp.x, self._forward
+        if plan is None or not plan.fits(x, out.x, self.a.x, self.b.x):
+            plan = self._forward = self._plan_fprop(inp, out)
+        plan.calls[0](x)
+
+    def _plan_fprop(self, inp: State, out: State) -> Plan:
         expect_images(self, inp, self.n_maps)
         if inp.x.shape[2] % self.size or inp.x.shape[3] % self.size:
             raise ValueError(f"{self!r}: expected height and width multiples of {self.size}, "
                              f"got input of shape {inp.x.shape}")
         self._m_of = None
-        m = self._means(inp)
-        out.resize(*m.shape, dtype=inp.x.dtype, batch_last=is_batch_last(m))
-        np.multiply(m, self.a.x, out=out.x)
-        out.x += self.b.x                                        # y = a m + b
+        means = self._means_call(inp)
+        m = means(inp.x)
+        y = out.resize(*m.shape, dtype=inp.x.dtype, batch_last=is_batch_last(m)).x
+        a, b = self.a.x, self.b.x
+
+        def forward(x: np.ndarray) -> None:
+            np.multiply(means(x), a, out=y)
+            np.add(y, b, out=y)                                  # y = a m + b
+        return Plan(inp.x, out.x, a, b, calls=(forward,))
+
+    def _means_call(self, inp: State) -> Callable[[np.ndarray], np.ndarray]:
+        """The call f(x) that computes m for an x of inp.x's shape and layout (as `_means`) and
+        keeps it for bprop: for a batch-last x, the s² strided views of x's windows are made once."""
+        n, c, h, w = inp.x.shape
+        s = self.size
+        if not is_batch_last(inp.x):
+            def means(x: np.ndarray) -> np.ndarray:
+                self._m_of = None
+                return self._means_of(x)
+            return means
+        m = self._m.resize(n, c, h // s, w // s, dtype=inp.x.dtype, batch_last=True).x
+        mm, scale, seen = memory(m), 1.0 / s**2, [None, None]
+
+        def means(x: np.ndarray) -> np.ndarray:
+            if x is not seen[0]:
+                xm = memory(x)
+                seen[:] = x, [xm[:, a::s, b::s] for a, b in _offsets(s)]
+            first, *rest = seen[1]
+            if rest:                                             # s² strided passes over runs of n
+                np.add(first, rest[0], out=mm)
+                for v in rest[1:]:
+                    np.add(mm, v, out=mm)
+            else:
+                np.copyto(mm, first)
+            np.multiply(mm, scale, out=mm)                       # m = (1/s²) Σ_window x
+            self._m_of = x
+            return m
+        return means
+
+    def _means(self, inp: State) -> np.ndarray:
+        return self._m.x if self._m_of is inp.x else self._means_of(inp.x)
+
+    def _means_of(self, x: np.ndarray) -> np.ndarray:
+        n, c, h, w = x.shape
+        s = self.size
+        last = is_batch_last(x)
+        m = self._m.resize(n, c, h // s, w // s, dtype=x.dtype, batch_last=last).x
+        if last:                                                 # batch-last: s² strided passes over runs of n
+            xm, mm = memory(x), memory(m)
+            if s == 1:
+                np.copyto(mm, xm)
+            else:
+                np.add(xm[:, 0::s, 0::s], xm[:, 0::s, 1::s], out=mm)
+            for a, b in _offsets(s)[2:]:
+                mm += xm[:, a::s, b::s]
+            mm *= 1.0 / s**2                                     # m = (1/s²) Σ_window x
+        else:
+            rows = x.reshape(n * c * (h // s), s * w)            # each row: the s image rows of one row of windows
+            product(m.reshape(-1, w // s), rows, self._spread(w, x.dtype).T)      # m = (1/s²) Σ_window x
+        self._m_of = x
+        return m
 
     def _back(self, inp: State, g: np.ndarray, power: int, slot: str) -> None:
         """Adds (a/s²)^power g on every pixel of each window into the input's `slot`, and
         Σ g m^power, Σ g into the coefficient's and the bias's."""
-        m = self._means(inp)
+        into, zero = inp.sum_target(slot) if inp.requires_dx else (None, False)
+        self._add_back(inp.x.shape, g, self._means(inp), into, zero, power, slot)
+
+    def _add_back(self, shape: tuple[int, ...], g: np.ndarray, m: np.ndarray, into: np.ndarray | None,
+                  zero: bool, power: int, slot: str) -> None:
+        """`_back` with the input's slot (`into`, written when `zero`) asked for already."""
         t = self._t.resize(*g.shape, dtype=g.dtype, batch_last=is_batch_last(g)).x
-        if inp.requires_dx:
-            n, c, h, w = inp.x.shape
-            s, (into, zero) = self.size, inp.sum_target(slot)
+        if into is not None:
+            n, c, h, w = shape
+            s = self.size
             if is_batch_last(into):                              # batch-last: (c, h/s, s, w/s, s, n) in memory,
                 np.multiply(g, (self.a.x * (1.0 / s**2)) ** power, out=t)          # (a/s²)^power g
                 into = memory(into).reshape(c, h // s, s, w // s, s, n)          # each window's s×s pixels
@@ -410,7 +600,43 @@ class Subsampling(Module):
         add_sum_to(target, g, self._sum, zero=zero)
 
     def bprop(self, inp: State, out: State) -> None:
-        self._back(inp, out.dx, 1, "dx")             # ∂E/∂x = (a/s²) ∂E/∂y, ∂E/∂a = Σ ∂E/∂y m, ∂E/∂b = Σ ∂E/∂y
+        g, m = out.dx, self._means(inp)
+        dx, dx_zero = inp.sum_target("dx") if inp.requires_dx else (None, False)
+        plan = self._backward
+        if plan is None or not plan.fits(g, dx, m, self.a.x):
+            plan = self._backward = self._plan_bprop(inp, g, m, dx)
+        plan.calls[0](g, dx_zero)                    # ∂E/∂x = (a/s²) ∂E/∂y, ∂E/∂a = Σ ∂E/∂y m, ∂E/∂b = Σ ∂E/∂y
+
+    def _plan_bprop(self, inp: State, g0: np.ndarray, m: np.ndarray, dx: np.ndarray | None) -> Plan:
+        """`_back` for slot "dx" with its views and sums decided once, for a batch-last ∂E/∂y and
+        dx (the plan calls `_add_back` otherwise), while ∂E/∂y keeps its shape and layout and dx,
+        the means and the coefficients (whose gradients the pool re-points with them) their buffers."""
+        shape, a = inp.x.shape, self.a.x
+        last = is_batch_last(g0)
+        if not last or (dx is not None and not is_batch_last(dx)):
+            return Plan(g0, dx, m, a, calls=(lambda g, zero: self._add_back(shape, g, m, dx, zero, 1, "dx"),))
+        n, c, h, w = shape
+        s = self.size
+        t = self._t.resize(*g0.shape, dtype=g0.dtype, batch_last=True).x
+        a_s, scale = self._as.resize(*a.shape, dtype=a.dtype).x, 1.0 / s**2
+        into = None if dx is None else memory(dx).reshape(c, h // s, s, w // s, s, n)   # each window's s×s pixels
+        spread = memory(t).reshape(c, h // s, 1, w // s, 1, n)                     # take its value: one pass
+        ga, gb = self.a._dx, self.b._dx
+        a_sums = sum_call(ga, t, self._sum, True), sum_call(ga, t, self._sum, False)
+        b_sums = sum_call(gb, g0, self._sum, True), sum_call(gb, g0, self._sum, False)
+
+        def back(g: np.ndarray, dx_zero: bool) -> None:
+            if into is not None:
+                np.multiply(a, scale, out=a_s)
+                np.multiply(g, a_s, out=t)                       # (a/s²) g
+                if dx_zero:                                      # windows tile the image: each pixel written once
+                    np.copyto(into, spread)
+                else:
+                    np.add(into, spread, out=into)
+            np.multiply(g, m, out=t)
+            a_sums[not self.a.dx_for_sum()[1]](t, 1.0)
+            b_sums[not self.b.dx_for_sum()[1]](g, 1.0)
+        return Plan(g0, dx, m, a, calls=(back,))
 
     def bbprop(self, inp: State, out: State) -> None:
         self._back(inp, out.ddx, 2, "ddx")           # (a/s²)² ∂²E/∂y², Σ ∂²E/∂y² m², Σ ∂²E/∂y²
