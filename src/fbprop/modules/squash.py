@@ -86,6 +86,13 @@ class Squash(Module):
         """u ← f(u), in place."""
         raise NotImplementedError
 
+    def f_from(self, x: np.ndarray, u: np.ndarray) -> None:
+        """u ← f(x) for another array u of x's shape: a copy and `f` in place, unless a subclass
+        reads x in its first pass (no copy: a squashing without bias after LeNet-5's subsamplings
+        copied 200 kB a step at batch 32)."""
+        np.copyto(u, x)
+        self.f(u)
+
     def slope(self, y: np.ndarray, g: np.ndarray) -> float:
         """g ← f'(u) / c, written in terms of y = f(u); returns the constant c."""
         raise NotImplementedError
@@ -124,13 +131,14 @@ class Squash(Module):
     def _plan_fprop(self, inp: State, out: State) -> Plan:
         self._check(inp)
         out.resize(*inp.x.shape, dtype=inp.x.dtype, batch_last=is_batch_last(inp.x))   # the input's layout
-        b, f, u = (None if self.b is None else self.b.x), self.f, out.x
+        b, f, f_from, u = (None if self.b is None else self.b.x), self.f, self.f_from, out.x
 
         def y_is(x: np.ndarray) -> None:
             if b is not None:
                 np.add(x, b, out=u)                              # u = x + b
             elif x is not u:
-                np.copyto(u, x)
+                f_from(x, u)                                     # y = f(x)
+                return
             f(u)                                                 # y = f(u)
         if self.forward_only and out.take_over(inp):
             # no bprop follows and the input is a scratch buffer: compute in it (what the same
@@ -198,6 +206,9 @@ class Tanh(Squash):
     def f(self, u):
         np.tanh(u, out=u)
 
+    def f_from(self, x, u):
+        np.tanh(x, out=u)
+
     def slope(self, y, g):
         np.multiply(y, y, out=g)
         np.subtract(one(g.dtype), g, out=g)                      # tanh' = 1 − y²
@@ -210,7 +221,10 @@ class ScaledTanh(Squash):
     A, S = 1.7159, 2.0 / 3.0
 
     def f(self, u):
-        np.multiply(u, self.S, out=u)
+        self.f_from(u, u)
+
+    def f_from(self, x, u):
+        np.multiply(x, self.S, out=u)
         np.tanh(u, out=u)
         np.multiply(u, self.A, out=u)
 
@@ -224,7 +238,10 @@ class Logistic(Squash):
     """y = 1 / (1 + exp(−(x + b)))."""
 
     def f(self, u):
-        np.negative(u, out=u)
+        self.f_from(u, u)
+
+    def f_from(self, x, u):
+        np.negative(x, out=u)
         np.logaddexp(0, u, out=u)
         np.negative(u, out=u)
         np.exp(u, out=u)                                         # σ(u) = exp(−log(1 + e^−u)): exact in both tails
@@ -240,6 +257,9 @@ class ReLU(Squash):
 
     def f(self, u):
         np.maximum(u, 0, out=u)
+
+    def f_from(self, x, u):
+        np.maximum(x, 0, out=u)
 
     def slope(self, y, g):
         np.greater(y, 0, out=g)                                  # 1 where u > 0, else 0 (f'' = 0)
