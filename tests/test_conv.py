@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fbprop as fb
+from fbprop.state import is_batch_last
 
 # ---- Conv2d against an obviously correct nested-loop implementation ----------------------------
 
@@ -120,6 +121,82 @@ def test_conv2d_recomputes_its_columns_for_another_input():
     conv.bprop(a, ya)
     np.testing.assert_allclose(conv.w.dx, expected[0])
     np.testing.assert_allclose(a.dx, expected[1])
+
+
+def _batch_last(a):
+    """a (n, …) with the batch innermost in memory, as a convolution writes its output."""
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 0, -1)), -1, 0)
+
+
+def _input(x, xs):
+    """x holding xs: the same State while the shape and layout stay (a new array in it), else a
+    new one (whose dx takes xs's layout)."""
+    if x.shape == xs.shape and is_batch_last(x.x) == is_batch_last(xs):
+        x.x = xs
+        return x
+    return fb.State(xs)
+
+
+@pytest.mark.parametrize("padding, table", [(0, None), (1, TABLE_3x4)])
+def test_conv2d_keeps_its_decisions_only_while_the_operands_keep_theirs(padding, table):
+    """One module over a run of inputs — the same array, another array of the same layout, the
+    other layout, another batch size, the first again — each fprop and bprop (from a lazily
+    cleared dx, then adding to it) against nested loops: the kept plans follow every change."""
+    rng = np.random.default_rng(11)
+    pool = fb.ParamPool(np.float64)
+    conv = fb.Conv2d(3, 4, 3, pool, padding=padding, table=table)
+    w, mask = conv.w.x, (conv._mask if table is not None else 1)    # (unconnected weights get no gradient)
+    a = rng.standard_normal((2, 3, 6, 6))
+    runs = [a, a, a.copy(), _batch_last(a), _batch_last(rng.standard_normal((2, 3, 6, 6))),
+            rng.standard_normal((5, 3, 6, 6)), a]
+    x, out = fb.State(), fb.State()
+    for k, xs in enumerate(runs):
+        x = _input(x, xs)
+        conv.fprop(x, out)
+        g = rng.standard_normal(out.shape)
+        y, dx, dw, _, _ = conv_loops(xs, w, g, g, 1, padding)
+        np.testing.assert_allclose(out.x, y, rtol=1e-12, atol=1e-12, err_msg=f"y, run {k}")
+        pool.clear_dx()
+        x.clear_dx()
+        out.clear_dx()
+        out.dx[...] = g
+        conv.bprop(x, out)
+        conv.bprop(x, out)                                       # the second adds to what the first wrote
+        np.testing.assert_allclose(x.dx, 2 * dx, rtol=1e-12, atol=1e-12, err_msg=f"dx, run {k}")
+        np.testing.assert_allclose(conv.w.dx, 2 * dw * mask, rtol=1e-12, atol=1e-12, err_msg=f"dw, run {k}")
+    assert conv._forward is not None and conv._backward is not None
+    pool.alloc(3, value=0.0)                                     # the pool grows: new weight arrays
+    conv.w.x[...] = rng.standard_normal(w.shape) * mask
+    conv.fprop(x, out)
+    np.testing.assert_allclose(out.x, conv_loops(a, conv.w.x, g, g, 1, padding)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_subsampling_keeps_its_decisions_only_while_the_operands_keep_theirs():
+    rng = np.random.default_rng(12)
+    pool = fb.ParamPool(np.float64)
+    sub = fb.Subsampling(2, 2, pool)
+    sub.a.x[...] = rng.standard_normal(sub.a.x.shape)
+    sub.b.x[...] = rng.standard_normal(sub.b.x.shape)
+    a = rng.standard_normal((3, 2, 4, 6))
+    runs = [a, a.copy(), _batch_last(a), _batch_last(rng.standard_normal((3, 2, 4, 6))),
+            rng.standard_normal((1, 2, 4, 6)), a]
+    x, out = fb.State(), fb.State()
+    for k, xs in enumerate(runs):
+        x = _input(x, xs)
+        sub.fprop(x, out)
+        m = xs.reshape(len(xs), 2, 2, 2, 3, 2).mean(axis=(3, 5))
+        np.testing.assert_allclose(out.x, sub.a.x * m + sub.b.x, rtol=1e-12, err_msg=f"y, run {k}")
+        g = rng.standard_normal(out.shape)
+        pool.clear_dx()
+        x.clear_dx()
+        out.clear_dx()
+        out.dx[...] = g
+        sub.bprop(x, out)
+        sub.bprop(x, out)
+        spread = np.repeat(np.repeat(g * sub.a.x / 4, 2, axis=2), 2, axis=3)
+        np.testing.assert_allclose(x.dx, 2 * spread, rtol=1e-12, err_msg=f"dx, run {k}")
+        np.testing.assert_allclose(sub.a.dx, 2 * (g * m).sum(axis=(0, 2, 3))[:, None, None], rtol=1e-12)
+        np.testing.assert_allclose(sub.b.dx, 2 * g.sum(axis=(0, 2, 3))[:, None, None], rtol=1e-12)
 
 
 @pytest.mark.parametrize("stride, padding, table, last", [(1, 0, None, False), (2, 1, None, True),

@@ -371,15 +371,16 @@ class Conv2d(Module):
         dx, dx_zero = inp.sum_target("dx") if inp.requires_dx else (None, False)
         dw, dw_zero = self.w.dx_for_sum()                        # (the pool re-points w and dw together)
         plan = self._backward
-        if plan is None or not plan.fits(g, dx, dw, col):
+        if plan is None or not plan.fits(g, dx, dw):             # (col: C order, its shape set by g's)
             plan = self._backward = self._plan_bprop(inp, g, col, dx, dw)
         plan.calls[0](g, col, dx_zero, dw_zero)                  # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
 
     def _plan_bprop(self, inp: State, g0: np.ndarray, col: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> Plan:
         """`_back` for slot "dx" with its products' routes, views and col2im's slices decided
-        once, while ∂E/∂y keeps its shape and layout and dx, dw and the columns their buffers."""
+        once, while ∂E/∂y keeps its shape and layout and dx and dw their buffers."""
         c, k, h_out, w_out, n = self._geometry
-        g_copy = None if memory(g0).flags.c_contiguous else self._g.resize(self.n_out, h_out, w_out, n, dtype=g0.dtype).x
+        g_copy = None if memory(g0).flags.c_contiguous else \
+            self._g.resize(self.n_out, h_out, w_out, n, dtype=g0.dtype).x
         seen = [None, None]                                      # ∂E/∂y and its (n_out, h'·w'·n) matrix
 
         def matrix(g: np.ndarray) -> np.ndarray:
@@ -409,7 +410,7 @@ class Conv2d(Module):
                 np.add(dw_m, gw, out=dw_m)
             if to_dx is not None:
                 to_dx(weights().T, g, dx_zero)
-        return Plan(g0, dx, dw, col, calls=(back,))
+        return Plan(g0, dx, dw, calls=(back,))
 
     def _dx_call(self, inp: State, dx: np.ndarray, w_t: np.ndarray, g: np.ndarray) -> Callable:
         """The call f(Wᵀ, g, zero) that writes (zero) or adds col2im(Wᵀ g) into dx, as `_back` does."""
