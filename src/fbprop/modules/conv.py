@@ -119,7 +119,10 @@ class Conv2d(Module):
     so the product W·col, with col's columns ordered (i, j, n), is written straight into it, and
     im2col and col2im move runs of w'·n contiguous numbers instead of rows of w' pixels (3-6×
     faster at n = 32). An input in that layout (the previous convolution's output, or a module
-    that keeps its input's layout) is read as it stands; a batch-first one is copied once.
+    that keeps its input's layout) is read as it stands; a batch-first one is copied once. fprop
+    and bprop keep their checks, views, products' routes and col2im's slices while the operands
+    keep their shapes, layouts and buffers (`Plan`; LeNet-5's step at batch 32: 415 → 288 Python
+    calls, with Subsampling's plans).
 
     When no bprop will follow (`forward_only`, which `Machine.inference` sets for its span),
     columns larger than `column_budget` bytes (16 MiB: LeNet-5's C1 from a batch of about 210)
@@ -181,9 +184,9 @@ class Conv2d(Module):
         self._whole = h_out == w_out == 1 and h + 2 * p == w + 2 * p == k
         return src
 
-    def _columns(self, inp: State, fresh: bool = False) -> np.ndarray:
+    def _columns(self, inp: State) -> np.ndarray:
         """im2col: the (n_in·k·k, h'·w'·n) matrix whose column (i, j, n) is the window y_{n,·,i,j} sees."""
-        if not fresh and self._col_of is inp.x:
+        if self._col_of is inp.x:
             return self._cols
         src = self._source(inp)
         c, k, h_out, w_out, n = self._geometry
@@ -323,8 +326,9 @@ class Conv2d(Module):
         return masked
 
     def _back(self, inp: State, g_out: np.ndarray, col: np.ndarray, w: np.ndarray, slot: str) -> None:
-        """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bprop with
-        (g, col, w) = (∂E/∂y, x, W), bbprop with (∂²E/∂y², x∘x, W∘W)."""
+        """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bbprop with
+        (g, col, w) = (∂²E/∂y², x∘x, W∘W); bprop, with (∂E/∂y, x, W), runs the same steps from
+        its plan (`_plan_bprop`)."""
         c, k, h_out, w_out, n = self._geometry
         g = memory(g_out)
         if not g.flags.c_contiguous:                             # a batch-first ∂E/∂y (set by hand): one copy
@@ -462,6 +466,8 @@ class Subsampling(Module):
     The paper multiplies the window's *sum* by the coefficient; the average is the same machine
     with a_c rescaled by size². a_c starts at 1 (a plain average pooling, which keeps the maps
     in the working range of the ScaledTanh after it) and b_c at 0: 2·c parameters, as in the paper.
+    fprop and bprop (for a batch-last input, the strided views of each window offset) keep their
+    decisions while the operands keep their shapes, layouts and buffers (`Plan`).
     """
 
     def __init__(self, n_maps: int, size: int, pool: ParamPool) -> None:
