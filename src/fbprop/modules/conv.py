@@ -25,7 +25,7 @@ from fbprop.module import Module, Plan
 from fbprop.modules.shape import expect_images
 from fbprop.modules.squash import add_sum_to, sum_call
 from fbprop.params import ParamPool
-from fbprop.state import State, blocks, copy_batch_last, from_memory, is_batch_last, memory
+from fbprop.state import State, blocks, copy_batch_last, is_batch_last, memory
 
 
 def _table(rows: list[str]) -> np.ndarray:
@@ -325,51 +325,6 @@ class Conv2d(Module):
             return wmat
         return masked
 
-    def _back(self, inp: State, g_out: np.ndarray, col: np.ndarray, w: np.ndarray, slot: str) -> None:
-        """Adds g·colᵀ into the weights' `slot` and col2im(wᵀ·g) into the input's: bbprop with
-        (g, col, w) = (∂²E/∂y², x∘x, W∘W); bprop, with (∂E/∂y, x, W), runs the same steps from
-        its plan (`_plan_bprop`)."""
-        c, k, h_out, w_out, n = self._geometry
-        g = memory(g_out)
-        if not g.flags.c_contiguous:                             # a batch-first ∂E/∂y (set by hand): one copy
-            g = self._g.resize(self.n_out, h_out, w_out, n, dtype=g_out.dtype).x
-            copy_batch_last(g, g_out)
-        g = g.reshape(self.n_out, -1)
-        w_slot, zero = self.w.sum_target(slot)
-        w_slot = w_slot.reshape(self.n_out, -1)
-        gw = self._gw
-        if gw is None or gw.shape != w_slot.shape or gw.dtype != g.dtype:
-            gw = self._gw = np.empty(w_slot.shape, dtype=g.dtype, order="F")
-        product(gw, g, col.T, wide=True)                         # ∂E/∂w_o = Σ_{i,j,n} ∂E/∂y_{n,o,i,j} x_window(i,j,n)
-        if self._mask is not None:
-            gw *= self._mask_rows                                # unconnected weights get no update
-        if zero:
-            np.copyto(w_slot, gw)
-        else:
-            w_slot += gw
-        if not inp.requires_dx:
-            return                                               # raw images: no ∂E/∂x wanted
-        p, s = self.padding, self.stride
-        h, w_in = inp.x.shape[2:]
-        into, zero = inp.sum_target(slot)
-        into = memory(into)
-        if self._whole and not p and into.flags.c_contiguous:    # one window, the whole image: no col2im
-            (product if zero else add_product)(into.reshape(c * k * k, n), w.T, g)
-            return
-        if zero:
-            into.fill(0)
-        dcol = self._dcol.resize(c, k, k, h_out, w_out, n, dtype=g.dtype).x
-        product(dcol.reshape(c * k * k, -1), w.T, g, wide=True)  # ∂E/∂x_window = Wᵀ ∂E/∂y
-        direct = not p and into.flags.c_contiguous               # col2im adds straight into a batch-last dx
-        dxt = into if direct else self._dxt.resize(c, h + 2 * p, w_in + 2 * p, n, dtype=g.dtype).x
-        if not direct:
-            dxt.fill(0)
-        for a in range(k):
-            for b in range(k):                                   # ∂E/∂x_{c,si+a,sj+b} += dcol[c,a,b,i,j]
-                dxt[:, a:a + s * (h_out - 1) + 1:s, b:b + s * (w_out - 1) + 1:s] += dcol[:, a, b]
-        if not direct:
-            _add_batch_first(from_memory(into), dxt[:, p:p + h, p:p + w_in])   # the border is dropped
-
     def bprop(self, inp: State, out: State) -> None:
         g, col = out.dx, self._columns(inp)
         dx, dx_zero = inp.sum_target("dx") if inp.requires_dx else (None, False)
@@ -379,9 +334,12 @@ class Conv2d(Module):
             plan = self._backward = self._plan_bprop(inp, g, col, dx, dw)
         plan.calls[0](g, col, dx_zero, dw_zero)                  # ∂E/∂W = ∂E/∂y xᵀ, ∂E/∂x = Wᵀ ∂E/∂y
 
-    def _plan_bprop(self, inp: State, g0: np.ndarray, col: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> Plan:
-        """`_back` for slot "dx" with its products' routes, views and col2im's slices decided
-        once, while ∂E/∂y keeps its shape and layout and dx and dw their buffers."""
+    def _plan_bprop(self, inp: State, g0: np.ndarray, col: np.ndarray, dx: np.ndarray | None, dw: np.ndarray,
+                    weights: Callable[[], np.ndarray] | None = None) -> Plan:
+        """The call f(g, col, dx_zero, dw_zero) that adds (or writes, where zero) g·colᵀ into
+        dw and col2im(wᵀ·g) into dx, its products' routes, views and col2im's slices decided once:
+        bprop with (g, col, w) = (∂E/∂y, x, W), kept while ∂E/∂y keeps its shape and layout and dx
+        and dw their buffers; bbprop with (∂²E/∂y², x∘x, W∘W), `weights` giving W∘W."""
         c, k, h_out, w_out, n = self._geometry
         g_copy = None if memory(g0).flags.c_contiguous else \
             self._g.resize(self.n_out, h_out, w_out, n, dtype=g0.dtype).x
@@ -394,7 +352,7 @@ class Conv2d(Module):
             if g is not seen[0]:
                 seen[:] = g, memory(g).reshape(self.n_out, -1)
             return seen[1]
-        weights, g = self._weights_call(), matrix(g0)
+        weights, g = weights or self._weights_call(), matrix(g0)
         w_t = weights().T
         gw = self._gw
         if gw is None or gw.shape != (self.n_out, dw[0].size) or gw.dtype != g.dtype:
@@ -417,7 +375,7 @@ class Conv2d(Module):
         return Plan(g0, dx, dw, calls=(back,))
 
     def _dx_call(self, inp: State, dx: np.ndarray, w_t: np.ndarray, g: np.ndarray) -> Callable:
-        """The call f(Wᵀ, g, zero) that writes (zero) or adds col2im(Wᵀ g) into dx, as `_back` does."""
+        """The call f(Wᵀ, g, zero) that writes (zero) or adds col2im(Wᵀ g) into dx."""
         c, k, h_out, w_out, n = self._geometry
         p, s, (h, w_in) = self.padding, self.stride, inp.x.shape[2:]
         into = memory(dx)
@@ -449,7 +407,9 @@ class Conv2d(Module):
         col = self._col.resize(*x.shape, dtype=x.dtype).x if self._whole else x   # (whole: x is the image)
         np.multiply(x, x, out=col)                               # x∘x, in place: the cache is spent
         self._col_of = None
-        self._back(inp, out.ddx, col, self._weights(2), "ddx")   # ∂²E/∂y² (x∘x)ᵀ, (W∘W)ᵀ ∂²E/∂y²
+        h, ddx, w2 = out.ddx, inp.ddx if inp.requires_dx else None, self._weights(2)
+        back = self._plan_bprop(inp, h, col, ddx, self.w.ddx, lambda: w2).calls[0]
+        back(h, col, False, False)                               # ∂²E/∂y² (x∘x)ᵀ, (W∘W)ᵀ ∂²E/∂y²
 
     def __repr__(self) -> str:
         extra = (f", stride {self.stride}" if self.stride != 1 else "") + \
@@ -507,8 +467,7 @@ class Subsampling(Module):
         if inp.x.shape[2] % self.size or inp.x.shape[3] % self.size:
             raise ValueError(f"{self!r}: expected height and width multiples of {self.size}, "
                              f"got input of shape {inp.x.shape}")
-        self._m_of = None
-        means = self._means_call(inp)
+        means = self._means_call(inp.x)
         m = means(inp.x)
         y = out.resize(*m.shape, dtype=inp.x.dtype, batch_last=is_batch_last(m)).x
         a, b = self.a.x, self.b.x
@@ -518,17 +477,23 @@ class Subsampling(Module):
             np.add(y, b, out=y)                                  # y = a m + b
         return Plan(inp.x, out.x, a, b, calls=(forward,))
 
-    def _means_call(self, inp: State) -> Callable[[np.ndarray], np.ndarray]:
-        """The call f(x) that computes m for an x of inp.x's shape and layout (as `_means`) and
-        keeps it for bprop: for a batch-last x, the s² strided views of x's windows are made once."""
-        n, c, h, w = inp.x.shape
+    def _means_call(self, x0: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        """The call f(x) that computes m for an x of x0's shape and layout and keeps it for bprop
+        (`_means`): for a batch-last x, s² strided passes over runs of n, their views made once
+        per array; for a batch-first one, one product of its rows with the spread matrix."""
+        n, c, h, w = x0.shape
         s = self.size
-        if not is_batch_last(inp.x):
-            def means(x: np.ndarray) -> np.ndarray:
-                self._m_of = None
-                return self._means_of(x)
-            return means
-        m = self._m.resize(n, c, h // s, w // s, dtype=inp.x.dtype, batch_last=True).x
+        last = is_batch_last(x0)
+        m = self._m.resize(n, c, h // s, w // s, dtype=x0.dtype, batch_last=last).x
+        if not last:
+            spread, rows_m = self._spread(w, x0.dtype).T, m.reshape(-1, w // s)
+
+            def means_of_rows(x: np.ndarray) -> np.ndarray:
+                rows = x.reshape(n * c * (h // s), s * w)        # each row: the s image rows of one row of windows
+                product(rows_m, rows, spread)                    # m = (1/s²) Σ_window x
+                self._m_of = x
+                return m
+            return means_of_rows
         mm, scale, seen = memory(m), 1.0 / s**2, [None, None]
 
         def means(x: np.ndarray) -> np.ndarray:
@@ -548,27 +513,8 @@ class Subsampling(Module):
         return means
 
     def _means(self, inp: State) -> np.ndarray:
-        return self._m.x if self._m_of is inp.x else self._means_of(inp.x)
-
-    def _means_of(self, x: np.ndarray) -> np.ndarray:
-        n, c, h, w = x.shape
-        s = self.size
-        last = is_batch_last(x)
-        m = self._m.resize(n, c, h // s, w // s, dtype=x.dtype, batch_last=last).x
-        if last:                                                 # batch-last: s² strided passes over runs of n
-            xm, mm = memory(x), memory(m)
-            if s == 1:
-                np.copyto(mm, xm)
-            else:
-                np.add(xm[:, 0::s, 0::s], xm[:, 0::s, 1::s], out=mm)
-            for a, b in _offsets(s)[2:]:
-                mm += xm[:, a::s, b::s]
-            mm *= 1.0 / s**2                                     # m = (1/s²) Σ_window x
-        else:
-            rows = x.reshape(n * c * (h // s), s * w)            # each row: the s image rows of one row of windows
-            product(m.reshape(-1, w // s), rows, self._spread(w, x.dtype).T)      # m = (1/s²) Σ_window x
-        self._m_of = x
-        return m
+        """m for inp.x: the one the last fprop computed when it saw this array, else computed now."""
+        return self._m.x if self._m_of is inp.x else self._means_call(inp.x)(inp.x)
 
     def _back(self, inp: State, g: np.ndarray, power: int, slot: str) -> None:
         """Adds (a/s²)^power g on every pixel of each window into the input's `slot`, and
