@@ -141,6 +141,33 @@ def test_inference_between_training_steps_changes_no_bit_of_them():
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
+def test_inference_keeps_its_decisions_from_one_batch_to_the_next(monkeypatch):
+    """Inference squashes in its inputs' buffers and gives them back at the end, so the next
+    inference of the same shape finds every buffer where it was: no module decides again (a
+    squashing whose output is the net's own takes nothing over, or the buffer of the product
+    before it would alternate from one inference to the next), and the answers stay fprop's."""
+    rng = np.random.default_rng(8)
+    spec = {"model": "mlp", "input_shape": [6], "hidden": [5, 4], "squash": "tanh", "energy": "scores", "loss": "nll",
+            "n_classes": 3, "dtype": "float64"}
+    machine, fresh = fb.build_machine(spec), fb.build_machine(spec)
+    fresh.pool.x[...] = machine.pool.x
+    batches = [rng.standard_normal((8, 6)) for _ in range(3)]
+    fresh.fprop(batches[0])                                      # (its plans made before counting)
+    made = []
+    for cls in (fb.Linear, fb.Squash):
+        plan = cls._plan_fprop
+        counted = lambda self, *a, plan=plan: (made.append(repr(self)), plan(self, *a))[1]   # noqa: E731
+        monkeypatch.setattr(cls, "_plan_fprop", counted)
+    machine.predict(batches[0], batch_size=8)
+    first = len(made)
+    assert first >= 5                                            # 3 Linear, 2 Tanh, the Bias
+    for x in batches[1:]:
+        machine.inference(x)
+        fresh.fprop(x)
+        np.testing.assert_array_equal(machine.energies.x, fresh.energies.x)
+    assert made[first:] == []
+
+
 def test_kept_decisions_give_the_bits_of_decisions_made_at_the_call():
     """A net whose modules kept plans from other inputs, against a copy of it (no plans) deciding
     now: the same bits for every layout, batch size and dtype in turn."""

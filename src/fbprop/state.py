@@ -178,14 +178,18 @@ class State:
         and `source` keeps this one's old buffer, its value gone. True if swapped. For a module
         that computes y = f(x) elementwise in place when no bprop follows (`Machine.inference`):
         no array is written besides the one the input already occupies."""
-        x, own = source.x, source._own
-        mine = self.x
-        if not source.scratch or x is not own or mine is not self._own or mine.shape != x.shape or \
-                mine.dtype != x.dtype or mine.strides != x.strides:
+        if not self.can_take_over(source):
             return False
+        x, mine = source.x, self.x
         source.x = source._own = mine
         self.x = self._own = x
         return True
+
+    def can_take_over(self, source: State) -> bool:
+        """Would `take_over(source)` swap? (It does not swap.)"""
+        x, mine = source.x, self.x
+        return source.scratch and x is source._own and mine is self._own and mine.shape == x.shape and \
+            mine.dtype == x.dtype and mine.strides == x.strides
 
     def set(self, x: np.ndarray) -> State:
         """Copy `x` in, reusing the buffer when the shape and dtype already match."""

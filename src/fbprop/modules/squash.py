@@ -121,10 +121,11 @@ class Squash(Module):
 
     _forward: Plan | None = None                                  # fprop's decisions, bprop's (see Plan)
     _backward: Plan | None = None
+    _inferring: Plan | None = None                                # fprop's while forward_only
 
     def fprop(self, inp: State, out: State) -> None:
-        x, plan = inp.x, self._forward
-        if self.forward_only or plan is None or not plan.fits(x, out.x, None if self.b is None else self.b.x):
+        x, plan = inp.x, (self._inferring if self.forward_only else self._forward)
+        if plan is None or not plan.fits(x, out.x, None if self.b is None else self.b.x):
             plan = self._plan_fprop(inp, out)
         plan.calls[0](x)
 
@@ -140,15 +141,28 @@ class Squash(Module):
                 f_from(x, u)                                     # y = f(x)
                 return
             f(u)                                                 # y = f(u)
-        if self.forward_only and out.take_over(inp):
-            # no bprop follows and the input is a scratch buffer: compute in it (what the same
-            # ufuncs give out of place, bit for bit) and make it the output, one array less to write
-            if out.scratch:
-                self._lent = (inp, out)                          # given back by end_forward_only
-            u = out.x                                            # (y_is reads u when called)
-            return Plan(u, u, calls=(lambda x: y_is(u),))        # (not kept: the next call swaps again)
-        self._forward = Plan(inp.x, u, b, calls=(y_is,))
-        return self._forward
+        if not self.forward_only:
+            self._forward = Plan(inp.x, u, b, calls=(y_is,))
+            return self._forward
+        if not (out.scratch and out.can_take_over(inp)):
+            self._inferring = Plan(inp.x, u, b, calls=(y_is,))
+            return self._inferring
+
+        def in_place(x: np.ndarray) -> None:
+            # no bprop follows and input and output are scratch buffers: compute in the input's
+            # (what the same ufuncs give out of place, bit for bit) and make it the output, one
+            # array less to write; end_forward_only swaps them back, so that the next inference
+            # finds the buffers this plan was made for
+            if not out.take_over(inp):
+                y_is(x)
+                return
+            self._lent = (inp, out)
+            v = out.x
+            if b is not None:
+                np.add(v, b, out=v)
+            f(v)
+        self._inferring = Plan(inp.x, u, b, calls=(in_place,))
+        return self._inferring
 
     def _back(self, inp: State, out: State, power: int, slot: str) -> None:
         """Adds f'(u)^power · (the output's `slot`) into the input's and the bias's `slot`."""
