@@ -70,9 +70,11 @@ class Squash(Module):
     bprop needs nothing but the output: (∂E/∂x)_i = (∂E/∂y)_i f'(x_i + b_i). The derivative
     comes as c·g with a constant c (ScaledTanh's S/A), which bprop folds into the axpy that adds
     the result into dx, so a constant factor costs no pass over the batch. When no bprop follows
-    (`forward_only`) and the input is a scratch state (a Cascade's link), fprop computes in the
-    input's buffer and takes it over (`State.take_over`), as the numpy idiom `h += b; np.tanh(h,
-    out=h)` does: 1.2 MB less to write per squashing of an MLP's first layer at batch 1,024.
+    (`forward_only`) and the input and output are scratch states (a Cascade's links), fprop
+    computes in the input's buffer and takes it over (`State.take_over`), as the numpy idiom
+    `h += b; np.tanh(h, out=h)` does: 1.2 MB less to write per squashing of an MLP's first layer
+    at batch 1,024. The buffers go back when the inference ends (`end_forward_only`), so the
+    next inference finds them where this one did and keeps its decisions (`Plan`).
     """
 
     def __init__(self, shape: int | tuple[int, ...] | None = None, pool: ParamPool | None = None) -> None:
