@@ -136,7 +136,7 @@ class Squash(Module):
         out.resize(*inp.x.shape, dtype=inp.x.dtype, batch_last=is_batch_last(inp.x))   # the input's layout
         b, f, f_from, u = (None if self.b is None else self.b.x), self.f, self.f_from, out.x
 
-        def y_is(x: np.ndarray) -> None:
+        def y_is(x: np.ndarray, u: np.ndarray = u) -> None:
             if b is not None:
                 np.add(x, b, out=u)                              # u = x + b
             elif x is not u:
@@ -159,10 +159,7 @@ class Squash(Module):
                 y_is(x)
                 return
             self._lent = (inp, out)
-            v = out.x
-            if b is not None:
-                np.add(v, b, out=v)
-            f(v)
+            y_is(out.x, out.x)                                   # (x's buffer, now the output's)
         self._inferring = Plan(inp.x, u, b, calls=(in_place,))
         return self._inferring
 
