@@ -291,3 +291,54 @@ def test_sgd_keeps_its_update_only_for_the_same_vectors_and_a_copy_updates_its_o
     grown = pool.x.copy()
     opt.step()
     np.testing.assert_allclose(pool.x, grown - 1.0, rtol=1e-12)
+
+
+def _nll_terms(e, y, beta):
+    """NLL's losses and ∂L/∂E from its formula, in float64: L = E_Y + (1/β) log Σ exp(−βE)."""
+    e = e.astype(np.float64)
+    z = np.exp(-beta * (e - e.min(axis=1, keepdims=True)))
+    p = z / z.sum(axis=1, keepdims=True)
+    loss = e[np.arange(len(e)), y] - e.min(axis=1) + np.log(z.sum(axis=1)) / beta
+    g = -p
+    g[np.arange(len(e)), y] += 1.0
+    return loss, g
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.1])
+@pytest.mark.parametrize("n", [5, 32])
+def test_the_nll_batch_keeps_its_decisions_with_the_bits_and_checks_of_the_general_path(monkeypatch, beta, n):
+    """After its first batch NLLLoss runs a kept call (no `_read`, no `terms`): for new energies
+    and labels it gives the general path's losses and ∂L/∂E bit for bit (a fresh loss computing
+    them), the formula's to float32 rounding, and bad labels still fail with the general path's
+    error, after which the kept call goes on."""
+    rng = np.random.default_rng(11)
+    kept, out = fb.NLLLoss(beta), State()
+    e, y = State(), State()
+    e.resize(n, 10, dtype=np.float32)
+    read: list[bool] = []
+    for step in range(4):
+        e.x[...] = rng.standard_normal((n, 10)) * 3
+        y.x = rng.integers(0, 10, n)
+        if step == 2:                                            # the plan is made by now: count the general path
+            monkeypatch.setattr(fb.NLLLoss, "_read",
+                                lambda self, *a: (read.append(self is kept), fb.Loss._read(self, *a))[1])
+        kept.fprop(e, y, out)
+        fresh, fresh_out = fb.NLLLoss(beta), State()
+        fresh.fprop(State(e.x.copy()), State(y.x.copy()), fresh_out)
+        np.testing.assert_array_equal(out.x, fresh_out.x)
+        out.dx = np.full(n, 0.5, np.float32)
+        e.clear_dx()
+        kept.bprop(e, y, out)
+        want_loss, want_g = _nll_terms(e.x, y.x, beta)
+        np.testing.assert_allclose(out.x, want_loss, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(e.dx, 0.5 * want_g, rtol=1e-5, atol=1e-6)
+    assert not any(read)
+    read.clear()
+    for bad in (np.full(n, 10), np.full(n, -1), np.zeros(n, np.float64), np.zeros(n + 1, np.int64)):
+        with pytest.raises(ValueError, match="NLLLoss"):
+            kept.fprop(e, State(bad), out)
+    assert read == [True] * 4                                    # each bad batch went the general way
+    kept.fprop(e, y, out)
+    np.testing.assert_array_equal(out.x, fresh_out.x)
+    assert read == [True] * 4
+

@@ -69,7 +69,7 @@ def test_a_step_runs_its_second_part_in_a_worker_process_with_the_thread_splits_
     loss = machine.gradient(x, y)
     (worker,) = machine._workers
     assert worker.pid != os.getpid() and not _gone(worker.pid, 0.1)
-    assert "_workers" not in vars(threads) and LIB.threads() == 2 and not fb.blas._APART[0]
+    assert threads._workers is None and LIB.threads() == 2 and not fb.blas._APART[0]
     (d0, e0, l0, o0, t0), (d1, e1, l1, o1, t1) = parts_one_thread(machine, x, y, [0, 18, 37])
     np.testing.assert_array_equal(machine.pool.dx, d0 + d1)
     assert loss == (t0 + t1) / 37
@@ -124,19 +124,19 @@ def test_what_does_not_fork_a_worker(two_threads, monkeypatch):
     mlp.split_min_processes = 8
     for m in (off, small, mlp):
         m.gradient(x, y)
-        assert not m.__dict__.get("_workers"), m
+        assert not m._workers, m
     LIB.set_threads(1)
     one.gradient(x, y)
     LIB.set_threads(2)
-    assert not one.__dict__.get("_workers")
+    assert not one._workers
     half = lenet(processes=True)                                 # one of two MPI processes: threads
     half.reducer = type("Half", (SingleProcess,), {"size": 2})()
     half.gradient(x, y)
-    assert not half.__dict__.get("_workers") and len(half._train_twins) == 2
+    assert not half._workers and len(half._train_twins) == 2
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", object())     # MPI loaded: no fork
     mpi = lenet(processes=True)
     mpi.gradient(x, y)
-    assert not mpi.__dict__.get("_workers") and len(mpi._train_twins) == 2
+    assert not mpi._workers and len(mpi._train_twins) == 2
 
 
 def test_an_error_in_the_workers_part_names_the_whole_batch_and_the_worker_goes_on(two_threads):
@@ -191,7 +191,7 @@ def test_an_interrupt_in_the_parents_part_stops_the_worker_and_ctrl_c_does_not_r
 
     with pytest.raises(KeyboardInterrupt):
         _own_part_first(machine, interrupt, x, y)
-    assert _gone(pid, 2.0) and "_workers" not in vars(machine)
+    assert _gone(pid, 2.0) and machine._workers is None
     machine.gradient(x, y)
     np.testing.assert_array_equal(machine.pool.dx, expected)
 
@@ -201,7 +201,7 @@ def test_copies_pickles_and_replacements_make_new_workers_and_a_collected_machin
 
     def other_worker(make) -> int:
         other = make(machine)
-        assert "_workers" not in vars(other)
+        assert other._workers is None
         other.gradient(x, y)
         assert other._workers[0].pid not in (pid, os.getpid())
         np.testing.assert_array_equal(other.pool.dx, machine.pool.dx)
@@ -298,7 +298,7 @@ def test_a_failed_fork_warns_once_and_the_split_goes_to_threads(two_threads, mon
     fds = len(os.listdir("/proc/self/fd"))
     with pytest.warns(RuntimeWarning, match=r"could not fork a worker process .*Resource temporarily unavailable"):
         loss = machine.gradient(x, y)
-    assert machine.split_processes is False and not machine.__dict__.get("_workers")
+    assert machine.split_processes is False and not machine._workers
     assert len(os.listdir("/proc/self/fd")) == fds                # the pipes made for it closed
     assert len(machine._train_twins) == 2                        # split between threads
     assert loss == threads.gradient(x, y)

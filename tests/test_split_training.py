@@ -49,7 +49,7 @@ def test_split_training_follows_the_unsplit_one_and_the_twins_read_the_new_weigh
         for _ in range(4):
             m.gradient(x, y)
             opt.step()
-    assert len(split._train_twins) == 2 and not hasattr(whole, "_train_twins")
+    assert len(split._train_twins) == 2 and whole._train_twins is None
     assert all(t.pool.x is split.pool.x for t in split._train_twins)
     moved = np.abs(split.pool.x - lenet().pool.x).max()
     assert moved > 1e-3

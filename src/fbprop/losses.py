@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from fbprop.blas import one
-from fbprop.module import Module
+from fbprop.module import Module, Plan
 from fbprop.params import ParamPool
 from fbprop.state import State
 
@@ -72,8 +72,16 @@ class Loss(Module):
         return e, y
 
     _written: tuple = (None, None)                               # (energies, losses) fprop last wrote the losses of
+    _terms: tuple | None = None                                  # (energies, ∂L/∂E, ∂²L/∂E²) of this sweep (fprop's)
+    _buf: State | None = None                                    # bprop's scratch (`_scratch`), made when first needed
+
+    _batch: Plan | None = None                                   # a batch's fprop, kept (`_batch_call`)
+    _batch_call = None                                           # a subclass's maker of that call, if any
 
     def fprop(self, energies: State, labels: State | None, out: State) -> None:
+        plan = self._batch
+        if plan is not None and plan.fits(energies.x, out.x) and plan.calls[0](energies.x, labels):
+            return
         e, y = self._read(energies, labels)
         loss, g, h = self.terms(e, y)                            # (the loss of one sample may come as a float)
         self._terms = (e, g, h)                                  # ∂L/∂E and ∂²L/∂E², for this sweep
@@ -82,6 +90,8 @@ class Loss(Module):
             out.resize(e.shape[0], dtype=e.dtype)
             self._written = (e, out.x)
         out.x[...] = loss
+        if self._batch_call is not None and e.ndim == 2 and e.shape[0] > 1:
+            self._batch = Plan(e, out.x, calls=(self._batch_call(e, y, out.x),))
 
     def __getstate__(self) -> dict:
         # a pickle cannot hold the sweep's cached derivatives (NLL's is a closure): bprop recomputes
@@ -89,25 +99,28 @@ class Loss(Module):
         return {k: v for k, v in vars(self).items() if k not in ("_terms", "_written", "_g1")}
 
     def _derivatives(self, energies: State, labels: State | None) -> tuple[np.ndarray, np.ndarray | None]:
-        cached = getattr(self, "_terms", None)
+        cached = self._terms
         if cached is not None and cached[0] is energies.x:
             return cached[1], cached[2]
         return self.terms(*self._read(energies, labels))[1:]
 
     def _scratch(self, like: np.ndarray) -> np.ndarray:
-        buf = self.__dict__.get("_buf")
+        buf = self._buf
         if buf is None:
             buf = self._buf = State()
         return buf.resize(*like.shape, dtype=like.dtype).x
 
     def bprop(self, energies: State, labels: State | None, out: State) -> None:
-        g, _ = self._derivatives(energies, labels)
+        cached = self._terms                                     # (_derivatives' cached case, inline)
+        g = cached[1] if cached is not None and cached[0] is energies.x else self._derivatives(energies, labels)[0]
+        w = out.dx
+        w = w[:, None] if g.ndim == 2 else w                     # (_column, inline)
         into, zero = energies.sum_target("dx")
         if zero:
-            np.multiply(g, _column(out.dx, g), out=into)         # ∂L/∂E_k, scaled by ∂objective/∂L
+            np.multiply(g, w, out=into)                          # ∂L/∂E_k, scaled by ∂objective/∂L
             return
         t = self._scratch(g)
-        np.multiply(g, _column(out.dx, g), out=t)
+        np.multiply(g, w, out=t)
         into += t
 
     def bbprop(self, energies: State, labels: State | None, out: State) -> None:
@@ -216,6 +229,55 @@ class NLLLoss(Loss):
         self.beta = float(beta)
         self._nk, self._n = State(), State()
         self._offsets = self._at = np.zeros(0, np.intp)
+
+    def _batch_call(self, e: np.ndarray, y0: np.ndarray, loss: np.ndarray):
+        """`fprop` of a batch (n > 1) of energies shaped like e into `loss`, its decisions kept: made
+        right after the general path computed such a batch (the buffers are sized), it runs what
+        `_read` and `terms` run for labels of that shape and dtype, the same ufuncs on the same
+        operands (the same bits), with the losses written in place instead of copied. For labels
+        it was not made for, or that fail the check, it computes nothing and returns False: fprop
+        then takes the general path, which names the error."""
+        n, k = e.shape
+        shape, dtype, b = y0.shape, y0.dtype, self.beta
+        at, offsets = self._at, self._offsets
+        p, g = self._nk.x
+        low, z = self._n.x[0], self._n.x[1]
+        low0, z0 = low[:, 0], z[:, 0]
+        unsigned, one_ = _unsigned(dtype), one(e.dtype)
+        terms = (e, g, lambda: b * p * (1.0 - p))
+
+        def call(e: np.ndarray, labels: State | np.ndarray) -> bool:
+            y = labels.x if isinstance(labels, State) else labels
+            if type(y) is not np.ndarray or y.shape != shape or y.dtype is not dtype:
+                return False
+            if n > 8:
+                if np.maximum.reduce(y.view(unsigned)) >= k:     # (negative labels are huge unsigned)
+                    return False
+            else:
+                few = y.tolist()
+                if min(few) < 0 or max(few) >= k:
+                    return False
+            np.add(offsets, y, out=at)
+            np.minimum.reduce(e, axis=1, keepdims=True, out=low)
+            np.subtract(low, e, out=p)
+            if b != 1.0:
+                np.multiply(p, b, out=p)
+            np.exp(p, out=p)
+            np.add.reduce(p, axis=1, keepdims=True, out=z)
+            np.divide(p, z, out=p)                               # (in place: = p /= z)
+            np.log(z, out=z)
+            if b != 1.0:
+                np.multiply(z, 1.0 / b, out=z)
+            e.take(at, out=loss, mode="clip")
+            np.add(loss, z0, out=loss)
+            np.subtract(loss, low0, out=loss)
+            p.take(at, out=z0, mode="clip")
+            np.subtract(one_, z0, out=z0)
+            np.negative(p, out=g)
+            g.put(at, z0, mode="clip")
+            self._terms = terms if e is terms[0] else (e, g, terms[2])
+            return True
+        return call
 
     def terms(self, e, y):
         b, (n, k) = self.beta, e.shape

@@ -110,7 +110,7 @@ class Machine:
         promoted through every module (float64 input to a float32 net: 2-3x slower steps), into a
         buffer kept for the next batch of the same shape.
         """
-        self.inp.x = self._own_dtype(x, "x")
+        self.inp.x = x if type(x) is np.ndarray and x.dtype is self.pool.dtype else self._own_dtype(x, "x")
         if self.y_enters:
             if y is None:
                 if not self.regression:
@@ -137,6 +137,11 @@ class Machine:
             self._inference(x, y)
 
     _switched: list[Module] | None = None                       # the modules _forward_only switches
+    # made when first needed; class defaults rather than `self.__dict__` lookups, which in Python
+    # 3.11 turn the instance's attributes into a dict of their own and slow every later access
+    _splits_net: bool | None = None
+    _splits_step: tuple | None = None
+    _twin_nets = _part_outs = _train_twins = _twins_of = _workers = _workers_of = None
     _inferring = False                                           # inside inference (no bprop follows)
     split_inference = True         # inference split by samples over numpy's library's threads (see _fprop_apart)
     split_min = 64                 # samples a part at least
@@ -206,7 +211,7 @@ class Machine:
 
     def _splits(self) -> bool:
         """Whether inference splits batches: every module samplewise and one that gains from it."""
-        known = self.__dict__.get("_splits_net")
+        known = self._splits_net
         if known is None:
             modules = list(leaves(self.network))
             known = self._splits_net = all(getattr(m, "samplewise", True) for m in modules) and \
@@ -216,7 +221,9 @@ class Machine:
     def _twins(self, k: int) -> list[Module]:
         """k twins of the network for `_fprop_apart`, made once (and switched with the network's
         modules by `_forward_only`)."""
-        twins = self.__dict__.setdefault("_twin_nets", [])
+        twins = self._twin_nets
+        if twins is None:
+            twins = self._twin_nets = []
         while len(twins) < k:
             twin = self.network.share()
             switched = [m for m in leaves(twin) if hasattr(m, "forward_only")]
@@ -228,7 +235,9 @@ class Machine:
         return twins[:k]
 
     def _part_energies(self, k: int) -> list[State]:
-        outs = self.__dict__.setdefault("_part_outs", [])
+        outs = self._part_outs
+        if outs is None:
+            outs = self._part_outs = []
         outs.extend(State() for _ in range(k - len(outs)))
         return outs[:k]
 
@@ -364,7 +373,8 @@ class Machine:
         return total, len(x)
 
     def _accumulate_batch(self, x: np.ndarray, y: np.ndarray, weight: float, split: bool) -> float:
-        if split and self.split_training and len(x) >= 2 * min(self.split_min, self.split_min_processes):
+        if split and self.split_training and len(x) >= 2 * min(self.split_min, self.split_min_processes) and \
+                not self.y_enters and self._splits_steps():         # (a net that never splits asks no more)
             total = self._accumulate_apart(x, y, weight)
             if total is not None:
                 return total
@@ -395,10 +405,10 @@ class Machine:
         With `split_processes` (the default), on Linux without MPI, the parts after the first run
         in forked worker processes instead, from `split_min_processes` samples a part (see
         `_accumulate_in_processes`). The caller runs it from 2 · min(split_min, split_min_processes)
-        samples."""
+        samples, for a machine whose steps split (`_splits_steps`) and whose network does not read Y."""
         processes = self.split_processes and isinstance(y, np.ndarray) and self.reducer.size == 1 and can_fork()
         cut = self._cut(x, self.split_min_processes if processes else self.split_min)
-        if cut is None or self.y_enters or not self._splits_steps():
+        if cut is None:
             return None
         x = self._own_dtype(x, "x")
         workers = self._part_workers(x, y, cut) if processes else None
@@ -487,7 +497,7 @@ class Machine:
         warns once and splits between threads (`split_processes` set to False)."""
         need = max(b - a for a, b in zip(cut[1:], cut[2:]))
         made_of = (self.network, self.energy, self.loss, self.pool.x)
-        workers = self.__dict__.get("_workers")
+        workers = self._workers
         if workers and (len(workers) != len(cut) - 2 or not all(w.fits(need, x, y) for w in workers)
                         or any(a is not b for a, b in zip(self._workers_of, made_of, strict=True))):
             need = max(need, workers[0].capacity)
@@ -509,17 +519,18 @@ class Machine:
         return workers
 
     def _stop_workers(self, kill: bool = False) -> None:
-        for worker in self.__dict__.pop("_workers", None) or ():
+        workers, self._workers = self._workers, None
+        for worker in workers or ():
             worker.stop(kill=kill)                               # (in a forked copy of the owner: dropped only)
 
     def _splits_steps(self) -> bool:
         """Whether gradient steps split batches: where inference does, with no stochastic module
-        and a loss of one term per sample."""
-        known = self.__dict__.get("_splits_step")
-        if known is None:
-            known = self._splits_step = self._splits() and getattr(self.loss, "samplewise", True) and \
-                not any(getattr(m, "stochastic", False) for m in leaves(self.network))
-        return known
+        and a loss of one term per sample (decided again for another loss)."""
+        known = self._splits_step
+        if known is None or known[0] is not self.loss:
+            known = self._splits_step = (self.loss, self._splits() and getattr(self.loss, "samplewise", True) and
+                                         not any(getattr(m, "stochastic", False) for m in leaves(self.network)))
+        return known[1]
 
     def _training_twins(self, k: int) -> list[Machine]:
         """k twin machines for `_accumulate_apart`: copies of this one whose pool shares this
@@ -527,9 +538,11 @@ class Machine:
         and again when the machine's network, energy, loss or weights vector is replaced; a
         setting changed inside a module or the loss (not a weight) does not reach them: set
         `split_training = False`, or copy the machine, which makes them anew."""
-        twins = self.__dict__.setdefault("_train_twins", [])
+        twins = self._train_twins
+        if twins is None:
+            twins = self._train_twins = []
         made_of = (self.network, self.energy, self.loss, self.pool.x)
-        if twins and any(a is not b for a, b in zip(self.__dict__.get("_twins_of", made_of), made_of, strict=True)):
+        if twins and any(a is not b for a, b in zip(self._twins_of or made_of, made_of, strict=True)):
             twins.clear()
         self._twins_of = made_of
         while len(twins) < k:
