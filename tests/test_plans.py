@@ -391,3 +391,20 @@ def test_building_training_and_inference_leave_the_attributes_of_the_machine_los
     assert run.returncode == 0, run.stderr[-2000:]
     # 4 modules with parameters (Linear, Tanh, Linear, Bias), none moved, and the check sees a move
     assert run.stdout.split() == ["4", "[False,", "False,", "False,", "False,", "False,", "False]", "True"], run.stdout
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_the_answers_predict_returns_are_the_callers_own(task):
+    """predict's answers of a one-batch call are not copied again (argmin's, or the copy of a
+    regression's output): the next predict leaves them as they were."""
+    spec = {"model": "mlp", "input_shape": [6], "hidden": [5], "n_classes": 3 if task == "classification" else 2,
+            "dtype": "float64", **({"task": "regression"} if task == "regression" else {})}
+    machine = fb.build_machine(spec)
+    rng = np.random.default_rng(5)
+    x1, x2 = rng.standard_normal((16, 6)), rng.standard_normal((16, 6))
+    first = machine.predict(x1)
+    kept = first.copy()
+    second = machine.predict(x2)
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(first, second)                     # (a buffer they shared would show it)
+    np.testing.assert_array_equal(machine.predict(x1), kept)

@@ -31,6 +31,8 @@ def _unsigned(dtype: np.dtype) -> np.dtype:
 
 def infer(energies: np.ndarray) -> np.ndarray:
     """Inference in an energy-based machine: the answer of lowest energy, argmin_y E(W, y, X)."""
+    if type(energies) is np.ndarray:
+        return energies.argmin(axis=1)                           # (np.argmin's wrappers: 3 Python calls more)
     return np.argmin(energies, axis=1)
 
 

@@ -309,6 +309,8 @@ class Machine:
             parts.append(self.out.x.copy() if self.regression else self.answers())
         if parts and parts[0] is None:
             raise ValueError(f"Machine: {self.loss!r} gives no discrete answers to predict")
+        if len(parts) == 1 and (self.regression or self.energies.x.ndim == 2):
+            return parts[0]                                      # (made here, the copy or argmin's: not copied again)
         return np.concatenate(parts) if parts else np.zeros(0, np.intp)
 
     @contextmanager
