@@ -29,6 +29,16 @@ def _unsigned(dtype: np.dtype) -> np.dtype:
     return np.dtype(dtype.str.replace("i", "u"))
 
 
+def _labels_below(y: np.ndarray, k: int, unsigned: np.dtype) -> bool:
+    """Whether every integer label in y is in [0, k). A few as Python ints (numpy's reduction costs
+    1.5-6 µs, most of an on-line step's loss); more in one pass, seen as `unsigned` (y's size): a
+    negative label is then larger than any k."""
+    if len(y) > 8:
+        return bool(np.maximum.reduce(y.view(unsigned)) < k)
+    few = y.tolist()
+    return not few or (min(few) >= 0 and max(few) < k)
+
+
 def infer(energies: np.ndarray) -> np.ndarray:
     """Inference in an energy-based machine: the answer of lowest energy, argmin_y E(W, y, X)."""
     if type(energies) is np.ndarray:
@@ -62,14 +72,7 @@ class Loss(Module):
         if y is None or y.shape != (n,) or y.dtype.kind not in "iu":
             got = "no labels" if y is None else f"{y.dtype} labels of shape {y.shape}"
             raise ValueError(f"{self!r}: expected integer labels of shape ({n},), got {got}")
-        # a few labels as Python ints (numpy's reduction costs 1.5-6 µs, most of an on-line step's
-        # loss); more in one pass, seen as unsigned: a negative label is then larger than any k
-        if n > 8:
-            wrong = np.maximum.reduce(y.view(_unsigned(y.dtype))) >= k
-        else:
-            few = y.tolist()
-            wrong = bool(few) and (min(few) < 0 or max(few) >= k)
-        if wrong:
+        if not _labels_below(y, k, _unsigned(y.dtype)):
             raise ValueError(f"{self!r}: expected labels in [0, {k}), got values from {y.min()} to {y.max()}")
         return e, y
 
@@ -82,8 +85,11 @@ class Loss(Module):
 
     def fprop(self, energies: State, labels: State | None, out: State) -> None:
         plan = self._batch
-        if plan is not None and plan.fits(energies.x, out.x) and plan.calls[0](energies.x, labels):
-            return
+        if plan is not None and plan.fits(energies.x, out.x):
+            terms = plan.calls[0](energies.x, labels)
+            if terms is not None:
+                self._terms = terms
+                return
         e, y = self._read(energies, labels)
         loss, g, h = self.terms(e, y)                            # (the loss of one sample may come as a float)
         self._terms = (e, g, h)                                  # ∂L/∂E and ∂²L/∂E², for this sweep
@@ -233,82 +239,56 @@ class NLLLoss(Loss):
         self._offsets = self._at = np.zeros(0, np.intp)
 
     def _batch_call(self, e: np.ndarray, y0: np.ndarray, loss: np.ndarray):
-        """`fprop` of a batch (n > 1) of energies shaped like e into `loss`, its decisions kept: made
-        right after the general path computed such a batch (the buffers are sized), it runs what
-        `_read` and `terms` run for labels of that shape and dtype, the same ufuncs on the same
-        operands (the same bits), with the losses written in place instead of copied. For labels
-        it was not made for, or that fail the check, it computes nothing and returns False: fprop
-        then takes the general path, which names the error."""
+        """The batch (n > 1) path for energies shaped like e and labels shaped like y0, into `loss`
+        ((n,)), its buffers and views decided once: `terms` runs it at each call, and fprop keeps
+        it (`Loss._batch`), so that a step at a fixed shape goes through no `_read`, `terms` or
+        resize (the losses written in place, not copied). The call checks the labels and returns
+        (e, ∂L/∂E, the curvature's maker), or None, computing nothing, for labels it was not made
+        for or that fail the check (fprop then takes the general path, which names the error)."""
         n, k = e.shape
         shape, dtype, b = y0.shape, y0.dtype, self.beta
+        if self._offsets.shape != (n,):
+            self._offsets, self._at = np.arange(n) * k, np.empty(n, np.intp)
         at, offsets = self._at, self._offsets
-        p, g = self._nk.x
-        low, z = self._n.x[0], self._n.x[1]
+        p, g = self._nk.resize(2, n, k, dtype=e.dtype).x
+        low, z = self._n.resize(3, n, 1, dtype=e.dtype).x[:2]
         low0, z0 = low[:, 0], z[:, 0]
         unsigned, one_ = _unsigned(dtype), one(e.dtype)
-        terms = (e, g, lambda: b * p * (1.0 - p))
+        kept = (e, g, lambda: b * p * (1.0 - p))
 
-        def call(e: np.ndarray, labels: State | np.ndarray) -> bool:
+        def call(e: np.ndarray, labels: State | np.ndarray) -> tuple | None:
             y = labels.x if isinstance(labels, State) else labels
             if type(y) is not np.ndarray or y.shape != shape or y.dtype is not dtype:
-                return False
-            if n > 8:
-                if np.maximum.reduce(y.view(unsigned)) >= k:     # (negative labels are huge unsigned)
-                    return False
-            else:
-                few = y.tolist()
-                if min(few) < 0 or max(few) >= k:
-                    return False
-            np.add(offsets, y, out=at)
+                return None
+            if not _labels_below(y, k, unsigned):
+                return None
+            np.add(offsets, y, out=at)                           # flat index of (i, Y_i): no fancy-index temporaries
             np.minimum.reduce(e, axis=1, keepdims=True, out=low)
             np.subtract(low, e, out=p)
-            if b != 1.0:
+            if b != 1.0:                                         # (× 1 is exact: skipped)
                 np.multiply(p, b, out=p)
             np.exp(p, out=p)
             np.add.reduce(p, axis=1, keepdims=True, out=z)
-            np.divide(p, z, out=p)                               # (in place: = p /= z)
+            np.divide(p, z, out=p)                               # p_k = exp(−βE_k) / Σ exp(−βE)
             np.log(z, out=z)
             if b != 1.0:
                 np.multiply(z, 1.0 / b, out=z)
-            e.take(at, out=loss, mode="clip")
+            e.take(at, out=loss, mode="clip")                    # at is in range; "raise" would buffer out
             np.add(loss, z0, out=loss)
-            np.subtract(loss, low0, out=loss)
-            p.take(at, out=z0, mode="clip")
+            np.subtract(loss, low0, out=loss)                    # L = E_Y − free, free = −(1/β) log Σ exp(−βE)
+            p.take(at, out=z0, mode="clip")                      # (methods: np.take's wrapper costs 1 µs)
             np.subtract(one_, z0, out=z0)
             np.negative(p, out=g)
-            g.put(at, z0, mode="clip")
-            self._terms = terms if e is terms[0] else (e, g, terms[2])
-            return True
+            g.put(at, z0, mode="clip")                           # ∂L/∂E_k = δ_kY − p_k
+            return kept if e is kept[0] else (e, g, kept[2])
         return call
 
     def terms(self, e, y):
-        b, (n, k) = self.beta, e.shape
-        if n == 1:
+        if e.shape[0] == 1:
             return self._one(e, y)
-        if self._offsets.shape != (n,):
-            self._offsets, self._at = np.arange(n) * k, np.empty(n, np.intp)
-        at = self._at
-        np.add(self._offsets, y, out=at)                         # flat index of (i, Y_i): no fancy-index temporaries
-        p, g = self._nk.resize(2, n, k, dtype=e.dtype).x
-        low, z, loss = self._n.resize(3, n, 1, dtype=e.dtype).x
-        np.minimum.reduce(e, axis=1, keepdims=True, out=low)
-        np.subtract(low, e, out=p)
-        if b != 1.0:                                             # (× 1 is exact: skipped)
-            p *= b
-        np.exp(p, out=p)
-        np.add.reduce(p, axis=1, keepdims=True, out=z)
-        p /= z                                                   # p_k = exp(−βE_k) / Σ exp(−βE)
-        np.log(z, out=z)
-        if b != 1.0:
-            z *= 1.0 / b
-        e.take(at, out=loss[:, 0], mode="clip")                 # at is in range; "raise" would buffer out
-        loss += z
-        loss -= low                                              # L = E_Y − free, free = −(1/β) log Σ exp(−βE)
-        p.take(at, out=z[:, 0], mode="clip")                     # (methods: np.take's wrapper costs 1 µs)
-        np.subtract(one(z.dtype), z, out=z)
-        np.negative(p, out=g)
-        g.put(at, z, mode="clip")                                # ∂L/∂E_k = δ_kY − p_k
-        return loss[:, 0], g, lambda: b * p * (1.0 - p)
+        loss = self._n.resize(3, e.shape[0], 1, dtype=e.dtype).x[2, :, 0]
+        _, g, h = self._batch_call(e, y, loss)(e, y)             # (the labels checked by _read)
+        return loss, g, h
 
     def _one(self, e, y):
         """One sample (on-line learning): its k energies as Python floats, in double precision, the
