@@ -196,3 +196,18 @@ def test_a_warm_split_step_allocates_no_array(two_threads, monkeypatch):
     monkeypatch.setattr(fb.machine, "run_apart", in_turn)
     small, large = _split_step_transient(256), _split_step_transient(1024)
     assert large - small < 512, f"{small} bytes transient at batch 256, {large} at 1024"
+
+
+def test_whether_steps_split_is_asked_again_for_a_replaced_loss():
+    """The answer is kept per loss: a loss that is not one term per sample, put in place of one
+    that is, stops the split (the answer kept before would have split it)."""
+    machine = lenet()
+
+    class Batchwise(fb.NLLLoss):
+        samplewise = False
+
+    assert machine._splits_steps()
+    machine.loss = Batchwise(beta=0.1)
+    assert not machine._splits_steps()
+    machine.loss = fb.NLLLoss(beta=0.1)
+    assert machine._splits_steps()

@@ -65,7 +65,7 @@ def _attribute_values(obj: object) -> list:
     (and its type); an object whose only referents are a dict and its type is asked through
     `vars` (already moved, or one attribute that is a dict)."""
     refs = gc.get_referents(obj)
-    if len(refs) == 2 and type(refs[0]) is dict and refs[1] is type(obj) or not refs:
+    if not refs or (len(refs) == 2 and type(refs[0]) is dict and refs[1] is type(obj)):
         return list(vars(obj).values())
     return refs
 
