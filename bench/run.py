@@ -6,8 +6,13 @@
     python bench/run.py --memory        # only peak memory: fbprop against PyTorch and the numpy loop
 
 Each (repeat, workload, system) runs in its own process (`worker.py`), systems interleaved
-A B C D A B C D …, so drifting machine load hits every system alike. Prints the check, then a
-table of samples/s (median and min–max over the repeats), peak memory and fbprop's ratios.
+A B C D, D C B A, A B C D …, so drifting machine load hits every system alike and no system
+always runs first or right after another. Prints the check, then a table of samples/s (median
+and min–max over the repeats), peak memory and fbprop's ratios. The numpy reference runs twice
+a repeat (`numpy-ref-2`, a control): numpy-ref ÷ numpy-ref-2 is a ratio that should be 1, so its
+median and spread show what a difference between two systems has to exceed to mean anything on
+this machine (on a shared 2-vCPU VM: a median off 1 by up to 0.09 over 9 repeats, single repeats
+from 0.8 to 1.4).
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import CORETYPE_VARS, LR, THREAD_VARS, WORKLOADS, Workload, make_workspace, mlp_flops  # noqa: E402
-from systems import SYSTEMS, supports  # noqa: E402
+from systems import CONTROL, SYSTEMS, supports  # noqa: E402
 
 SHORT = {"fbprop": "fbprop", "pytorch": "pytorch", "pytorch-idiomatic": "pt-idiom.", "sklearn": "sklearn",
-         "numpy-ref": "numpy-ref", "numpy-ger": "numpy-ger", "gemm": "gemm"}
+         "numpy-ref": "numpy-ref", "numpy-ref-2": "ref (2nd)", "numpy-ger": "numpy-ger", "gemm": "gemm"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.memory:
         args.repeats, args.seconds, args.no_check, args.no_gemm = min(args.repeats, 3), 0.3, True, True
-        args.systems = ",".join(s for s in args.systems.split(",") if s != "sklearn")
+        args.systems = ",".join(s for s in args.systems.split(",") if s != "sklearn" and s not in CONTROL)
     if args.quick:
         args.repeats, args.seconds, args.warmup, args.samples, args.per_process = 1, 0.05, 1, 512, "system"
         args.workloads = ",".join(w.name.replace("-b1024", "-b256") for w in map(_parse, args.workloads.split(",")))
@@ -97,6 +102,11 @@ def find_torch_python(args: argparse.Namespace, env: dict[str, str]) -> tuple[st
             if probe.returncode == 0:
                 return python, probe.stdout.strip()
     return None, "PyTorch not found (run `bash bench/setup.sh` to create bench/.venv with torch==2.13.0)"
+
+
+def run_order(order: list[str], rep: int) -> list[str]:
+    """The systems in the order of repeat `rep` (from 0): as given, then reversed, in turn."""
+    return list(order) if rep % 2 == 0 else list(order)[::-1]
 
 
 def run_worker(python: str, system: str, workload: str, workspace: str, args,
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeats):
             for group in groups:
                 line = []
-                for s in order:
+                for s in run_order(order, rep):
                     todo = [wl.name for wl in group if supports(s, wl.model, wl.mode, wl.batch)]
                     if not todo:
                         continue
@@ -294,6 +304,14 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
                      if (wl.name, "fbprop", r) in per_rep and (wl.name, c, r) in per_rep]
             cells.append(f"{ratio_cell(pairs) or '—':>24}")
         print(f"{wl.name:20} " + " ".join(cells))
+    for control, of in CONTROL.items():
+        if control in order and of in order:
+            print(f"control, the same system in two processes a repeat ({of} ÷ {control}; 1 but for the noise):")
+            for wl in workloads:
+                pairs = [per_rep[(wl.name, of, r)] / per_rep[(wl.name, control, r)] for r in range(args.repeats)
+                         if (wl.name, of, r) in per_rep and (wl.name, control, r) in per_rep]
+                if pairs:
+                    print(f"{wl.name:20} {ratio_cell(pairs):>24}")
 
 
 def print_memory(workloads, order, rss, working, args) -> None:
@@ -302,7 +320,7 @@ def print_memory(workloads, order, rss, working, args) -> None:
     print(f"memory, MiB, median of {args.repeats} processes: peak RSS of the whole process (VmHWM) / working memory, "
           f"the peak above the process once its library is imported and the data read (model, buffers, "
           f"temporaries); fbprop ÷ system < 1: fbprop needs less")
-    shown = [s for s in order if s != "gemm"]
+    shown = [s for s in order if s != "gemm" and s not in CONTROL]
     head = f"{'workload':20} " + " ".join(f"{SHORT[s]:>16}" for s in shown) + "".join(
         f"{'fbprop÷' + SHORT[s]:>22}" for s in shown if s != "fbprop")
     print(head)
@@ -330,7 +348,7 @@ def print_gemm(workloads, order, samples, per_rep, args) -> None:
     print()
     print(f"GEMM ceiling: only the MLP training step's matrix products (3 forward, 3 ∂E/∂W, 2 ∂E/∂h), float32, "
           f"{args.threads} threads; a system's GFLOP/s is that FLOP count × its steps/s")
-    others = [s for s in order if s != "gemm" and s != "sklearn"]
+    others = [s for s in order if s != "gemm" and s != "sklearn" and s not in CONTROL]
     print(f"{'workload':20} {'MFLOP/step':>10} {'ceiling GFLOP/s':>16} " +
           " ".join(f"{s + ' GFLOP/s (÷ceil)':>28}" for s in others))
     for wl in workloads:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import numpy as np
 from common import MLP_SIZES, split
 
-SYSTEMS = ("fbprop", "pytorch", "pytorch-idiomatic", "sklearn", "numpy-ref", "numpy-ger")
+# the order run.py runs them in (reversed every other repeat): fbprop between PyTorch and the numpy
+# reference, the reference between fbprop and its second process, the control
+SYSTEMS = ("sklearn", "pytorch-idiomatic", "pytorch", "fbprop", "numpy-ref", "numpy-ref-2", "numpy-ger")
+CONTROL = {"numpy-ref-2": "numpy-ref"}                           # the same system again: the harness's noise
 MLP_ONLY = {"sklearn"}
 ONLINE_ONLY = {"numpy-ger"}                                      # MLP training at batch 1 only
 LENET5_ONLY = {"pytorch-idiomatic"}
@@ -145,7 +148,7 @@ def preload(system: str) -> None:
 def make(system: str, model: str, **kw):
     if system == "fbprop":
         return FbpropSystem(model, **kw)
-    if system in ("numpy-ref", "numpy-ger"):
+    if system in ("numpy-ref", "numpy-ref-2", "numpy-ger"):
         import sys_numpy
         return sys_numpy.make(model, online_ger=system == "numpy-ger", **kw)
     if system == "pytorch":

@@ -35,10 +35,22 @@ def test_run_quick_prints_the_check_and_the_table_for_the_available_systems():
     assert "like-with-like check" in out and "check: passed" in out
     assert "workload             system      samples/s" in out
     assert "GEMM ceiling" in out
+    control = out.split("control, the same system in two processes a repeat (numpy-ref ÷ numpy-ref-2")[1].splitlines()
+    assert [line.split()[0] for line in control[1:8]] == [
+        "mlp-train-b1", "mlp-train-b32", "mlp-train-b128", "lenet5-train-b32", "lenet5-train-b128",
+        "mlp-infer-b256", "lenet5-infer-b256"], out
     for system in ("fbprop", "numpy-ref", "sklearn"):
         assert f" {system} " in out, out
     torch_here = "skipping pytorch" not in out
     assert (" pytorch " in out) == torch_here
+
+
+def test_run_counterbalances_the_order_of_the_systems_between_repeats(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))                       # (sys.path as it was, after the test)
+    import run
+    order = ["pytorch", "fbprop", "numpy-ref", "numpy-ref-2", "gemm"]
+    assert [run.run_order(order, r) for r in range(3)] == [order, order[::-1], order]
+    assert order == ["pytorch", "fbprop", "numpy-ref", "numpy-ref-2", "gemm"]        # (not reversed in place)
 
 
 def test_siamese_script_trains_and_prints_accuracy_time_and_medians():
