@@ -271,8 +271,8 @@ def test_a_kept_large_product_takes_the_route_gemm_takes_at_each_call(orders, sm
     can change between calls, still choose its route at each call, as `_gemm` does."""
     lib = blas._numpy_blas()
     monkeypatch.setattr(lib, "small_kernel", small_kernel)
-    threads, asked = [1], []
-    monkeypatch.setattr(lib, "threads", lambda: (asked.append(1), threads[0])[1])
+    threads = [1]
+    monkeypatch.setattr(lib, "threads", lambda: threads[0])
     monkeypatch.setattr(blas, "_POOL_AWAKE", [False])
     calls = _routes(monkeypatch)
     a, b, c = _operands(70, 90, 80, orders, np.float32)
@@ -287,14 +287,10 @@ def test_a_kept_large_product_takes_the_route_gemm_takes_at_each_call(orders, sm
         blas._gemm(c, a, b, 1.0, beta)
         route, awake, by_gemm = list(calls), blas._POOL_AWAKE[0], c.copy()
         c[...] = start
-        del calls[:], asked[:]
+        del calls[:]
         blas._POOL_AWAKE[0] = False
         kept(a, b)
         assert (calls, blas._POOL_AWAKE[0]) == (route, awake), (n_threads, apart)
-        # the count (a ctypes call) asked only where it can change the route: one thread to scipy's
-        assert len(asked) == (1 if small_kernel and not apart and not (beta == 0.0 and b.flags.c_contiguous) else 0)
-        # the flag: a product ran in numpy's library (on its pool, where it has threads: the only
-        # case the long axpy reads it); the thread count is asked only where it decides the route
-        assert awake == (route != ["scipy"]), (route, n_threads, apart)
+        assert awake == (n_threads > 1)
         np.testing.assert_array_equal(c, by_gemm)
         np.testing.assert_allclose(c, beta * start + a.astype(np.float64) @ b, **_tol(np.float32))

@@ -296,8 +296,7 @@ def _leading(x: np.ndarray) -> tuple[int, int] | None:
 
 
 _NUMPY: list[_NumpyBlas] = []
-_POOL_AWAKE = [False]           # a large product ran in numpy's library (on its thread pool, where it has
-#                                 more than one thread: the only case the long axpy reads it) since that axpy
+_POOL_AWAKE = [False]           # a product ran on numpy's thread pool since the last long axpy
 _APART = [0]                    # callers inside run_apart (Python threads share a batch): large products to numpy's
 
 
@@ -331,10 +330,10 @@ def _large(c: np.ndarray, a: np.ndarray, b: np.ndarray, alpha: float, beta: floa
     if not _fits_numpy(c, a, b):
         return False
     nb = _numpy_blas()
-    if nb.small_kernel and not (wide or _APART[0] or (alpha == 1.0 and beta == 0.0 and b.flags.c_contiguous)) \
-            and nb.threads() <= 1:
+    if nb.threads() > 1:
+        _POOL_AWAKE[0] = True
+    elif nb.small_kernel and not (wide or _APART[0] or (alpha == 1.0 and beta == 0.0 and b.flags.c_contiguous)):
         return False                                             # one thread: no pools to keep apart
-    _POOL_AWAKE[0] = True
     kb = _k_block(c.size, a.shape[1]) if wide else 0
     if kb:
         return all(nb.gemm(c, a[:, s:s + kb], b[s:s + kb], alpha, beta if s == 0 else 1.0)
@@ -429,12 +428,11 @@ def product_call(c: np.ndarray, a: np.ndarray, b: np.ndarray, beta: float = 0.0,
     kb = _k_block(c.size, a.shape[1]) if wide else 0
 
     def call(a: np.ndarray, b: np.ndarray) -> None:
-        # the thread count is asked (a ctypes call, 0.3-0.5 µs, more in a step's cold
-        # instruction cache) only where it decides the route
-        if one_thread_outside and not _APART[0] and nb.threads() <= 1:
+        if nb.threads() > 1:
+            _POOL_AWAKE[0] = True
+        elif one_thread_outside and not _APART[0]:
             outside(a, b)
             return
-        _POOL_AWAKE[0] = True
         if kb:
             if not all(nb.gemm(c, a[:, s:s + kb], b[s:s + kb], 1.0, beta if s == 0 else 1.0)
                        for s in range(0, a.shape[1], kb)):
