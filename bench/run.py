@@ -274,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if errors or check_failed else 0
 
 
+def repeat_ratios(per_rep: dict, workload: str, a: str, b: str, repeats: int) -> list[float]:
+    """System a's samples/s ÷ system b's, one ratio per repeat where both ran."""
+    return [per_rep[(workload, a, r)] / per_rep[(workload, b, r)] for r in range(repeats)
+            if (workload, a, r) in per_rep and (workload, b, r) in per_rep]
+
+
 def print_table(workloads, order, samples, rss, per_rep, args) -> None:
     print(f"samples/s: median (min–max) over {args.repeats} interleaved repeats; peak RSS: median of the "
           f"system's process's own peak (VmHWM); fbprop÷system: median (min–max) of the per-repeat ratios")
@@ -287,8 +293,7 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
             if s == "gemm" or (wl.name, s) not in samples:
                 continue
             v = samples[(wl.name, s)]
-            pairs = [per_rep[(wl.name, "fbprop", r)] / per_rep[(wl.name, s, r)] for r in range(args.repeats)
-                     if (wl.name, "fbprop", r) in per_rep and (wl.name, s, r) in per_rep] if s != "fbprop" else []
+            pairs = repeat_ratios(per_rep, wl.name, "fbprop", s, args.repeats) if s != "fbprop" else []
             print(f"{wl.name if first else '':20} {SHORT[s]:10} {fmt(statistics.median(v)):>10} "
                   f"{'(' + fmt(min(v)) + '–' + fmt(max(v)) + ')':>22} {statistics.median(rss[(wl.name, s)]):>13.0f}  "
                   f"{ratio_cell(pairs):>22}")
@@ -300,16 +305,14 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
     for wl in workloads:
         cells = []
         for c in cols:
-            pairs = [per_rep[(wl.name, "fbprop", r)] / per_rep[(wl.name, c, r)] for r in range(args.repeats)
-                     if (wl.name, "fbprop", r) in per_rep and (wl.name, c, r) in per_rep]
+            pairs = repeat_ratios(per_rep, wl.name, "fbprop", c, args.repeats)
             cells.append(f"{ratio_cell(pairs) or '—':>24}")
         print(f"{wl.name:20} " + " ".join(cells))
     for control, of in CONTROL.items():
         if control in order and of in order:
             print(f"control, the same system in two processes a repeat ({of} ÷ {control}; 1 but for the noise):")
             for wl in workloads:
-                pairs = [per_rep[(wl.name, of, r)] / per_rep[(wl.name, control, r)] for r in range(args.repeats)
-                         if (wl.name, of, r) in per_rep and (wl.name, control, r) in per_rep]
+                pairs = repeat_ratios(per_rep, wl.name, of, control, args.repeats)
                 if pairs:
                     print(f"{wl.name:20} {ratio_cell(pairs):>24}")
 
