@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     x = x.astype(np.float64)
     try:
         import torch  # noqa: F401
-        others = ["pytorch", "numpy-ref", "numpy-ger", "sklearn"]
+        others = ["pytorch", "numpy-ref", "numpy-ger", "numpy-fold", "sklearn"]
     except ImportError:
         print("check: PyTorch is not importable here (run bench/setup.sh, then use bench/.venv/bin/python); "
               "checking the numpy reference and scikit-learn only")
-        others = ["numpy-ref", "numpy-ger", "sklearn"]
+        others = ["numpy-ref", "numpy-ger", "numpy-fold", "sklearn"]
     codes, table = fbprop.lenet5_codes(10), np.asarray(fbprop.LENET5_C3_TABLE)
 
     print(f"like-with-like check: float64, same initial pool, {args.steps} SGD steps (lr {LR}) on the same "

@@ -37,7 +37,8 @@ from common import CORETYPE_VARS, LR, THREAD_VARS, WORKLOADS, Workload, make_wor
 from systems import CONTROL, SYSTEMS, supports  # noqa: E402
 
 SHORT = {"fbprop": "fbprop", "pytorch": "pytorch", "pytorch-idiomatic": "pt-idiom.", "sklearn": "sklearn",
-         "numpy-ref": "numpy-ref", "numpy-ref-2": "ref (2nd)", "numpy-ger": "numpy-ger", "gemm": "gemm"}
+         "numpy-ref": "numpy-ref", "numpy-ref-2": "ref (2nd)", "numpy-ger": "numpy-ger", "numpy-fold": "numpy-fold",
+         "gemm": "gemm"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -299,7 +300,8 @@ def print_table(workloads, order, samples, rss, per_rep, args) -> None:
                   f"{ratio_cell(pairs):>22}")
             first = False
     print()
-    cols = [s for s in ("pytorch", "pytorch-idiomatic", "numpy-ref", "numpy-ger", "sklearn") if s in order]
+    cols = [s for s in ("pytorch", "pytorch-idiomatic", "numpy-ref", "numpy-ger", "numpy-fold", "sklearn")
+            if s in order]
     print("fbprop ÷ system (median of per-repeat ratios; > 1 means fbprop is faster)")
     print(f"{'workload':20} " + " ".join(f"{'fbprop/' + c:>24}" for c in cols))
     for wl in workloads:

@@ -78,7 +78,8 @@ class NumpyMLP(Reference):
     """784-300-100-10 (or the sizes `shapes` give): tanh(W1 x + b1), tanh(W2 · + b2), W3 · + b3,
     softmax cross-entropy."""
 
-    def __init__(self, init: np.ndarray, shapes, lr: float, online_ger: bool = False, **_) -> None:
+    def __init__(self, init: np.ndarray, shapes, lr: float, online_ger: bool = False, fold: bool = False,
+                 threads: int = 1, **_) -> None:
         self.p = Flat(init, shapes)
         (self.h1, self.n_in), (self.h2, _), (self.k, _) = shapes[0], shapes[2], shapes[4]
         self.lr = lr
@@ -88,11 +89,23 @@ class NumpyMLP(Reference):
         if online_ger:
             from scipy.linalg import blas
             self.ger = {np.dtype(np.float32): blas.sger, np.dtype(np.float64): blas.dger}.get(init.dtype)
+        self.gemm = None
+        if fold and threads == 1:
+            from scipy.linalg import blas
+            self.gemm = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(init.dtype)
 
     def _forward(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         w1, b1, w2, b2, w3, b3 = self.p.ws
         n, get = x.shape[0], self.buf.get
         h1, h2, s = get("h1", n, self.h1), get("h2", n, self.h2), get("s", n, self.k)
+        gemm = self.gemm
+        if gemm is not None:                                     # the numpy-fold system, one thread
+            for a, w, b, h in ((x, w1, b1, h1), (h1, w2, b2, h2), (h2, w3, b3, s)):
+                np.copyto(h, b)
+                gemm(1.0, w.T, a.T, 1.0, h.T, 1, 0, 1)           # hᵀ ← W aᵀ + hᵀ: h = a Wᵀ + b, no zeroing pass
+                if h is not s:
+                    np.tanh(h, out=h)
+            return h1, h2, s
         np.matmul(x, w1.T, out=h1)
         h1 += b1
         np.tanh(h1, out=h1)
@@ -347,8 +360,10 @@ class NumpyLeNet5(Reference):
         return np.argmin(self._forward(x)["e"], axis=0)
 
 
-def make(model: str, online_ger: bool = False, **kw):
+def make(model: str, online_ger: bool = False, fold: bool = False, **kw):
     """The reference for `model`; `online_ger` (the `numpy-ger` system): the MLP's batch-1 steps
     update each weight matrix in place with one BLAS ger (scipy.linalg.blas) instead of going
-    through a gradient buffer."""
-    return NumpyMLP(online_ger=online_ger, **kw) if model == "mlp" else NumpyLeNet5(**kw)
+    through a gradient buffer; `fold` (the `numpy-fold` system): with one thread, the MLP's
+    forward products add the biases themselves (b copied into the output, then gemm with β = 1,
+    which skips the pass OpenBLAS makes to zero C for β = 0), in training and inference."""
+    return NumpyMLP(online_ger=online_ger, fold=fold, **kw) if model == "mlp" else NumpyLeNet5(**kw)

@@ -15,9 +15,9 @@ from common import MLP_SIZES, split
 
 # the order run.py runs them in (reversed every other repeat): fbprop between PyTorch and the numpy
 # reference, the reference between fbprop and its second process, the control
-SYSTEMS = ("sklearn", "pytorch-idiomatic", "pytorch", "fbprop", "numpy-ref", "numpy-ref-2", "numpy-ger")
+SYSTEMS = ("sklearn", "pytorch-idiomatic", "pytorch", "fbprop", "numpy-ref", "numpy-ref-2", "numpy-ger", "numpy-fold")
 CONTROL = {"numpy-ref-2": "numpy-ref"}                           # the same system again: the harness's noise
-MLP_ONLY = {"sklearn"}
+MLP_ONLY = {"sklearn", "numpy-fold"}
 ONLINE_ONLY = {"numpy-ger"}                                      # MLP training at batch 1 only
 LENET5_ONLY = {"pytorch-idiomatic"}
 
@@ -137,8 +137,8 @@ def preload(system: str) -> None:
         import scipy.linalg.blas  # noqa: F401                       # fbprop imports it at its first product
 
         import fbprop  # noqa: F401
-    elif system == "numpy-ger":
-        import scipy.linalg.blas  # noqa: F401                       # its ger
+    elif system in ("numpy-ger", "numpy-fold"):
+        import scipy.linalg.blas  # noqa: F401                       # its ger, its gemm
     elif system in ("pytorch", "pytorch-idiomatic"):
         import sys_torch  # noqa: F401
     elif system == "sklearn":
@@ -148,9 +148,9 @@ def preload(system: str) -> None:
 def make(system: str, model: str, **kw):
     if system == "fbprop":
         return FbpropSystem(model, **kw)
-    if system in ("numpy-ref", "numpy-ref-2", "numpy-ger"):
+    if system in ("numpy-ref", "numpy-ref-2", "numpy-ger", "numpy-fold"):
         import sys_numpy
-        return sys_numpy.make(model, online_ger=system == "numpy-ger", **kw)
+        return sys_numpy.make(model, online_ger=system == "numpy-ger", fold=system == "numpy-fold", **kw)
     if system == "pytorch":
         import sys_torch
         return sys_torch.TorchSystem(model, **kw)

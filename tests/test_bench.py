@@ -39,10 +39,32 @@ def test_run_quick_prints_the_check_and_the_table_for_the_available_systems():
     assert [line.split()[0] for line in control[1:8]] == [
         "mlp-train-b1", "mlp-train-b32", "mlp-train-b128", "lenet5-train-b32", "lenet5-train-b128",
         "mlp-infer-b256", "lenet5-infer-b256"], out
-    for system in ("fbprop", "numpy-ref", "sklearn"):
+    for system in ("fbprop", "numpy-ref", "numpy-fold", "sklearn"):
         assert f" {system} " in out, out
     torch_here = "skipping pytorch" not in out
     assert (" pytorch " in out) == torch_here
+
+
+def test_numpy_fold_is_the_reference_with_its_biases_added_by_the_products(monkeypatch):
+    """The `numpy-fold` system: with one thread its forward products add the biases (gemm, β = 1),
+    giving the reference's activations; with more threads it is the reference."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import numpy as np
+    import sys_numpy
+    rng = np.random.default_rng(2)
+    shapes = [(5, 7), (5,), (4, 5), (4,), (3, 4), (3,)]
+    init = rng.standard_normal(sum(int(np.prod(s)) for s in shapes))
+    ref = sys_numpy.make("mlp", init=init, shapes=shapes, lr=0.1)
+    fold = sys_numpy.make("mlp", fold=True, threads=1, init=init, shapes=shapes, lr=0.1)
+    assert fold.gemm is not None and ref.gemm is None
+    assert sys_numpy.make("mlp", fold=True, threads=2, init=init, shapes=shapes, lr=0.1).gemm is None
+    x = rng.standard_normal((6, 7))
+    for got, want in zip(fold._forward(x), ref._forward(x), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-15)
+    y = rng.integers(0, 3, 6)
+    fold.train_step(x, y)
+    ref.train_step(x, y)
+    np.testing.assert_allclose(fold.p.w, ref.p.w, rtol=1e-14, atol=1e-15)
 
 
 def test_run_counterbalances_the_order_of_the_systems_between_repeats(monkeypatch):

@@ -141,11 +141,16 @@ def test_inference_between_training_steps_changes_no_bit_of_them():
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-def test_inference_keeps_its_decisions_from_one_batch_to_the_next(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inference_keeps_its_decisions_from_one_batch_to_the_next(monkeypatch, request, threads):
     """Inference squashes in its inputs' buffers and gives them back at the end, so the next
     inference of the same shape finds every buffer where it was: no module decides again (a
     squashing whose output is the net's own takes nothing over, or the buffer of the product
-    before it would alternate from one inference to the next), and the answers stay fprop's."""
+    before it would alternate from one inference to the next), and the answers stay fprop's.
+    With one thread each Linear adds the next squashing's bias itself (`Cascade._folded`), and
+    only the Linears decide; with two, each module does."""
+    if threads == 2:
+        request.getfixturevalue("two_threads")
     rng = np.random.default_rng(8)
     spec = {"model": "mlp", "input_shape": [6], "hidden": [5, 4], "squash": "tanh", "energy": "scores", "loss": "nll",
             "n_classes": 3, "dtype": "float64"}
@@ -160,7 +165,7 @@ def test_inference_keeps_its_decisions_from_one_batch_to_the_next(monkeypatch):
         monkeypatch.setattr(cls, "_plan_fprop", counted)
     machine.predict(batches[0], batch_size=8)
     first = len(made)
-    assert first == 6                                            # 3 Linear, 2 Tanh, the Bias
+    assert first == (3 if threads == 1 else 6)                  # 3 Linear (2 Tanh and the Bias folded in), or 6
     for x in batches[1:]:
         machine.inference(x)
         fresh.fprop(x)

@@ -398,12 +398,16 @@ def test_a_pickled_state_keeps_whether_it_owns_its_buffer():
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet5"])
-def test_inference_squashes_in_place_to_the_same_bits_and_training_after_it_is_unchanged(model, monkeypatch):
+def test_inference_squashes_in_place_to_the_same_bits_and_training_after_it_is_unchanged(model, monkeypatch,
+                                                                                          request):
     """Machine.inference lets each squashing compute in its input's buffer (no bprop follows):
     the energies are fprop's, bit for bit; a squashing between two scratch states gives the
     buffers back at the end (the next inference writes the same ones); the next gradient is the
     one computed without the inference in between (no buffer is left shared); a view of the
-    caller's data is never written."""
+    caller's data is never written. The MLP on two threads: on one, each Linear writes its
+    squashing's output itself (`Cascade._folded`, tests/test_fold.py) and nothing is taken over."""
+    if model == "mlp":
+        request.getfixturevalue("two_threads")
     spec = {"model": model, "input_shape": [1, 28, 28], "n_classes": 10, "dtype": "float32"}
     if model == "mlp":
         spec["hidden"] = [30, 20]

@@ -499,6 +499,13 @@ def scaled_add_call(y: np.ndarray, x: np.ndarray) -> Callable[[float], object]:
 _WORKERS: list = []             # [pid, the thread pool of run_apart], started on first use in a process
 
 
+def one_thread_products() -> bool:
+    """Whether a product made now runs on one thread: numpy's library on one thread, or this
+    call inside a part of `run_apart` (scipy's library, the small products' route, never
+    starts its pool)."""
+    return bool(_APART[0]) or (_NUMPY[0] if _NUMPY else _numpy_blas()).threads() <= 1
+
+
 def apart_threads() -> int:
     """How many parts `run_apart` would run at once: numpy's library's thread count (1 where it
     cannot be set, so nothing is split)."""

@@ -26,6 +26,7 @@ class Linear(Module):
 
     _forward: Plan | None = None                                  # fprop's decisions, bprop's (see Plan)
     _backward: Plan | None = None
+    _plus: Plan | None = None                                     # fprop_plus's
 
     def fprop(self, inp: State, out: State) -> None:
         x, plan = inp.x, self._forward
@@ -33,6 +34,24 @@ class Linear(Module):
             plan = self._forward = self._plan_fprop(inp, out)
         y_is, wt = plan.calls
         y_is(x, wt)                                              # y = W x
+
+    def fprop_plus(self, inp: State, out: State, offset: np.ndarray) -> None:
+        """out ← W x + offset, the offset (one sample's, (n_out,)) added by the product itself:
+        copied into out, then gemm with β = 1, which OpenBLAS runs without the pass that zeroes C
+        for β = 0; one pass over out less than a product followed by an add. For `Cascade`'s fold
+        of a squashing's bias during inference (`Squash.input_offset`). The sum is rounded as
+        gemm adds into C: where OpenBLAS splits a long inner dimension into blocks (784 inputs),
+        the offset joins the first block's sum rather than the whole, a difference in the last bit."""
+        x, plan = inp.x, self._plus
+        if plan is None or not plan.fits(x, out.x, self.w.x, offset):
+            plan = self._plus = self._plan_plus(inp, out, offset)
+        y_is, wt = plan.calls
+        np.copyto(out.x, offset)
+        y_is(x, wt)                                              # y = W x + offset
+
+    def adds(self, offset_shape: tuple[int, ...]) -> bool:
+        """Whether `fprop_plus` takes an offset of this shape (one number per output)."""
+        return tuple(offset_shape) == (self.n_out,)
 
     def bprop(self, inp: State, out: State) -> None:
         g, x, w = out.dx, inp.x, self.w.x
@@ -53,6 +72,11 @@ class Linear(Module):
         dtype = x.dtype if x.dtype is w.dtype else np.result_type(x, w)
         out.resize(x.shape[0], self.n_out, dtype=dtype, batch_last=is_batch_last(x))
         return Plan(x, out.x, w, calls=(product_call(out.x, x, w.T), w.T))
+
+    def _plan_plus(self, inp: State, out: State, offset: np.ndarray) -> Plan:
+        self._plan_fprop(inp, out)                                # the same checks and output
+        x, w = inp.x, self.w.x
+        return Plan(x, out.x, w, offset, calls=(product_call(out.x, x, w.T, beta=1.0), w.T))
 
     def _plan_bprop(self, g: np.ndarray, x: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> Plan:
         """The products written into (dx, dw zero since a clear, `State.sum_target`) or added into them."""

@@ -112,6 +112,15 @@ class Squash(Module):
 
     forward_only = False        # True while no bprop follows (Machine.inference sets it)
 
+    def input_offset(self) -> np.ndarray | None:
+        """The bias fprop adds to its input before f, for a module before this one that adds it
+        into its own output for free (`Linear.fprop_plus`, in `Cascade`'s fold); None without bias."""
+        return None if self.b is None else self.b.x
+
+    def fprop_added(self, out: State) -> None:
+        """fprop when `out` already holds x + b (the module before wrote it there): y = f(out), in place."""
+        self.f(out.x)
+
     def end_forward_only(self) -> None:
         """Swap back the buffers fprop swapped with a scratch input when its output is a scratch
         state too (the states' values are spent by then): each inference then writes the buffers
