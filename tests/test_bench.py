@@ -67,6 +67,25 @@ def test_numpy_fold_is_the_reference_with_its_biases_added_by_the_products(monke
     np.testing.assert_allclose(fold.p.w, ref.p.w, rtol=1e-14, atol=1e-15)
 
 
+def test_bias_fold_script_prints_each_layer_and_the_whole_pass():
+    p = _run(str(BENCH / "bias_fold.py"), "--batch", "8", "--repeats", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [line.split()[0] for line in p.stdout.splitlines()[2:]]
+    assert rows == ["784", "300", "100", "whole"], p.stdout
+    assert "(> 1: the fold is faster)" in p.stdout
+
+
+def test_bias_fold_script_compares_a_trained_nets_answers_with_the_fold_and_without(tmp_path):
+    pytest.importorskip("sklearn")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    train = subprocess.run([sys.executable, "-m", "fbprop", "train", "--epochs", "1", "--out", str(tmp_path / "run")],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert train.returncode == 0, train.stdout + train.stderr
+    p = _run(str(BENCH / "bias_fold.py"), "--checkpoint", str(tmp_path / "run" / "best.npz"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "with the fold and without, 0 of 360 test answers differ, energies at most" in p.stdout, p.stdout
+
+
 def test_run_counterbalances_the_order_of_the_systems_between_repeats(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))                       # (sys.path as it was, after the test)
     import run

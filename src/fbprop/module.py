@@ -294,8 +294,9 @@ class _Fold:
     """A link that adds an offset into its output (`fprop_plus`) and the squashing after it, whose
     fprop adds its bias first (`input_offset`), run as one during inference (`Cascade._folded`)
     where the product runs on one thread; with more, as two links through the state between them
-    (`mid`): the offset copied on this core and then read by the product's other threads made
-    the MLP's inference 9% slower on 2 threads (3,551 against 3,248 µs, AMD EPYC Zen 4)."""
+    (`mid`): the offset copied on this core and then read by the product's other threads never
+    made the MLP's inference faster on 2 threads, and at times 9% slower (AMD EPYC Zen 4, `bench/ab.py
+    mlp-infer-b1024 --threads 2` with the fold forced: 0.89–0.91 of the reference against 0.98–0.99)."""
 
     __slots__ = ("producer", "consumer", "mid")
 
