@@ -152,7 +152,8 @@ class Cascade(Module):
     The cascade owns the n-1 intermediate states and reuses them across calls; bprop and bbprop
     clear them before sweeping back, so the contract (add into the caller's states) still holds.
     Each is read by the next module alone (`State.scratch`): during `Machine.inference` a
-    squashing computes in its input's buffer, so those states' values are not kept there.
+    squashing computes in its input's buffer, or the Linear before it writes the squashing's
+    output itself (`_folded`), so those states' values are not kept there.
     With an input that needs no dx (raw data) the sweep stops at the first module with parameters.
 
     A cascade nested in a cascade (the lecture's nn-layers in a net) is one longer chain: the
@@ -321,7 +322,7 @@ def _folds(links: list[Module]) -> tuple[int, ...]:
         producer, consumer = links[i], links[i + 1]
         offset = getattr(consumer, "input_offset", None)
         offset = offset() if offset is not None and hasattr(consumer, "forward_only") else None
-        if offset is not None and hasattr(producer, "fprop_plus") and producer.adds(offset.shape) \
+        if offset is not None and hasattr(producer, "fprop_plus") and producer.can_add(offset.shape) \
                 and (not at or at[-1] != i - 1):
             at.append(i)
     return tuple(at)

@@ -49,7 +49,7 @@ class Linear(Module):
         np.copyto(out.x, offset)
         y_is(x, wt)                                              # y = W x + offset
 
-    def adds(self, offset_shape: tuple[int, ...]) -> bool:
+    def can_add(self, offset_shape: tuple[int, ...]) -> bool:
         """Whether `fprop_plus` takes an offset of this shape (one number per output)."""
         return tuple(offset_shape) == (self.n_out,)
 
