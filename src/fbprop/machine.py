@@ -178,7 +178,8 @@ class Machine:
         Measured on 2 threads, split on and off in one process (`bench/split_inference.py`):
         LeNet-5 at batch 1,024 27.2 against 42.6 ms, lenet-wide 0.33 against 0.59 s; an MLP loses
         (forced: 4.0 against 3.4 ms, as OpenBLAS's own threads share one packed copy of W; on AMD
-        EPYC Zen 4, its parts' products folding their biases, 3.9 against 3.3 ms), so it is not split. After a split the network's own states hold the first part. The twins are
+        EPYC Zen 4, its parts' products folding their biases, 3.9 against 3.3 ms), so it is not
+        split. After a split the network's own states hold the first part. The twins are
         made at the first split: a module setting changed later (not its weights, which are
         shared) does not reach them; a copy of the machine makes them again."""
         x = self.inp.x
