@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.split_min is not None:
             machine.split_min = machine.split_min_processes = args.split_min
         if args.force:
-            machine._splits_step = True
+            machine._splits_step = (machine.loss, True)             # (as `_splits_steps` keeps it)
         opt = fbprop.SGD(machine.pool, LR)
 
         def step(i: int, b: int, machine=machine, opt=opt) -> None:

@@ -335,6 +335,14 @@ def test_split_training_prints_both_timings_for_each_model_and_batch():
     assert all(len(r) == 8 and min(map(float, r[3:])) > 0 for r in rows), p.stdout
 
 
+def test_split_training_force_splits_the_mlp_too():
+    p = _run(str(BENCH / "split_training.py"), "--models", "mlp", "--batches", "16", "--split-min", "8", "--force",
+             "--repeats", "1", "--seconds", "0.01", "--gap", "0", "--data", "random")
+    assert p.returncode == 0, p.stderr
+    rows = [line.split() for line in p.stdout.splitlines() if line.split()[:1] == ["mlp"]]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("mlp", "16", "yes/yes")], p.stdout
+
+
 @pytest.mark.parametrize("args", [["--batches", "16,x"], ["--batches", "0"], ["--split-min", "0"],
                                   ["--gap", "-1"], ["--models", "lenet9"]])
 def test_split_training_refuses_bad_arguments_in_one_line(args):
