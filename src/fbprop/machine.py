@@ -403,7 +403,8 @@ class Machine:
         against 19.9 and 22.3 against 26.0; at batch 64 (parts of 32) it loses, 5.6 against 5.3
         ms (a step's few hundred small calls, each holding the GIL, then weigh more than the
         products), hence `split_min` 64; an MLP loses at any batch (forced: 2.3 against 1.4 ms at
-        128; on AMD EPYC Zen 4 1.38 in processes and 1.61 in threads against 1.16), so it is not split. `curvature` (SDLM's bbprop) is not split.
+        128; on AMD EPYC Zen 4 1.38 in processes and 1.61 in threads against 1.16), so it is not
+        split. `curvature` (SDLM's bbprop) is not split.
 
         With `split_processes` (the default), on Linux without MPI, the parts after the first run
         in forked worker processes instead, from `split_min_processes` samples a part (see
