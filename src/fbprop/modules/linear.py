@@ -44,7 +44,7 @@ class Linear(Module):
         the offset joins the first block's sum rather than the whole, a difference in the last bit."""
         x, plan = inp.x, self._plus
         if plan is None or not plan.fits(x, out.x, self.w.x, offset):
-            plan = self._plus = self._plan_plus(inp, out, offset)
+            plan = self._plus = self._plan_fprop(inp, out, offset)
         y_is, wt = plan.calls
         np.copyto(out.x, offset)
         y_is(x, wt)                                              # y = W x + offset
@@ -65,18 +65,15 @@ class Linear(Module):
             (dx_is if dx_zero else dx_adds)(g, w)                # ∂E/∂x = Wᵀ ∂E/∂y
         (dw_is if dw_zero else dw_adds)(gt, x)                   # ∂E/∂W = ∂E/∂y xᵀ
 
-    def _plan_fprop(self, inp: State, out: State) -> Plan:
+    def _plan_fprop(self, inp: State, out: State, offset: np.ndarray | None = None) -> Plan:
+        """fprop's plan, or with an `offset` fprop_plus's (the product added into out, β = 1)."""
         x, w = inp.x, self.w.x
         if x.ndim != 2 or x.shape[1] != self.n_in:
             expect_shape(self, inp, (None, self.n_in))
         dtype = x.dtype if x.dtype is w.dtype else np.result_type(x, w)
         out.resize(x.shape[0], self.n_out, dtype=dtype, batch_last=is_batch_last(x))
-        return Plan(x, out.x, w, calls=(product_call(out.x, x, w.T), w.T))
-
-    def _plan_plus(self, inp: State, out: State, offset: np.ndarray) -> Plan:
-        self._plan_fprop(inp, out)                                # the same checks and output
-        x, w = inp.x, self.w.x
-        return Plan(x, out.x, w, offset, calls=(product_call(out.x, x, w.T, beta=1.0), w.T))
+        beta = 0.0 if offset is None else 1.0
+        return Plan(x, out.x, w, offset, calls=(product_call(out.x, x, w.T, beta=beta), w.T))
 
     def _plan_bprop(self, g: np.ndarray, x: np.ndarray, dx: np.ndarray | None, dw: np.ndarray) -> Plan:
         """The products written into (dx, dw zero since a clear, `State.sum_target`) or added into them."""
