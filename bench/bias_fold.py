@@ -69,35 +69,30 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"batch {n}, {args.threads} thread(s), float32; median µs of {args.repeats} timings")
     print(f"{'layer':>12} {'product, add':>13} {'copy, β = 1':>12} {'ratio':>6}")
-    inputs = [x, *hs[:-1]]
-    for a, w, b, h in zip(inputs, ws, bs, hs):
-        number = max(3, int(5e7 / (n * w.size)))
-
-        def added(a=a, w=w, b=b, h=h):
+    def layer(fold: bool, a, w, b, h) -> None:
+        """h = a Wᵀ + b, the product then the add, or the copy then the product with β = 1."""
+        if fold:
+            np.copyto(h, b)
+            plus(h, a, w)
+        else:
             product(h, a, w)
             np.add(h, b, out=h)
 
-        def folded(a=a, w=w, b=b, h=h):
-            np.copyto(h, b)
-            plus(h, a, w)
-        added()
+    for a, w, b, h in zip([x, *hs[:-1]], ws, bs, hs):
+        number = max(3, int(5e7 / (n * w.size)))
+        layer(False, a, w, b, h)
         want = h.copy()
-        folded()
+        layer(True, a, w, b, h)
         if not np.allclose(h, want, rtol=1e-5, atol=1e-5):
             print("bias_fold: the two ways disagree", file=sys.stderr)
             return 1
-        t0, t1 = best(added, number), best(folded, number)
+        t0, t1 = (best(lambda fold=fold, a=a, w=w, b=b, h=h: layer(fold, a, w, b, h), number) for fold in (False, True))
         print(f"{w.shape[1]:>5} → {w.shape[0]:<4} {t0:>13.1f} {t1:>12.1f} {t0 / t1:>6.3f}")
 
     def bare(fold: bool) -> None:
         a = x
         for k, (w, b, h) in enumerate(zip(ws, bs, hs)):
-            if fold:
-                np.copyto(h, b)
-                plus(h, a, w)
-            else:
-                product(h, a, w)
-                np.add(h, b, out=h)
+            layer(fold, a, w, b, h)
             if k < len(ws) - 1:
                 np.tanh(h, out=h)
             a = h
