@@ -117,11 +117,15 @@ def compare_answers(path: str) -> int:
     x = data.test.x
     folded = [c for c in _cascades(machine.network) if c._fold_at]
     answers, energies = machine.predict(x), machine.energies_of(x)
+    pairs = sum(type(m).__name__ == "_Fold" for c in folded if c._folding for m, _, _ in c._folding[2])
     for c in folded:
         c._fold_at, c._folding = (), None                        # the same machine, nothing folded
     plain, plain_e = machine.predict(x), machine.energies_of(x)
-    print(f"{path}: with the fold and without, {int((answers != plain).sum())} of {len(x)} test answers "
-          f"differ, energies at most "
+    if not pairs or any(c._folding is not None for c in folded):
+        print(f"bias_fold: expected inference to fold, then not to ({pairs} pairs folded)", file=sys.stderr)
+        return 1
+    print(f"{path}: {pairs} Linear and squashing pairs folded; with the fold and without, "
+          f"{int((answers != plain).sum())} of {len(x)} test answers differ, energies at most "
           f"{float(np.abs(energies - plain_e).max()):.3g} apart")
     return 0
 

@@ -83,7 +83,8 @@ def test_bias_fold_script_compares_a_trained_nets_answers_with_the_fold_and_with
     assert train.returncode == 0, train.stdout + train.stderr
     p = _run(str(BENCH / "bias_fold.py"), "--checkpoint", str(tmp_path / "run" / "best.npz"))
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "with the fold and without, 0 of 360 test answers differ, energies at most" in p.stdout, p.stdout
+    assert "3 Linear and squashing pairs folded; with the fold and without, 0 of 360 test answers differ, " \
+           "energies at most" in p.stdout, p.stdout
 
 
 def test_run_counterbalances_the_order_of_the_systems_between_repeats(monkeypatch):
